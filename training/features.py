@@ -1,0 +1,206 @@
+"""Feature definitions, shared by offline training and online serving.
+
+Both paths reduce a transaction to the same *aggregates* (window counts and sums per customer,
+delayed window counts and frauds per terminal, gap to the customer's previous transaction) and
+then call :func:`assemble`, the single place where features are computed from aggregates.
+Times are integer milliseconds; amounts are integer cents, so window sums are exact.
+
+Windows: customer windows are ``(t - w, t]`` and include the current transaction; terminal
+windows are ``(t - delay - w, t - delay]``: only transactions old enough for their label to be
+known (the label delay) count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from training import schema
+
+FEATURE_SET_VERSION = "2"
+MS_PER_DAY = 86_400_000
+CATEGORICAL_FEATURES = (schema.MERCHANT_CATEGORY,)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Window lengths (days) and the label delay (days)."""
+
+    windows: tuple[int, ...] = (1, 7, 30)
+    delay_days: int = 7
+    gap_cap_days: int = 30
+    extras: bool = True
+
+    @property
+    def max_window_ms(self) -> int:
+        return max(self.windows) * MS_PER_DAY
+
+    @property
+    def delay_ms(self) -> int:
+        return self.delay_days * MS_PER_DAY
+
+    @property
+    def customer_retention_ms(self) -> int:
+        """How long customer events matter: the longest window and the gap cap."""
+        return max(self.max_window_ms, self.gap_cap_days * MS_PER_DAY)
+
+    @property
+    def terminal_retention_ms(self) -> int:
+        return self.delay_ms + self.max_window_ms
+
+
+@dataclass
+class Aggregates:
+    """Raw window aggregates for a batch of transactions (arrays aligned with the batch)."""
+
+    time_ms: np.ndarray
+    amount_cents: np.ndarray
+    cust_count: dict[int, np.ndarray] = field(default_factory=dict)
+    cust_cents: dict[int, np.ndarray] = field(default_factory=dict)
+    term_count: dict[int, np.ndarray] = field(default_factory=dict)
+    term_frauds: dict[int, np.ndarray] = field(default_factory=dict)
+    gap_ms: np.ndarray | None = None  # -1 when the customer has no earlier transaction
+
+
+def to_ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Naive UTC timestamps to integer epoch milliseconds."""
+    return np.asarray(pd.DatetimeIndex(ts).as_unit("ms").asi8, dtype=np.int64)
+
+
+def to_cents(amount: np.ndarray | pd.Series) -> np.ndarray:
+    return np.rint(np.asarray(amount, dtype=np.float64) * 100).astype(np.int64)
+
+
+def feature_names(cfg: FeatureConfig, categorical: bool) -> list[str]:
+    """Model input columns, in order. Categorical columns only when the data has them."""
+    names = ["TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT"]
+    for w in cfg.windows:
+        names += [f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW", f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"]
+    for w in cfg.windows:
+        names += [f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW", f"TERMINAL_ID_RISK_{w}DAY_WINDOW"]
+    if cfg.extras:
+        names += ["AMOUNT_TO_CUSTOMER_AVG_30DAY", "SECONDS_SINCE_PREVIOUS_TX"]
+    if categorical:
+        names += ["TX_CARD_NOT_PRESENT", *CATEGORICAL_FEATURES]
+    return names
+
+
+def assemble(
+    agg: Aggregates,
+    cfg: FeatureConfig,
+    categoricals: Mapping[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """THE feature definitions: aggregates (+ raw categoricals) to the model's input frame."""
+    dt = pd.to_datetime(agg.time_ms, unit="ms")
+    out: dict[str, np.ndarray] = {
+        "TX_AMOUNT": agg.amount_cents / 100.0,
+        "TX_DURING_WEEKEND": (dt.weekday >= 5).astype(np.int64),
+        "TX_DURING_NIGHT": (dt.hour <= 6).astype(np.int64),
+    }
+    for w in cfg.windows:
+        count = agg.cust_count[w]
+        out[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = count.astype(np.float64)
+        out[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = np.where(
+            count > 0, agg.cust_cents[w] / np.maximum(count, 1) / 100.0, 0.0
+        )
+    for w in cfg.windows:
+        count = agg.term_count[w]
+        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = count.astype(np.float64)
+        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = np.where(
+            count > 0, agg.term_frauds[w] / np.maximum(count, 1), 0.0
+        )
+    if cfg.extras:
+        avg30 = agg.cust_cents[30] / np.maximum(agg.cust_count[30], 1)
+        out["AMOUNT_TO_CUSTOMER_AVG_30DAY"] = agg.amount_cents / np.maximum(avg30, 1.0)
+        assert agg.gap_ms is not None
+        cap = cfg.gap_cap_days * MS_PER_DAY
+        gap = np.where((agg.gap_ms < 0) | (agg.gap_ms > cap), cap, agg.gap_ms)
+        out["SECONDS_SINCE_PREVIOUS_TX"] = gap / 1000.0
+    frame = pd.DataFrame(out)
+    if categoricals:
+        channel = np.asarray(categoricals.get(schema.TX_CHANNEL, []), dtype=object)
+        frame["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.int64)
+        for col in CATEGORICAL_FEATURES:
+            frame[col] = np.asarray(categoricals[col], dtype=object).astype(str)
+    return frame
+
+
+def has_categoricals(df: pd.DataFrame) -> bool:
+    return all(c in df.columns for c in schema.CATEGORICAL_COLUMNS)
+
+
+def _group_codes(values: pd.Series) -> np.ndarray:
+    codes, _ = pd.factorize(values)
+    return codes.astype(np.int64)
+
+
+def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
+    """Point-in-time aggregates over a whole history (``df`` in stream order, labels present).
+
+    Sort once per entity by (entity, time, stream position) and find every window's start with
+    a binary search on a composite key; window sums are differences of cumulative sums.
+    """
+    t = to_ms(df[schema.TX_DATETIME])
+    cents = to_cents(df[schema.TX_AMOUNT])
+    fraud = df[schema.TX_FRAUD].to_numpy(dtype=np.int64)
+    n = len(df)
+    pos = np.arange(n)
+    agg = Aggregates(time_ms=t, amount_cents=cents)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        for w in cfg.windows:
+            agg.cust_count[w] = agg.cust_cents[w] = empty
+            agg.term_count[w] = agg.term_frauds[w] = empty
+        agg.gap_ms = empty
+        return agg
+    t0 = t - t.min()
+    span = int(t0.max()) + cfg.terminal_retention_ms + cfg.customer_retention_ms + 1
+
+    cust = _group_codes(df[schema.CUSTOMER_ID])
+    order = np.lexsort((pos, t0, cust))
+    key = cust[order] * span + t0[order]
+    csum = np.concatenate([[0], np.cumsum(cents[order])])
+    idx = np.arange(n)
+    for w in cfg.windows:
+        left = np.searchsorted(key, key - w * MS_PER_DAY, side="right")
+        count = np.empty(n, dtype=np.int64)
+        total = np.empty(n, dtype=np.int64)
+        count[order] = idx - left + 1
+        total[order] = csum[idx + 1] - csum[left]
+        agg.cust_count[w], agg.cust_cents[w] = count, total
+    same = np.zeros(n, dtype=bool)
+    same[1:] = cust[order][1:] == cust[order][:-1]
+    gap_sorted = np.full(n, -1, dtype=np.int64)
+    gap_sorted[1:] = np.where(same[1:], t0[order][1:] - t0[order][:-1], -1)
+    gap = np.empty(n, dtype=np.int64)
+    gap[order] = gap_sorted
+    agg.gap_ms = gap
+
+    term = _group_codes(df[schema.TERMINAL_ID])
+    order = np.lexsort((pos, t0, term))
+    key = term[order] * span + t0[order]
+    fsum = np.concatenate([[0], np.cumsum(fraud[order])])
+    hi = np.searchsorted(key, key - cfg.delay_ms, side="right")
+    for w in cfg.windows:
+        lo = np.searchsorted(key, key - cfg.delay_ms - w * MS_PER_DAY, side="right")
+        count = np.empty(n, dtype=np.int64)
+        frauds = np.empty(n, dtype=np.int64)
+        count[order] = hi - lo
+        frauds[order] = fsum[hi] - fsum[lo]
+        agg.term_count[w], agg.term_frauds[w] = count, frauds
+    return agg
+
+
+def offline_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd.DataFrame:
+    """Features for every transaction of a normalised history, point-in-time correct."""
+    cfg = cfg or FeatureConfig()
+    agg = offline_aggregates(df, cfg)
+    cats = (
+        {c: df[c].to_numpy() for c in schema.CATEGORICAL_COLUMNS} if has_categoricals(df) else None
+    )
+    feats = assemble(agg, cfg, cats)
+    feats.index = df.index
+    return feats

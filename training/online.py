@@ -1,0 +1,160 @@
+"""Online features: the same aggregates as :func:`features.offline_aggregates`, one batch at a time.
+
+Each transaction is recorded in the state as it is scored, so a batch sees its own earlier
+transactions, exactly as the offline pass sees earlier rows of the stream.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from training import features, schema
+from training.features import MS_PER_DAY, Aggregates, FeatureConfig
+from training.online_state import UNKNOWN_LABEL, Event, FeatureState, InMemoryFeatureState
+
+
+@dataclass(frozen=True, slots=True)
+class TxRecord:
+    """A normalised transaction as the online path sees it."""
+
+    transaction_id: str
+    customer_id: str
+    terminal_id: str
+    time_ms: int
+    amount_cents: int
+    channel: str = schema.UNKNOWN
+    merchant_category: str = schema.UNKNOWN
+
+
+def new_state(cfg: FeatureConfig) -> InMemoryFeatureState:
+    return InMemoryFeatureState(cfg.customer_retention_ms, cfg.terminal_retention_ms)
+
+
+class OnlineFeatures:
+    """Computes model features for live transactions and keeps the state up to date."""
+
+    def __init__(self, state: FeatureState, cfg: FeatureConfig, categorical: bool) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.categorical = categorical
+
+    def compute(self, batch: Sequence[TxRecord], record: bool = True) -> pd.DataFrame:
+        """Features for ``batch`` in order; records the transactions in the state."""
+        cfg = self.cfg
+        n = len(batch)
+        cust_hist = {
+            k: (list(t), list(c))
+            for k, (t, c) in self.state.customer_histories(
+                list({r.customer_id for r in batch})
+            ).items()
+        }
+        term_hist = self.state.terminal_histories(list({r.terminal_id for r in batch}))
+        agg = Aggregates(
+            time_ms=np.fromiter((r.time_ms for r in batch), np.int64, n),
+            amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
+        )
+        wins = cfg.windows
+        cc = {w: np.zeros(n, np.int64) for w in wins}
+        cs = {w: np.zeros(n, np.int64) for w in wins}
+        tc = {w: np.zeros(n, np.int64) for w in wins}
+        tf = {w: np.zeros(n, np.int64) for w in wins}
+        gap = np.full(n, -1, np.int64)
+        for i, r in enumerate(batch):
+            t = r.time_ms
+            times, cents = cust_hist[r.customer_id]
+            right = bisect.bisect_right(times, t)
+            if right:
+                gap[i] = t - times[right - 1]
+            for w in wins:
+                left = bisect.bisect_right(times, t - w * MS_PER_DAY, 0, right)
+                cc[w][i] = right - left + 1
+                cs[w][i] = sum(cents[left:right]) + r.amount_cents
+            times.insert(right, t)
+            cents.insert(right, r.amount_cents)
+            ttimes, labels = term_hist[r.terminal_id]
+            hi = bisect.bisect_right(ttimes, t - cfg.delay_ms)
+            for w in wins:
+                lo = bisect.bisect_right(ttimes, t - cfg.delay_ms - w * MS_PER_DAY, 0, hi)
+                tc[w][i] = hi - lo
+                tf[w][i] = sum(1 for lab in labels[lo:hi] if lab == 1)
+        agg.cust_count, agg.cust_cents, agg.term_count, agg.term_frauds = cc, cs, tc, tf
+        agg.gap_ms = gap
+        cats = None
+        if self.categorical:
+            cats = {
+                schema.TX_CHANNEL: np.array([r.channel for r in batch], dtype=object),
+                schema.MERCHANT_CATEGORY: np.array(
+                    [r.merchant_category for r in batch], dtype=object
+                ),
+            }
+        if record:
+            self.state.append(
+                Event(r.transaction_id, r.customer_id, r.terminal_id, r.time_ms, r.amount_cents)
+                for r in batch
+            )
+        return features.assemble(agg, cfg, cats)
+
+    def feedback(self, labels: dict[str, int]) -> list[str]:
+        """Labels for transactions the state knows; returns the unknown ids."""
+        return self.state.set_labels(labels)
+
+    def ingest(self, records: Sequence[TxRecord], labels: Sequence[int]) -> None:
+        """Transactions never scored here (other channel, replica, back-fill), with labels."""
+        self.state.append(
+            Event(r.transaction_id, r.customer_id, r.terminal_id, r.time_ms, r.amount_cents, lab)
+            for r, lab in zip(records, labels, strict=True)
+        )
+
+    def warm(self, history: pd.DataFrame) -> int:
+        """Materialise the state from a normalised history (the most recent days)."""
+        labels = (
+            history[schema.TX_FRAUD].to_numpy()
+            if schema.TX_FRAUD in history.columns
+            else np.full(len(history), UNKNOWN_LABEL)
+        )
+        times = features.to_ms(history[schema.TX_DATETIME])
+        cents = features.to_cents(history[schema.TX_AMOUNT])
+        self.state.append(
+            Event(tx, c, term, int(t), int(a), int(lab))
+            for tx, c, term, t, a, lab in zip(
+                history[schema.TRANSACTION_ID].tolist(),
+                history[schema.CUSTOMER_ID].tolist(),
+                history[schema.TERMINAL_ID].tolist(),
+                times.tolist(),
+                cents.tolist(),
+                labels.tolist(),
+                strict=True,
+            )
+        )
+        return len(history)
+
+
+def records_from_frame(df: pd.DataFrame) -> list[TxRecord]:
+    """Normalised raw frame to online records (for replays and tests)."""
+    n = len(df)
+    channel = (
+        df[schema.TX_CHANNEL].tolist() if schema.TX_CHANNEL in df.columns else [schema.UNKNOWN] * n
+    )
+    mcc = (
+        df[schema.MERCHANT_CATEGORY].tolist()
+        if schema.MERCHANT_CATEGORY in df.columns
+        else [schema.UNKNOWN] * n
+    )
+    return [
+        TxRecord(tx, c, term, int(t), int(a), ch, m)
+        for tx, c, term, t, a, ch, m in zip(
+            df[schema.TRANSACTION_ID].tolist(),
+            df[schema.CUSTOMER_ID].tolist(),
+            df[schema.TERMINAL_ID].tolist(),
+            features.to_ms(df[schema.TX_DATETIME]).tolist(),
+            features.to_cents(df[schema.TX_AMOUNT]).tolist(),
+            channel,
+            mcc,
+            strict=True,
+        )
+    ]

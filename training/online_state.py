@@ -1,0 +1,150 @@
+"""Online feature state: the recent events the online features need, behind a small interface.
+
+The in-memory implementation is the embedded default; a Redis one will implement the same
+:class:`FeatureState`. Memory is bounded: events older than the longest window (customers) or
+the label delay plus the longest window (terminals) behind the newest event are expired.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+UNKNOWN_LABEL = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transaction as the state keeps it."""
+
+    transaction_id: str
+    customer_id: str
+    terminal_id: str
+    time_ms: int
+    amount_cents: int
+    label: int = UNKNOWN_LABEL
+
+
+class FeatureState(ABC):
+    """Storage for online features; histories are returned sorted by time."""
+
+    @abstractmethod
+    def customer_histories(
+        self, customers: Sequence[str]
+    ) -> dict[str, tuple[list[int], list[int]]]:
+        """Per customer: (times ms, amounts in cents)."""
+
+    @abstractmethod
+    def terminal_histories(self, terminals: Sequence[str]) -> dict[str, tuple[list[int], list[int]]]:
+        """Per terminal: (times ms, labels: 1 fraud, 0 genuine, -1 unknown)."""
+
+    @abstractmethod
+    def append(self, events: Iterable[Event]) -> None:
+        """Record transactions (with their label when already known)."""
+
+    @abstractmethod
+    def set_labels(self, labels: Mapping[str, int]) -> list[str]:
+        """Attach labels by transaction id; returns the ids the state does not know."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Sizes, for /health and metrics."""
+
+
+class InMemoryFeatureState(FeatureState):
+    """Dict-of-lists state for one process; expires old events as time advances."""
+
+    def __init__(
+        self, customer_retention_ms: int, terminal_retention_ms: int, sweep_every: int = 50_000
+    ) -> None:
+        self.customer_retention_ms = customer_retention_ms
+        self.terminal_retention_ms = terminal_retention_ms
+        self.sweep_every = sweep_every
+        self.watermark_ms = -(2**62)
+        self._cust: dict[str, tuple[list[int], list[int]]] = {}
+        self._term: dict[str, tuple[list[int], list[str]]] = {}
+        self._tx: dict[str, tuple[str, int, int]] = {}  # id -> (terminal, time, label)
+        self._since_sweep = 0
+
+    def customer_histories(
+        self, customers: Sequence[str]
+    ) -> dict[str, tuple[list[int], list[int]]]:
+        empty: tuple[list[int], list[int]] = ([], [])
+        return {c: self._cust.get(c, empty) for c in customers}
+
+    def terminal_histories(self, terminals: Sequence[str]) -> dict[str, tuple[list[int], list[int]]]:
+        out: dict[str, tuple[list[int], list[int]]] = {}
+        for term in terminals:
+            times, ids = self._term.get(term, ([], []))
+            out[term] = (times, [self._tx[i][2] if i in self._tx else UNKNOWN_LABEL for i in ids])
+        return out
+
+    def append(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if ev.transaction_id in self._tx:
+                if ev.label != UNKNOWN_LABEL:
+                    self.set_labels({ev.transaction_id: ev.label})
+                continue
+            times, cents = self._cust.setdefault(ev.customer_id, ([], []))
+            _insert(times, cents, ev.time_ms, ev.amount_cents)
+            ttimes, ids = self._term.setdefault(ev.terminal_id, ([], []))
+            _insert(ttimes, ids, ev.time_ms, ev.transaction_id)
+            self._tx[ev.transaction_id] = (ev.terminal_id, ev.time_ms, ev.label)
+            if ev.time_ms > self.watermark_ms:
+                self.watermark_ms = ev.time_ms
+            self._since_sweep += 1
+        if self._since_sweep >= self.sweep_every:
+            self.expire()
+
+    def set_labels(self, labels: Mapping[str, int]) -> list[str]:
+        unknown = []
+        for tx_id, label in labels.items():
+            entry = self._tx.get(tx_id)
+            if entry is None:
+                unknown.append(tx_id)
+            else:
+                self._tx[tx_id] = (entry[0], entry[1], int(label))
+        return unknown
+
+    def expire(self) -> None:
+        """Drop events that can no longer fall in any window."""
+        self._since_sweep = 0
+        cust_cut = self.watermark_ms - self.customer_retention_ms
+        for key in list(self._cust):
+            times, cents = self._cust[key]
+            k = bisect.bisect_right(times, cust_cut)
+            if k == len(times):
+                del self._cust[key]
+            elif k:
+                del times[:k], cents[:k]
+        term_cut = self.watermark_ms - self.terminal_retention_ms
+        for key in list(self._term):
+            times, ids = self._term[key]
+            k = bisect.bisect_right(times, term_cut)
+            for tx_id in ids[:k]:
+                self._tx.pop(tx_id, None)
+            if k == len(times):
+                del self._term[key]
+            elif k:
+                del times[:k], ids[:k]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "customers": len(self._cust),
+            "terminals": len(self._term),
+            "transactions": len(self._tx),
+            "customer_events": sum(len(v[0]) for v in self._cust.values()),
+        }
+
+
+def _insert(times: list[int], values: list, time_ms: int, value: object) -> None:
+    """Append keeping ``times`` sorted (events mostly arrive in order)."""
+    if not times or times[-1] <= time_ms:
+        times.append(time_ms)
+        values.append(value)
+    else:
+        k = bisect.bisect_right(times, time_ms)
+        times.insert(k, time_ms)
+        values.insert(k, value)
