@@ -77,11 +77,8 @@ class OnlineFeatures:
             times.insert(right, t)
             cents.insert(right, r.amount_cents)
             ttimes, labels = term_hist[r.terminal_id]
-            hi = bisect.bisect_right(ttimes, t - cfg.delay_ms)
-            for w in wins:
-                lo = bisect.bisect_right(ttimes, t - cfg.delay_ms - w * MS_PER_DAY, 0, hi)
-                tc[w][i] = hi - lo
-                tf[w][i] = sum(1 for lab in labels[lo:hi] if lab == 1)
+            for w, (count, frauds) in terminal_windows(ttimes, labels, t, cfg).items():
+                tc[w][i], tf[w][i] = count, frauds
         agg.cust_count, agg.cust_cents, agg.term_count, agg.term_frauds = cc, cs, tc, tf
         agg.gap_ms = gap
         cats = None
@@ -132,6 +129,18 @@ class OnlineFeatures:
             )
         )
         return len(history)
+
+
+def terminal_windows(
+    times: Sequence[int], labels: Sequence[int], t: int, cfg: FeatureConfig
+) -> dict[int, tuple[int, int]]:
+    """Per window: (transactions, known frauds) of a terminal in ``(t-delay-w, t-delay]``."""
+    hi = bisect.bisect_right(times, t - cfg.delay_ms)
+    out = {}
+    for w in cfg.windows:
+        lo = bisect.bisect_right(times, t - cfg.delay_ms - w * MS_PER_DAY, 0, hi)
+        out[w] = (hi - lo, sum(1 for lab in labels[lo:hi] if lab == 1))
+    return out
 
 
 def records_from_frame(df: pd.DataFrame) -> list[TxRecord]:

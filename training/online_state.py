@@ -37,7 +37,9 @@ class FeatureState(ABC):
         """Per customer: (times ms, amounts in cents)."""
 
     @abstractmethod
-    def terminal_histories(self, terminals: Sequence[str]) -> dict[str, tuple[list[int], list[int]]]:
+    def terminal_histories(
+        self, terminals: Sequence[str]
+    ) -> dict[str, tuple[list[int], list[int]]]:
         """Per terminal: (times ms, labels: 1 fraud, 0 genuine, -1 unknown)."""
 
     @abstractmethod
@@ -74,7 +76,9 @@ class InMemoryFeatureState(FeatureState):
         empty: tuple[list[int], list[int]] = ([], [])
         return {c: self._cust.get(c, empty) for c in customers}
 
-    def terminal_histories(self, terminals: Sequence[str]) -> dict[str, tuple[list[int], list[int]]]:
+    def terminal_histories(
+        self, terminals: Sequence[str]
+    ) -> dict[str, tuple[list[int], list[int]]]:
         out: dict[str, tuple[list[int], list[int]]] = {}
         for term in terminals:
             times, ids = self._term.get(term, ([], []))

@@ -52,9 +52,7 @@ class SimulationConfig:
     card_fraud_multiplier: float = 5.0
 
 
-def simulate(
-    cfg: SimulationConfig, progress: Callable[[str], None] | None = None
-) -> pd.DataFrame:
+def simulate(cfg: SimulationConfig, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Simulate transactions; rows sorted by time, the row index is the transaction id."""
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(cfg.seed)
@@ -135,9 +133,7 @@ def simulate(
     return pd.DataFrame(
         {
             schema.TRANSACTION_ID: np.arange(n, dtype=np.int64),
-            schema.TX_DATETIME: (start + seconds.astype("timedelta64[s]")).astype(
-                "datetime64[ns]"
-            ),
+            schema.TX_DATETIME: (start + seconds.astype("timedelta64[s]")).astype("datetime64[ns]"),
             schema.CUSTOMER_ID: customer,
             schema.TERMINAL_ID: terminal,
             schema.TX_AMOUNT: amount,

@@ -1,0 +1,93 @@
+"""Request and response models of the fraud API (validation names the offending field)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from training.features import to_cents
+from training.online import TxRecord
+
+MAX_AMOUNT = 1_000_000.0
+_MS = timedelta(milliseconds=1)
+Identifier = (
+    Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    | Annotated[int, Field(ge=0, le=2**63 - 1)]
+)
+
+
+class Transaction(BaseModel):
+    """One payment to score. Ids may be strings or integers; event time is ``tx_datetime``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "transaction_id": "tx-000001",
+                    "tx_datetime": "2018-07-31T12:03:27Z",
+                    "customer_id": "42",
+                    "terminal_id": "3156",
+                    "tx_amount": 57.16,
+                    "tx_channel": "card_present",
+                    "merchant_category": "grocery",
+                }
+            ]
+        },
+    )
+
+    transaction_id: Identifier
+    tx_datetime: datetime = Field(description="ISO 8601; naive times are taken as UTC")
+    customer_id: Identifier
+    terminal_id: Identifier
+    tx_amount: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
+    tx_channel: Literal["card_present", "card_not_present"] | None = None
+    merchant_category: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None
+    ) = None
+
+    def to_record(self) -> TxRecord:
+        ts = self.tx_datetime
+        if ts.tzinfo is not None:
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+        epoch_ms = (ts - datetime(1970, 1, 1)) // _MS
+        return TxRecord(
+            transaction_id=str(self.transaction_id),
+            customer_id=str(self.customer_id),
+            terminal_id=str(self.terminal_id),
+            time_ms=int(epoch_ms),
+            amount_cents=int(to_cents([self.tx_amount])[0]),
+            channel=self.tx_channel or "unknown",
+            merchant_category=self.merchant_category or "unknown",
+        )
+
+
+class Prediction(BaseModel):
+    transaction_id: str
+    fraud_probability: float
+    is_fraud: bool
+    model_version: str
+
+
+class Label(BaseModel):
+    """A confirmed outcome for a transaction the service scored."""
+
+    model_config = ConfigDict(extra="forbid")
+    transaction_id: Identifier
+    is_fraud: bool
+
+
+class LabelledTransaction(Transaction):
+    """A full transaction record with its outcome, for transactions the service never saw."""
+
+    is_fraud: bool
+
+
+class FeedbackResult(BaseModel):
+    applied: int
+    ingested: int
+    unknown_transaction_ids: list[str]
+    message: str
+    model_version: str

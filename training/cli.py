@@ -1,0 +1,417 @@
+"""The ``fraudops`` command line: simulate, train, evaluate, promote, import-bento, serve, run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training.config import Settings, get_settings
+
+app = typer.Typer(
+    help="fraud-mlops: train, track, gate and serve real-time payment-fraud models.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+PROJECT = Path(__file__).resolve().parent.parent
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="A file or a folder of per-day files (parquet, CSV, pickle)."),
+]
+
+
+@contextmanager
+def step(title: str):
+    """A spinner with elapsed time; yields a callback that updates its text."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def update(msg: str) -> None:
+            progress.update(task, description=f"{title}: {msg}")
+
+        yield update
+        progress.update(task, description=f"{title}: done", total=1, completed=1)
+
+
+def _data_path(settings: Settings, data: Path | None) -> Path:
+    return data or settings.data_dir / "transactions"
+
+
+def _load(path: Path):
+    from training import data as data_mod
+    from training import features
+
+    try:
+        with step(f"loading {path}") as say:
+            raw = data_mod.load_transactions(path, progress=lambda i, n: say(f"file {i}/{n}"))
+        with step("offline features"):
+            feats = features.offline_features(raw)
+    except (data_mod.DataError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"{len(raw):,} transactions, {int(raw['TX_FRAUD'].sum()):,} frauds, "
+        f"{raw['TX_DATETIME'].min():%Y-%m-%d} to {raw['TX_DATETIME'].max():%Y-%m-%d}"
+    )
+    return raw, feats
+
+
+@app.command()
+def simulate(
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: FRAUD_DATA_DIR).")
+    ] = None,
+    customers: int = typer.Option(5_000, min=1),
+    terminals: int = typer.Option(10_000, min=1),
+    days: int = typer.Option(183, min=1),
+    start_date: str = typer.Option("2018-04-01"),
+    radius: float = typer.Option(5.0, min=0.0),
+    seed: int = 0,
+    terminal_threshold: float = typer.Option(220.0, help="Amount above which a payment is fraud."),
+    compromised_terminals_per_day: int = 2,
+    compromised_customers_per_day: int = 3,
+) -> None:
+    """Simulate transactions (handbook process) into one parquet file per day.
+
+    Example: `fraudops simulate --customers 5000 --terminals 10000 --days 183 --out data/full`
+    """
+    from training.simulate import SimulationConfig, write_per_day
+    from training.simulate import simulate as run_sim
+
+    cfg = SimulationConfig(
+        n_customers=customers,
+        n_terminals=terminals,
+        n_days=days,
+        start_date=start_date,
+        radius=radius,
+        seed=seed,
+        terminal_threshold=terminal_threshold,
+        compromised_terminals_per_day=compromised_terminals_per_day,
+        compromised_customers_per_day=compromised_customers_per_day,
+    )
+    target = (out or get_settings().data_dir) / "transactions"
+    t0 = time.perf_counter()
+    with step("simulating") as say:
+        df = run_sim(cfg, progress=say)
+    with step(f"writing {target}"):
+        paths = write_per_day(df, target)
+    (target.parent / "simulation.json").write_text(json.dumps(asdict(cfg), indent=2))
+    console.print(
+        f"{len(df):,} transactions, {int(df['TX_FRAUD'].sum()):,} frauds "
+        f"({df['TX_FRAUD'].mean():.3%}) in {len(paths)} files, {time.perf_counter() - t0:.1f}s"
+    )
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    grid: str = typer.Option("standard", help="Search grid: quick, standard or full."),
+    budget: int | None = typer.Option(None, help="Alerts per day the team can review."),
+    margin: float | None = typer.Option(None, help="AP gain a candidate needs to take champion."),
+    promote: bool = typer.Option(True, help="Run the champion gate after registering."),
+    seed: int = 0,
+) -> None:
+    """Train (prequential model selection), log to MLflow, register, and gate the champion.
+
+    Example: `fraudops train --data data/demo/transactions --grid standard`
+    """
+    from training import data as data_mod
+    from training import registry
+    from training import train as train_mod
+
+    settings = get_settings()
+    path = _data_path(settings, data)
+    raw, feats = _load(path)
+    layout = data_mod.handbook_layout(raw)
+    client = registry.configure(settings)
+    t0 = time.perf_counter()
+    with step("training") as say:
+        result = train_mod.train(
+            raw,
+            feats,
+            layout,
+            grid=grid,
+            budget=budget or settings.review_budget_per_day,
+            seed=seed,
+            progress=say,
+        )
+    train_s = time.perf_counter() - t0
+    _print_search(result)
+    with step("logging to MLflow"):
+        reg = registry.log_training(result, raw, feats, settings, dataset=str(path))
+    console.print(
+        f"registered {settings.registered_model} version {reg.version} "
+        f"(run {reg.run_id}); training took {train_s:.1f}s"
+    )
+    if promote:
+        with step("champion gate"):
+            decision = registry.gate(
+                client,
+                settings.registered_model,
+                reg.version,
+                raw,
+                feats,
+                layout.final,
+                settings.promotion_margin if margin is None else margin,
+            )
+        verdict = "[green]champion[/green]" if decision.promoted else "[yellow]challenger[/yellow]"
+        console.print(f"version {reg.version} -> {verdict}: {decision.reason}")
+
+
+def _print_search(result) -> None:
+    table = Table(title="Prequential validation (mean ± std over folds)")
+    for col in ("candidate", "AUC", "AP", "CP@100", "fit s"):
+        table.add_column(col)
+    for cr in sorted(result.search, key=lambda r: -r.summary()["ap_mean"]):
+        s = cr.summary()
+        mark = " *" if cr.candidate == result.candidate else ""
+        table.add_row(
+            cr.candidate.name + mark,
+            f"{s['auc_mean']:.3f} ± {s['auc_std']:.3f}",
+            f"{s['ap_mean']:.3f} ± {s['ap_std']:.3f}",
+            f"{s['cp100_mean']:.3f} ± {s['cp100_std']:.3f}",
+            f"{s['fit_seconds']:.0f}",
+        )
+    console.print(table)
+    m = result.test_metrics
+    console.print(
+        f"hold-out {result.data_window['test_start']}..{result.data_window['test_end']}: "
+        f"AUC {m['auc']:.3f}  AP {m['ap']:.3f}  CP@100 {m['cp100']:.3f}  | threshold "
+        f"{result.threshold:.3f}: precision {m['precision']:.3f} recall {m['recall']:.3f} "
+        f"F1 {m['f1']:.3f} accuracy {m['accuracy']:.4f}"
+    )
+
+
+@app.command()
+def evaluate(
+    data: DataOpt = None,
+    protocol: str = typer.Option("handbook", help="Evaluation protocol (handbook)."),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    model_uri: str | None = typer.Option(
+        None, help="Evaluate this MLflow model on every fold instead of retraining per fold."
+    ),
+    balancing: str = "none",
+    max_depth: int = 20,
+    n_estimators: int = 100,
+    folds: int = 4,
+    budget: int | None = None,
+) -> None:
+    """Handbook protocol: train 7 days, delay 7, test 7, over prequential folds; mean ± std.
+
+    Example: `fraudops evaluate --data data/full/transactions --protocol handbook --json eval.json`
+    """
+    from training import evaluate as eval_mod
+
+    if protocol != "handbook":
+        console.print(f"[red]error:[/red] --protocol: unknown protocol {protocol!r} (handbook)")
+        raise typer.Exit(2)
+    settings = get_settings()
+    raw, feats = _load(_data_path(settings, data))
+    from training.train import Candidate
+
+    cand = Candidate(balancing=balancing, max_depth=max_depth, n_estimators=n_estimators)
+    if model_uri:
+        from training import registry
+
+        registry.configure(settings)
+    with step("evaluating") as say:
+        report = eval_mod.handbook_evaluation(
+            raw,
+            feats,
+            cand,
+            n_folds=folds,
+            budget=budget or settings.review_budget_per_day,
+            model_uri=model_uri,
+            progress=say,
+        )
+    table = Table(title=f"Handbook protocol, {len(report['folds'])} folds")
+    table.add_column("metric")
+    table.add_column("mean ± std")
+    for key, val in report["summary"].items():
+        table.add_row(key, f"{val['mean']:.4f} ± {val['std']:.4f}")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="Registered model version to make champion."),
+    force: bool = typer.Option(False, help="Skip the gate and move the alias."),
+    data: DataOpt = None,
+    margin: float | None = None,
+) -> None:
+    """Gate a registered version against the champion on the data's hold-out (or force it).
+
+    Example: `fraudops promote 3 --data data/demo/transactions`
+    """
+    from training import data as data_mod
+    from training import registry
+
+    settings = get_settings()
+    client = registry.configure(settings)
+    if force:
+        client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, version)
+        console.print(f"version {version} is champion (forced)")
+        return
+    raw, feats = _load(_data_path(settings, data))
+    layout = data_mod.handbook_layout(raw)
+    decision = registry.gate(
+        client,
+        settings.registered_model,
+        version,
+        raw,
+        feats,
+        layout.final,
+        settings.promotion_margin if margin is None else margin,
+    )
+    console.print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+
+
+@app.command("import-bento")
+def import_bento() -> None:
+    """Import the MLflow champion into the Bento store (skipped if already imported).
+
+    Example: `fraudops import-bento`
+    """
+    from training import deploy
+
+    with step("importing champion into the Bento store"):
+        imported = deploy.import_champion(get_settings())
+    state = "imported" if imported.created else "already in the store"
+    console.print(f"MLflow version {imported.mlflow_version} {state} as {imported.tag}")
+
+
+@app.command()
+def status() -> None:
+    """Show the dataset, the registered versions, aliases and the Bento store.
+
+    Example: `fraudops status`
+    """
+    from training import deploy, registry
+
+    settings = get_settings()
+    client = registry.configure(settings)
+    table = Table(title=f"{settings.registered_model} ({settings.mlflow_tracking_uri})")
+    for col in ("version", "aliases", "test AP", "threshold", "bento"):
+        table.add_column(col)
+    try:
+        versions = client.search_model_versions(f"name='{settings.registered_model}'")
+    except Exception:
+        versions = []
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        run = client.get_run(mv.run_id)
+        bento = deploy.find_imported(settings, str(mv.version))
+        table.add_row(
+            str(mv.version),
+            ",".join(mv.aliases),
+            f"{run.data.metrics.get('test_ap', float('nan')):.4f}",
+            mv.tags.get("threshold", ""),
+            str(bento.tag) if bento else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Serve the Bento-store champion with `bentoml serve` (blocks).
+
+    Example: `fraudops serve --port 8080`
+    """
+    settings = get_settings()
+    env = {
+        **os.environ,
+        "FRAUD_HOST": host or settings.host,
+        "FRAUD_PORT": str(port or settings.port),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "service:FraudDetector",
+        "--host",
+        env["FRAUD_HOST"],
+        "--port",
+        env["FRAUD_PORT"],
+    ]
+    console.print(" ".join(cmd))
+    raise typer.Exit(subprocess.call(cmd, cwd=PROJECT, env=env))
+
+
+@app.command()
+def run(
+    data: DataOpt = None,
+    grid: str = typer.Option("standard", help="Search grid for the first training."),
+    customers: int = typer.Option(2_500, help="Demo data: customers."),
+    terminals: int = typer.Option(5_000, help="Demo data: terminals."),
+    days: int = typer.Option(100, help="Demo data: days."),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve"),
+) -> None:
+    """The main job: simulate demo data if none, train if no champion, import, serve.
+
+    Example: `fraudops run` (what `make run` calls)
+    """
+    from training import deploy, registry
+
+    settings = get_settings()
+    path = _data_path(settings, data)
+    if data is None and not any(path.glob("*.parquet")):
+        console.print(f"no data in {path}: simulating a demo dataset")
+        simulate(
+            out=settings.data_dir,
+            customers=customers,
+            terminals=terminals,
+            days=days,
+            start_date="2018-04-01",
+            radius=5.0,
+            seed=0,
+            terminal_threshold=220.0,
+            compromised_terminals_per_day=2,
+            compromised_customers_per_day=3,
+        )
+    else:
+        console.print(f"data: {path}")
+    client = registry.configure(settings)
+    if registry.champion_version(client, settings.registered_model) is None:
+        console.print("no champion yet: training the first model")
+        train(data=path, grid=grid, budget=None, margin=None, promote=True, seed=0)
+    else:
+        console.print(
+            f"champion: version {registry.champion_version(client, settings.registered_model)}"
+        )
+    if not deploy.champion_in_store(settings):
+        import_bento()
+    else:
+        console.print("champion already in the Bento store")
+    if serve_after:
+        serve(host=None, port=None)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,152 @@
+"""Loading transaction data (one file or a folder of per-day files) and time-ordered splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training import schema
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".parquet": pd.read_parquet,
+    ".csv": pd.read_csv,
+    ".gz": pd.read_csv,
+    ".pkl": pd.read_pickle,
+    ".pickle": pd.read_pickle,
+}
+
+
+class DataError(ValueError):
+    """The data path cannot be read as transactions; the message says why."""
+
+
+def data_files(path: Path) -> list[Path]:
+    """The transaction files at ``path`` (a file, or a folder searched recursively)."""
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in READERS)
+        if not files:
+            raise DataError(
+                f"no transaction files in {path} (expected {', '.join(sorted(READERS))})"
+            )
+    bad = [p for p in files if p.suffix not in READERS]
+    if bad:
+        raise DataError(f"unsupported file type {bad[0].suffix!r} for {bad[0]}")
+    return files
+
+
+def load_transactions(
+    path: Path, *, require_labels: bool = True, progress: Callable[[int, int], None] | None = None
+) -> pd.DataFrame:
+    """Read and normalise transactions (handbook raw layout, lenient dtypes), in time order."""
+    files = data_files(path)
+    frames = []
+    for i, f in enumerate(files):
+        try:
+            frames.append(READERS[f.suffix](f))
+        except Exception as exc:
+            raise DataError(f"cannot read {f}: {exc}") from exc
+        if progress:
+            progress(i + 1, len(files))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if df.empty:
+        raise DataError(f"{path} holds no transactions")
+    return schema.normalize(df, require_labels=require_labels)
+
+
+def day_index(df: pd.DataFrame) -> np.ndarray:
+    """Calendar day of each transaction, counted from the first day of the data."""
+    days = df[schema.TX_DATETIME].dt.normalize()
+    return np.asarray((days - days.min()).dt.days, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions of one train/test split; test rows exclude already known frauded cards."""
+
+    train: np.ndarray
+    test: np.ndarray
+    train_days: tuple[int, int]
+    test_days: tuple[int, int]
+
+
+def handbook_split(
+    df: pd.DataFrame,
+    days: np.ndarray,
+    train_start: int,
+    train_days: int = 7,
+    delay_days: int = 7,
+    test_days: int = 7,
+) -> Split:
+    """Handbook split: train, then a delay, then test days without already-known fraud cards.
+
+    Cards with a fraud in the training window, or seen in the delay period up to the test day
+    minus the delay, are known to the investigators and removed from each test day.
+    """
+    fraud = df[schema.TX_FRAUD].to_numpy()
+    customers = df[schema.CUSTOMER_ID].to_numpy()
+    train_mask = (days >= train_start) & (days < train_start + train_days)
+    known = set(customers[train_mask & (fraud == 1)])
+    test_start = train_start + train_days + delay_days
+    parts = []
+    for d in range(test_days):
+        delay_day = train_start + train_days + d - 1
+        known |= set(customers[(days == delay_day) & (fraud == 1)])
+        rows = np.flatnonzero(days == test_start + d)
+        keep = ~pd.Series(customers[rows]).isin(known).to_numpy()
+        parts.append(rows[keep])
+    test = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return Split(
+        np.flatnonzero(train_mask),
+        test,
+        (train_start, train_start + train_days),
+        (test_start, test_start + test_days),
+    )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the final split and the prequential validation folds sit in the data's days."""
+
+    final: Split
+    folds: list[Split]
+
+
+def handbook_layout(
+    df: pd.DataFrame,
+    train_days: int = 7,
+    delay_days: int = 7,
+    test_days: int = 7,
+    n_folds: int = 4,
+) -> Layout:
+    """Final hold-out = the last ``test_days``; validation folds shifted back one block each."""
+    days = day_index(df)
+    last = int(days.max())
+    test_start = last - test_days + 1
+    train_start = test_start - delay_days - train_days
+    if train_start < 0:
+        raise DataError(
+            f"data covers {last + 1} days; the protocol needs at least "
+            f"{train_days + delay_days + test_days}"
+        )
+    final = handbook_split(df, days, train_start, train_days, delay_days, test_days)
+    folds = []
+    valid_start = train_start - delay_days - test_days
+    for k in range(n_folds):
+        start = valid_start - k * test_days
+        if start < 0:
+            break
+        folds.append(handbook_split(df, days, start, train_days, delay_days, test_days))
+    if not folds:
+        raise DataError(
+            f"data covers {last + 1} days; prequential validation needs at least "
+            f"{2 * (train_days + delay_days + test_days)}"
+        )
+    return Layout(final, folds)

@@ -1,0 +1,98 @@
+"""Bento store: import the MLflow champion as a self-contained Bento model; build Bentos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import joblib
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from training import registry
+from training.config import Settings
+
+PIPELINE_FILE = "pipeline.joblib"
+INFO_FILE = "model_info.json"
+WARMUP_FILE = "warmup.parquet"
+
+
+@dataclass
+class Imported:
+    tag: str
+    mlflow_version: str
+    created: bool
+
+
+def find_imported(settings: Settings, mlflow_version: str) -> bentoml.Model | None:
+    """An already imported Bento model of this registered model version, if any."""
+    try:
+        models = bentoml.models.list(settings.bento_model)
+    except bentoml.exceptions.NotFound:
+        return None
+    for model in models:
+        meta = model.info.metadata
+        if (
+            meta.get("mlflow_model_name") == settings.registered_model
+            and str(meta.get("mlflow_model_version")) == mlflow_version
+        ):
+            return model
+    return None
+
+
+def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Imported:
+    """Copy the aliased MLflow model (pipeline, model info, warm-up history) into the Bento store.
+
+    Idempotent: a version already imported is not imported twice.
+    """
+    client = registry.configure(settings)
+    mv = client.get_model_version_by_alias(settings.registered_model, alias)
+    existing = find_imported(settings, str(mv.version))
+    if existing is not None:
+        return Imported(str(existing.tag), str(mv.version), False)
+    uri = f"models:/{settings.registered_model}/{mv.version}"
+    meta = registry.model_metadata(uri)
+    pipeline = mlflow.sklearn.load_model(uri)
+    metadata: dict[str, Any] = {
+        "mlflow_model_name": settings.registered_model,
+        "mlflow_model_version": str(mv.version),
+        "mlflow_run_id": mv.run_id,
+        "mlflow_alias": alias,
+        "threshold": float(meta["threshold"]),
+        "feature_set_version": meta.get("feature_set_version"),
+        "trained_at": str(mv.creation_timestamp),
+    }
+    with bentoml.models.create(
+        settings.bento_model, metadata=metadata, labels={"stage": alias}
+    ) as model:
+        joblib.dump(pipeline, model.path_of(PIPELINE_FILE))
+        Path(model.path_of(INFO_FILE)).write_text(json.dumps(meta, indent=2))
+        warm = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path=registry.WARMUP_ARTIFACT
+        )
+        shutil.copy(warm, model.path_of(WARMUP_FILE))
+    return Imported(str(model.tag), str(mv.version), True)
+
+
+def champion_in_store(settings: Settings) -> bool:
+    try:
+        client: MlflowClient = registry.configure(settings)
+        mv = client.get_model_version_by_alias(settings.registered_model, registry.CHAMPION)
+    except Exception:
+        return False
+    return find_imported(settings, str(mv.version)) is not None
+
+
+def build_bento(project_dir: Path) -> str:
+    """``bentoml build`` of the project; returns the Bento tag."""
+    out = subprocess.run(
+        ["bentoml", "build", "--output", "tag"], cwd=project_dir, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

@@ -1,0 +1,253 @@
+"""MLflow: log a training run, register the model, move ``champion`` only when it is better."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from training import data, features, metrics, reports, schema
+from training.config import Settings
+from training.train import TrainingResult
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+WARMUP_ARTIFACT = "feature_state/warmup.parquet"
+WARMUP_DAYS = 37  # longest window (30) + label delay (7)
+PIP_REQUIREMENTS = [
+    f"scikit-learn=={__import__('sklearn').__version__}",
+    f"imbalanced-learn=={__import__('imblearn').__version__}",
+    f"pandas=={pd.__version__}",
+    f"numpy=={np.__version__}",
+    "cloudpickle",
+]
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store; a local SQLite store keeps artefacts beside it."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    if client.get_experiment_by_name(settings.experiment_name) is None:
+        location = None
+        if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+            root = settings.mlflow_artifact_root.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
+        client.create_experiment(settings.experiment_name, artifact_location=location)
+    mlflow.set_experiment(settings.experiment_name)
+    return client
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def warmup_history(raw: pd.DataFrame, days: int = WARMUP_DAYS) -> pd.DataFrame:
+    """The most recent ``days`` of raw history: what serving materialises its state from."""
+    end = raw[schema.TX_DATETIME].max()
+    return raw[raw[schema.TX_DATETIME] > end - pd.Timedelta(days=days)].reset_index(drop=True)
+
+
+@dataclass
+class Registration:
+    run_id: str
+    version: str
+    model_uri: str
+
+
+def log_training(
+    result: TrainingResult,
+    raw: pd.DataFrame,
+    feats: pd.DataFrame,
+    settings: Settings,
+    dataset: str,
+) -> Registration:
+    """One MLflow run: params, metrics, every candidate (nested runs), artefacts, the model."""
+    info = result.model_info()
+    commit = git_commit()
+    tags = {
+        "dataset": dataset,
+        "feature_set_version": features.FEATURE_SET_VERSION,
+        "git_commit": commit,
+        **{f"data.{k}": v for k, v in result.data_window.items()},
+    }
+    with mlflow.start_run(run_name=f"train-{result.candidate.name}", tags=tags) as run:
+        mlflow.log_params({f"model.{k}": v for k, v in asdict(result.candidate).items()})
+        mlflow.log_params(
+            {
+                "threshold": round(result.threshold, 6),
+                "review_budget_per_day": settings.review_budget_per_day,
+                "categorical_fields": result.categorical,
+                "n_candidates": len(result.search),
+                "n_transactions": len(raw),
+            }
+        )
+        mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items()})
+        mlflow.log_metrics(result.timings)
+        rows = []
+        for cr in result.search:
+            summary = cr.summary()
+            rows.append({"candidate": cr.candidate.name, **asdict(cr.candidate), **summary})
+            with mlflow.start_run(run_name=cr.candidate.name, nested=True):
+                mlflow.log_params(asdict(cr.candidate))
+                mlflow.log_metrics({f"val_{k}": v for k, v in summary.items()})
+                for j, fold in enumerate(cr.folds):
+                    mlflow.log_metrics({f"fold_{k}": v for k, v in fold.metrics.items()}, step=j)
+        best = next(r for r in rows if r["candidate"] == result.candidate.name)
+        mlflow.log_metrics(
+            {f"val_{k}": v for k, v in best.items() if k.endswith(("_mean", "_std"))}
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            reports.write_curves(result.test_labels, result.test_scores, out / "plots")
+            reports.write_confusion(
+                result.test_labels, result.test_scores, result.threshold, out / "plots"
+            )
+            reports.write_importances(result.pipeline, out / "plots")
+            pd.DataFrame(rows).to_csv(out / "candidates.csv", index=False)
+            (out / "evaluation.json").write_text(
+                json.dumps(
+                    {
+                        "test": result.test_metrics,
+                        "validation": best,
+                        "data_window": result.data_window,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
+            (out / "model_info.json").write_text(json.dumps(info, indent=2, default=str))
+            mlflow.log_artifacts(str(out))
+            warm = out / "warmup.parquet"
+            warmup_history(raw).to_parquet(warm, index=False)
+            mlflow.log_artifact(str(warm), artifact_path="feature_state")
+        X = feats[result.feature_columns]
+        example = X.head(5)
+        signature = infer_signature(example, result.pipeline.predict_proba(example)[:, 1])
+        logged = mlflow.sklearn.log_model(
+            result.pipeline,
+            name="model",
+            serialization_format="cloudpickle",
+            signature=signature,
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            metadata=json.loads(json.dumps(info, default=str)),
+            registered_model_name=settings.registered_model,
+        )
+        version = str(logged.registered_model_version)
+    client = MlflowClient()
+    for key, value in {
+        **tags,
+        "threshold": f"{result.threshold:.6f}",
+        "run_id": run.info.run_id,
+    }.items():
+        client.set_model_version_tag(settings.registered_model, version, key, str(value))
+    return Registration(run.info.run_id, version, f"models:/{settings.registered_model}/{version}")
+
+
+def champion_version(client: MlflowClient, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def model_metadata(uri: str) -> dict[str, Any]:
+    return dict(mlflow.models.get_model_info(uri).metadata or {})
+
+
+def holdout_metrics(
+    uri: str, raw: pd.DataFrame, feats: pd.DataFrame, split: data.Split
+) -> dict[str, float]:
+    """Score a registered model on a hold-out with its own feature columns."""
+    meta = model_metadata(uri)
+    pipe = mlflow.sklearn.load_model(uri)
+    cols = meta["feature_columns"]
+    missing = [c for c in cols if c not in feats.columns]
+    if missing:
+        raise ValueError(f"model {uri} needs features {missing} that this data cannot provide")
+    scores = pipe.predict_proba(feats.iloc[split.test][cols])[:, 1]
+    labels = raw[schema.TX_FRAUD].to_numpy()[split.test]
+    days = data.day_index(raw)[split.test]
+    return metrics.ranking_metrics(
+        labels, scores, days, raw[schema.CUSTOMER_ID].to_numpy()[split.test]
+    )
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    reason: str
+    candidate: dict[str, float]
+    champion: dict[str, float] | None
+    previous_champion: str | None
+
+
+def decide(cand: dict[str, float], champ: dict[str, float], margin: float) -> tuple[bool, str]:
+    """AP first: promote when AP gains more than ``margin``; within the margin (a tie) a better
+    CP@100 wins, provided AP did not drop. Never promote a lower-AP model."""
+    d_ap = cand["ap"] - champ["ap"]
+    d_cp = cand["cp100"] - champ["cp100"]
+    if d_ap > margin:
+        return (
+            True,
+            f"AP {cand['ap']:.4f} beats champion {champ['ap']:.4f} by {d_ap:+.4f} > {margin}",
+        )
+    if 0 <= d_ap <= margin and d_cp > 0:
+        return True, f"AP tie within {margin} ({d_ap:+.4f}); CP@100 better by {d_cp:+.4f}"
+    return False, (
+        f"AP {cand['ap']:.4f} vs champion {champ['ap']:.4f} ({d_ap:+.4f}, margin {margin}); "
+        f"CP@100 {cand['cp100']:.4f} vs {champ['cp100']:.4f}"
+    )
+
+
+def gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    raw: pd.DataFrame,
+    feats: pd.DataFrame,
+    split: data.Split,
+    margin: float,
+) -> GateDecision:
+    """Compare candidate and champion on the same hold-out; move aliases accordingly."""
+    cand_uri = f"models:/{name}/{version}"
+    cand = holdout_metrics(cand_uri, raw, feats, split)
+    current = champion_version(client, name)
+    if current is None:
+        promoted, reason, champ = True, "first model: no champion yet", None
+    elif current == version:
+        promoted, reason, champ = True, "already champion", cand
+    else:
+        champ = holdout_metrics(f"models:/{name}/{current}", raw, feats, split)
+        promoted, reason = decide(cand, champ, margin)
+    client.set_model_version_tag(name, version, "gate_reason", reason)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        try:
+            if str(client.get_model_version_by_alias(name, CHALLENGER).version) == version:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        except MlflowException:
+            pass
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return GateDecision(promoted, reason, cand, champ, current)

@@ -1,0 +1,127 @@
+"""Serving core: the imported model, the online feature state and scoring, framework-free.
+
+``service.py`` is a thin BentoML shell around :class:`FraudScorer`, so the scorer can be
+tested in process and reused by other front ends.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from training import online, schema
+from training.features import FeatureConfig
+from training.online import OnlineFeatures, TxRecord, new_state
+from training.online_state import FeatureState
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """What the Bento model directory holds."""
+
+    pipeline: Any
+    info: dict[str, Any]
+    metadata: dict[str, Any]
+    warmup_path: Path | None
+
+    @classmethod
+    def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
+        warm = path / "warmup.parquet"
+        return cls(
+            pipeline=joblib.load(path / "pipeline.joblib"),
+            info=json.loads((path / "model_info.json").read_text()),
+            metadata=dict(metadata),
+            warmup_path=warm if warm.exists() else None,
+        )
+
+
+def feature_config(info: dict[str, Any]) -> FeatureConfig:
+    cfg = dict(info.get("feature_config") or {})
+    if "windows" in cfg:
+        cfg["windows"] = tuple(cfg["windows"])
+    return FeatureConfig(**cfg)
+
+
+class FraudScorer:
+    """Scores batches of transactions against the online state; takes feedback labels."""
+
+    def __init__(self, bundle: ModelBundle, state: FeatureState | None = None) -> None:
+        self.bundle = bundle
+        self.cfg = feature_config(bundle.info)
+        self.columns: list[str] = list(bundle.info["feature_columns"])
+        self.threshold = float(bundle.info["threshold"])
+        self.categorical = bool(bundle.info.get("categorical"))
+        self.features = OnlineFeatures(state or new_state(self.cfg), self.cfg, self.categorical)
+        self.lock = threading.Lock()
+        self.started = time.time()
+        self.warmed = 0
+
+    @property
+    def model_version(self) -> str:
+        return str(self.bundle.metadata.get("mlflow_model_version", "unknown"))
+
+    def warm(self) -> int:
+        """Materialise the state from the history shipped with the model."""
+        if self.bundle.warmup_path is None:
+            return 0
+        history = schema.normalize(pd.read_parquet(self.bundle.warmup_path))
+        with self.lock:
+            self.warmed = self.features.warm(history)
+        return self.warmed
+
+    def score(
+        self, batch: Sequence[TxRecord], record: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fraud probabilities and decisions; records the transactions unless ``record`` is off."""
+        if not batch:
+            return np.zeros(0), np.zeros(0, dtype=bool)
+        with self.lock:
+            feats = self.features.compute(batch, record=record)
+        proba = self.bundle.pipeline.predict_proba(feats[self.columns])[:, 1]
+        return proba, proba >= self.threshold
+
+    def feedback(
+        self,
+        labels: dict[str, int],
+        records: Sequence[TxRecord] = (),
+        record_labels: Sequence[int] = (),
+    ) -> list[str]:
+        """Apply labels by id and ingest labelled records never seen; returns unknown ids."""
+        with self.lock:
+            if records:
+                self.features.ingest(records, record_labels)
+            return self.features.feedback(labels) if labels else []
+
+    def terminal_risk(self, terminal_id: str, at_ms: int) -> dict[str, float]:
+        """Terminal window counts and fraud rates as a transaction at ``at_ms`` would see them."""
+        times, labels = self.features.state.terminal_histories([terminal_id])[terminal_id]
+        windows = online.terminal_windows(times, labels, at_ms, self.cfg)
+        return {
+            f"risk_{w}d": (frauds / count if count else 0.0)
+            for w, (count, frauds) in windows.items()
+        }
+
+    def health(self) -> dict[str, Any]:
+        meta = self.bundle.metadata
+        return {
+            "status": "ok",
+            "model": {
+                "name": meta.get("mlflow_model_name"),
+                "version": self.model_version,
+                "alias": meta.get("mlflow_alias"),
+                "run_id": meta.get("mlflow_run_id"),
+                "threshold": self.threshold,
+                "feature_set_version": self.bundle.info.get("feature_set_version"),
+            },
+            "feature_state": {**self.features.state.stats(), "warmed_from_history": self.warmed},
+            "uptime_seconds": round(time.time() - self.started, 3),
+        }

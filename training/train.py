@@ -1,0 +1,247 @@
+"""Training: an imbalanced-learn pipeline, chosen by prequential validation AP.
+
+Candidates cross the class-balancing choice with the forest's main hyper-parameters; each is
+fitted on every prequential fold's training window and scored on its test window. The winner
+is refitted on the final training window; the decision threshold comes from the winner's
+validation scores and the daily review budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import SMOTE
+from imblearn.pipeline import Pipeline
+from imblearn.under_sampling import RandomUnderSampler
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.preprocessing import OneHotEncoder
+
+from training import features, metrics, schema
+from training.data import Layout, Split, day_index
+
+BALANCING = ("none", "class_weight", "undersample", "smote")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search: a balancing strategy and forest hyper-parameters."""
+
+    balancing: str = "none"
+    n_estimators: int = 100
+    max_depth: int | None = 20
+    min_samples_leaf: int = 1
+    max_features: str | float = "sqrt"
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.balancing}-t{self.n_estimators}-d{self.max_depth}"
+            f"-l{self.min_samples_leaf}-f{self.max_features}"
+        )
+
+
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "quick": {"balancing": ["none", "class_weight"], "max_depth": [10, 20]},
+    "standard": {
+        "balancing": list(BALANCING),
+        "max_depth": [10, 20],
+        "min_samples_leaf": [1],
+    },
+    "full": {
+        "balancing": list(BALANCING),
+        "max_depth": [10, 20, None],
+        "min_samples_leaf": [1, 5],
+        "n_estimators": [100, 200],
+    },
+}
+
+
+def candidates(grid: str | dict[str, list[Any]]) -> list[Candidate]:
+    """Expand a named grid (quick, standard, full) or an explicit one into candidates."""
+    spec = GRIDS[grid] if isinstance(grid, str) else grid
+    keys = list(spec)
+    return [
+        Candidate(**dict(zip(keys, vals, strict=True)))
+        for vals in itertools.product(*spec.values())
+    ]
+
+
+def build_pipeline(c: Candidate, categorical: bool, seed: int = 0) -> Pipeline:
+    """Preprocessing (one-hot for categorical fields) + optional sampler + random forest."""
+    cat_cols = list(features.CATEGORICAL_FEATURES) if categorical else []
+    prep = ColumnTransformer(
+        [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cat_cols)],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    )
+    sampler: Any = "passthrough"
+    if c.balancing == "undersample":
+        sampler = RandomUnderSampler(sampling_strategy=0.1, random_state=seed)
+    elif c.balancing == "smote":
+        sampler = SMOTE(sampling_strategy=0.1, random_state=seed)
+    elif c.balancing not in BALANCING:
+        raise ValueError(f"unknown balancing {c.balancing!r}; choose one of {BALANCING}")
+    forest = RandomForestClassifier(
+        n_estimators=c.n_estimators,
+        max_depth=c.max_depth,
+        min_samples_leaf=c.min_samples_leaf,
+        max_features=c.max_features,
+        class_weight="balanced_subsample" if c.balancing == "class_weight" else None,
+        n_jobs=-1,
+        random_state=seed,
+    )
+    return Pipeline([("prep", prep), ("sampler", sampler), ("forest", forest)])
+
+
+@dataclass
+class FoldResult:
+    scores: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+
+
+@dataclass
+class CandidateResult:
+    candidate: Candidate
+    folds: list[FoldResult]
+    fit_seconds: float
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key in ("auc", "ap", "cp100"):
+            vals = np.array([f.metrics[key] for f in self.folds], dtype=float)
+            out[f"{key}_mean"] = float(np.nanmean(vals))
+            out[f"{key}_std"] = float(np.nanstd(vals))
+        out["fit_seconds"] = self.fit_seconds
+        return out
+
+
+def fit_and_score(
+    c: Candidate,
+    feats: pd.DataFrame,
+    raw: pd.DataFrame,
+    split: Split,
+    categorical: bool,
+    days: np.ndarray,
+    seed: int = 0,
+) -> tuple[Pipeline, FoldResult]:
+    """Fit on the split's training rows, score its test rows."""
+    y = raw[schema.TX_FRAUD].to_numpy()
+    if len(np.unique(y[split.train])) < 2:
+        raise ValueError(
+            f"training window days {split.train_days} holds a single class; need frauds and "
+            "genuine transactions"
+        )
+    pipe = build_pipeline(c, categorical, seed)
+    pipe.fit(feats.iloc[split.train], y[split.train])
+    scores = pipe.predict_proba(feats.iloc[split.test])[:, 1]
+    labels = y[split.test]
+    m = metrics.ranking_metrics(
+        labels, scores, days[split.test], raw[schema.CUSTOMER_ID].to_numpy()[split.test]
+    )
+    return pipe, FoldResult(scores, labels, m)
+
+
+@dataclass
+class TrainingResult:
+    """Everything a training run produces, ready to log."""
+
+    pipeline: Pipeline
+    candidate: Candidate
+    threshold: float
+    feature_columns: list[str]
+    categorical: bool
+    search: list[CandidateResult]
+    test_scores: np.ndarray
+    test_labels: np.ndarray
+    test_metrics: dict[str, float]
+    data_window: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def model_info(self) -> dict[str, Any]:
+        """What serving needs besides the pipeline (stored with the model)."""
+        return {
+            "threshold": self.threshold,
+            "feature_columns": self.feature_columns,
+            "categorical": self.categorical,
+            "feature_set_version": features.FEATURE_SET_VERSION,
+            "feature_config": asdict(features.FeatureConfig()),
+            "candidate": asdict(self.candidate),
+            "data_window": self.data_window,
+        }
+
+
+def train(
+    raw: pd.DataFrame,
+    feats: pd.DataFrame,
+    layout: Layout,
+    grid: str | dict[str, list[Any]] = "standard",
+    budget: int = 100,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> TrainingResult:
+    """Prequential search, refit of the winner on the final window, hold-out evaluation."""
+    say = progress or (lambda _m: None)
+    categorical = features.has_categoricals(raw)
+    columns = features.feature_names(features.FeatureConfig(), categorical)
+    X = feats[columns]
+    days = day_index(raw)
+    results: list[CandidateResult] = []
+    cands = candidates(grid)
+    t_search = time.perf_counter()
+    for i, cand in enumerate(cands):
+        t0 = time.perf_counter()
+        folds = []
+        for j, split in enumerate(layout.folds):
+            say(f"candidate {i + 1}/{len(cands)} {cand.name} fold {j + 1}/{len(layout.folds)}")
+            folds.append(fit_and_score(cand, X, raw, split, categorical, days, seed)[1])
+        results.append(CandidateResult(cand, folds, time.perf_counter() - t0))
+    search_s = time.perf_counter() - t_search
+    best = max(
+        results,
+        key=lambda r: (
+            np.nan_to_num(r.summary()["ap_mean"], nan=-1.0),
+            np.nan_to_num(r.summary()["cp100_mean"], nan=-1.0),
+        ),
+    )
+    val_scores = np.concatenate([f.scores for f in best.folds])
+    val_labels = np.concatenate([f.labels for f in best.folds])
+    n_val_days = sum(s.test_days[1] - s.test_days[0] for s in layout.folds)
+    threshold = metrics.budget_threshold(val_scores, val_labels, n_val_days, budget)
+    say(f"refitting {best.candidate.name} on the final training window")
+    t0 = time.perf_counter()
+    pipe, final = fit_and_score(best.candidate, X, raw, layout.final, categorical, days, seed)
+    fit_s = time.perf_counter() - t0
+    test_metrics = {
+        **final.metrics,
+        **metrics.threshold_metrics(final.labels, final.scores, threshold),
+    }
+    start = raw[schema.TX_DATETIME].dt.normalize().min()
+    window = {
+        "data_start": str(raw[schema.TX_DATETIME].min()),
+        "data_end": str(raw[schema.TX_DATETIME].max()),
+        "train_start": str((start + pd.Timedelta(days=layout.final.train_days[0])).date()),
+        "train_end": str((start + pd.Timedelta(days=layout.final.train_days[1] - 1)).date()),
+        "test_start": str((start + pd.Timedelta(days=layout.final.test_days[0])).date()),
+        "test_end": str((start + pd.Timedelta(days=layout.final.test_days[1] - 1)).date()),
+    }
+    return TrainingResult(
+        pipe,
+        best.candidate,
+        threshold,
+        columns,
+        categorical,
+        results,
+        final.scores,
+        final.labels,
+        test_metrics,
+        window,
+        {"search_seconds": search_s, "final_fit_seconds": fit_s},
+    )
