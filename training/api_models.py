@@ -24,17 +24,15 @@ class Transaction(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {
-                    "transaction_id": "tx-000001",
-                    "tx_datetime": "2018-07-31T12:03:27Z",
-                    "customer_id": "42",
-                    "terminal_id": "3156",
-                    "tx_amount": 57.16,
-                    "tx_channel": "card_present",
-                    "merchant_category": "grocery",
-                }
-            ]
+            "example": {
+                "transaction_id": "tx-000001",
+                "tx_datetime": "2018-07-31T12:03:27Z",
+                "customer_id": "42",
+                "terminal_id": "3156",
+                "tx_amount": 57.16,
+                "tx_channel": "card_present",
+                "merchant_category": "grocery",
+            }
         },
     )
 

@@ -27,6 +27,13 @@ app = typer.Typer(
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 PROJECT = Path(__file__).resolve().parent.parent
 
+
+@app.callback()
+def _defaults() -> None:
+    """Keep the Bento store inside the project unless BENTOML_HOME says otherwise."""
+    os.environ.setdefault("BENTOML_HOME", str(PROJECT / ".bentoml"))
+
+
 DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="A file or a folder of per-day files (parquet, CSV, pickle)."),

@@ -12,7 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Embedded defaults make one command work with no servers; every field is an env var."""
 
-    model_config = SettingsConfigDict(env_prefix="FRAUD_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     data_dir: Path = Field(Path("data/demo"), description="Default dataset folder")
     mlflow_tracking_uri: str = Field(

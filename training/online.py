@@ -167,3 +167,43 @@ def records_from_frame(df: pd.DataFrame) -> list[TxRecord]:
             strict=True,
         )
     ]
+
+
+def replay(
+    records: Sequence[TxRecord],
+    labels: Sequence[int],
+    online: OnlineFeatures,
+    label_delay_ms: int,
+    max_batch: int = 500,
+) -> pd.DataFrame:
+    """Score a time-ordered stream through the online path, delivering each label
+    ``label_delay_ms`` after its transaction (before any later transaction is scored).
+
+    Returns the online features, row for row. Used for parity tests and back-tests.
+    """
+    import heapq
+
+    pending: list[tuple[int, int, str, int]] = []
+    frames = []
+    i = 0
+    while i < len(records):
+        now = records[i].time_ms
+        due: dict[str, int] = {}
+        while pending and pending[0][0] <= now:
+            _, _, tx_id, lab = heapq.heappop(pending)
+            due[tx_id] = lab
+        if due:
+            online.feedback(due)
+        end = min(i + max_batch, len(records))
+        if pending:  # stop the batch before the next label falls due
+            next_due = pending[0][0]
+            j = i + 1
+            while j < end and records[j].time_ms < next_due:
+                j += 1
+            end = j
+        batch = records[i:end]
+        frames.append(online.compute(batch))
+        for k, r in enumerate(batch, start=i):
+            heapq.heappush(pending, (r.time_ms + label_delay_ms, k, r.transaction_id, labels[k]))
+        i = end
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

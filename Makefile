@@ -1,0 +1,68 @@
+# fraud-mlops — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_COMPILE_BYTECODE := 1
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+UV := python3 -m uv
+RUN := $(UV) run --frozen
+DATA ?= data/demo/transactions
+
+.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+
+.venv/.synced: pyproject.toml uv.lock
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen --compile-bytecode
+	@touch $@
+
+install: .venv/.synced ## Install everything (uv, locked deps, bytecode compiled)
+
+run: install ## Main job: demo data if none, train if no champion, import, serve on 127.0.0.1:8080
+	$(RUN) fraudops run
+
+test: install ## Run the whole test suite (real MLflow server, PostgreSQL, bentoml serve)
+	$(RUN) pytest -q
+
+test-fast: install ## Unit tests only (no servers)
+	$(RUN) pytest -q -m "not slow"
+
+lint: install ## ruff + mypy
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+format: install ## Format the code
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+simulate: install ## Simulate the demo dataset (2,500 customers, 100 days)
+	$(RUN) fraudops simulate --customers 2500 --terminals 5000 --days 100 --out data/demo
+
+simulate-full: install ## Simulate the handbook's full scale (5,000 customers, 183 days) into data/full
+	$(RUN) fraudops simulate --out data/full
+
+train: install ## Train, log to MLflow, register and gate (DATA=path)
+	$(RUN) fraudops train --data $(DATA)
+
+evaluate: install ## Handbook-protocol evaluation to reports/evaluation.json (DATA=path)
+	$(RUN) fraudops evaluate --data $(DATA) --protocol handbook --json reports/evaluation.json
+
+import-bento: install ## Import the MLflow champion into the Bento store
+	$(RUN) fraudops import-bento
+
+build: import-bento ## bentoml build from bentofile.yaml
+	$(RUN) bentoml build
+
+export: build ## Export the latest Bento to bentos/
+	$(RUN) bentoml export fraud_detector:latest bentos/
+
+serve: install ## Serve the champion from the Bento store on 127.0.0.1:8080
+	$(RUN) fraudops serve
+
+status: install ## Registered versions, aliases and Bento store
+	$(RUN) fraudops status
+
+clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
+	rm -rf data/demo mlruns .bentoml reports

@@ -1,0 +1,113 @@
+"""Real servers for tests: an MLflow tracking server on PostgreSQL and `bentoml serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a server and its children (own process group)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextmanager
+def mlflow_server(workdir: Path, port: int) -> Iterator[str]:
+    """`mlflow server` on a fresh PostgreSQL database with proxied artefacts; dropped after."""
+    db = f"fraud_mlflow_test_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {db}")
+    log = workdir / "mlflow-server.log"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"{PG}/{db}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(workdir / "mlflow-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+@contextmanager
+def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    """`bentoml serve service:FraudDetector` in a subprocess."""
+    proc = subprocess.Popen(
+        [
+            str(BIN / "bentoml"),
+            "serve",
+            "service:FraudDetector",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=PROJECT,
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)

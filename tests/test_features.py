@@ -1,0 +1,135 @@
+"""Feature definitions: point-in-time correctness, the label delay, and online/offline parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import features, schema
+from training.features import MS_PER_DAY, FeatureConfig
+from training.online import OnlineFeatures, new_state, records_from_frame, replay
+from training.simulate import SimulationConfig, simulate
+
+CFG = FeatureConfig()
+
+
+@pytest.fixture(scope="module")
+def stream() -> pd.DataFrame:
+    return schema.normalize(
+        simulate(SimulationConfig(n_customers=300, n_terminals=600, n_days=50, seed=5))
+    )
+
+
+def test_feature_names_with_and_without_categoricals(stream: pd.DataFrame) -> None:
+    with_cats = features.offline_features(stream, CFG)
+    assert list(with_cats.columns) == features.feature_names(CFG, categorical=True)
+    plain = stream.drop(columns=[schema.TX_CHANNEL, schema.MERCHANT_CATEGORY])
+    without = features.offline_features(plain, CFG)
+    assert list(without.columns) == features.feature_names(CFG, categorical=False)
+    assert len(features.feature_names(CFG, categorical=False)) == 15 + 2
+
+
+def test_baseline_definitions_by_hand(stream: pd.DataFrame) -> None:
+    feats = features.offline_features(stream, CFG)
+    i = len(stream) - 1
+    row, t = stream.iloc[i], stream[schema.TX_DATETIME].iloc[i]
+    cust = stream[(stream[schema.CUSTOMER_ID] == row[schema.CUSTOMER_ID]) & (stream.index <= i)]
+    last7 = cust[cust[schema.TX_DATETIME] > t - pd.Timedelta(days=7)]
+    assert feats.loc[i, "CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == len(last7)
+    assert feats.loc[i, "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"] == pytest.approx(
+        last7[schema.TX_AMOUNT].mean()
+    )
+    term = stream[stream[schema.TERMINAL_ID] == row[schema.TERMINAL_ID]]
+    lo, hi = t - pd.Timedelta(days=37), t - pd.Timedelta(days=7)
+    win = term[(term[schema.TX_DATETIME] > lo) & (term[schema.TX_DATETIME] <= hi)]
+    assert feats.loc[i, "TERMINAL_ID_NB_TX_30DAY_WINDOW"] == len(win)
+    expected_risk = win[schema.TX_FRAUD].mean() if len(win) else 0.0
+    assert feats.loc[i, "TERMINAL_ID_RISK_30DAY_WINDOW"] == pytest.approx(expected_risk)
+    assert feats.loc[i, "TX_DURING_NIGHT"] == int(t.hour <= 6)
+    assert feats.loc[i, "TX_DURING_WEEKEND"] == int(t.weekday() >= 5)
+
+
+def test_no_future_data(stream: pd.DataFrame) -> None:
+    """Changing or dropping everything after a cut-off leaves earlier features unchanged."""
+    cut = stream[schema.TX_DATETIME].iloc[len(stream) // 2]
+    full = features.offline_features(stream, CFG)
+    past = stream[stream[schema.TX_DATETIME] <= cut]
+    tampered = stream.copy()
+    future = tampered[schema.TX_DATETIME] > cut
+    tampered.loc[future, schema.TX_AMOUNT] *= 7
+    tampered.loc[future, schema.TX_FRAUD] = 1
+    a = features.offline_features(past, CFG)
+    b = features.offline_features(tampered, CFG).iloc[: len(past)]
+    pd.testing.assert_frame_equal(a, full.iloc[: len(past)])
+    pd.testing.assert_frame_equal(b, full.iloc[: len(past)])
+
+
+def test_label_delay_respected(stream: pd.DataFrame) -> None:
+    """Labels of the last 7 days before a transaction do not influence its features."""
+    t_last = stream[schema.TX_DATETIME].iloc[-1]
+    recent = stream[schema.TX_DATETIME] > t_last - pd.Timedelta(days=7)
+    flipped = stream.copy()
+    flipped.loc[recent, schema.TX_FRAUD] = 1 - flipped.loc[recent, schema.TX_FRAUD]
+    a = features.offline_features(stream, CFG).iloc[-1]
+    b = features.offline_features(flipped, CFG).iloc[-1]
+    pd.testing.assert_series_equal(a, b)
+    # ... while older labels do.
+    old = (stream[schema.TX_DATETIME] <= t_last - pd.Timedelta(days=7)) & (
+        stream[schema.TERMINAL_ID] == stream[schema.TERMINAL_ID].iloc[-1]
+    )
+    if old.any():
+        flipped2 = stream.copy()
+        flipped2.loc[old, schema.TX_FRAUD] = 1 - flipped2.loc[old, schema.TX_FRAUD]
+        c = features.offline_features(flipped2, CFG).iloc[-1]
+        assert c["TERMINAL_ID_RISK_30DAY_WINDOW"] != a["TERMINAL_ID_RISK_30DAY_WINDOW"]
+
+
+def test_online_offline_parity(stream: pd.DataFrame) -> None:
+    """Replay the stream online, each label arriving 7 days after its transaction: every online
+    feature equals the offline one."""
+    offline = features.offline_features(stream, CFG)
+    online = OnlineFeatures(new_state(CFG), CFG, categorical=True)
+    got = replay(records_from_frame(stream), stream[schema.TX_FRAUD].tolist(), online, CFG.delay_ms)
+    assert list(got.columns) == list(offline.columns)
+    num = [c for c in offline.columns if c != schema.MERCHANT_CATEGORY]
+    diff = np.abs(got[num].to_numpy(float) - offline[num].to_numpy(float))
+    assert diff.max() <= 1e-9, dict(zip(num, diff.max(axis=0), strict=True))
+    assert (
+        got[schema.MERCHANT_CATEGORY].to_numpy() == offline[schema.MERCHANT_CATEGORY].to_numpy()
+    ).all()
+    # The state stayed bounded: nothing older than the retention survives a sweep.
+    state = online.state
+    state.expire()  # type: ignore[attr-defined]
+    horizon = CFG.terminal_retention_ms + MS_PER_DAY
+    assert (
+        state.stats()["transactions"]
+        < (
+            stream[schema.TX_DATETIME]
+            > stream[schema.TX_DATETIME].max() - pd.Timedelta(milliseconds=horizon)
+        ).sum()
+        + 1
+    )
+
+
+def test_warm_start_matches_offline(stream: pd.DataFrame) -> None:
+    """A state materialised from the last 37 days gives the next transaction its real history."""
+    cut = len(stream) - 200
+    history, live = stream.iloc[:cut], stream.iloc[cut:]
+    recent = history[
+        history[schema.TX_DATETIME] > history[schema.TX_DATETIME].max() - pd.Timedelta(days=37)
+    ]
+    online = OnlineFeatures(new_state(CFG), CFG, categorical=True)
+    online.warm(recent)
+    got = online.compute(records_from_frame(live.iloc[:1]))
+    expected = features.offline_features(stream, CFG).iloc[cut : cut + 1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_feedback_of_unseen_transactions(stream: pd.DataFrame) -> None:
+    online = OnlineFeatures(new_state(CFG), CFG, categorical=True)
+    recs = records_from_frame(stream.iloc[:10])
+    assert online.feedback({"nope": 1}) == ["nope"]
+    online.ingest(recs, [1] * len(recs))
+    assert online.feedback({recs[0].transaction_id: 0}) == []
+    assert online.state.stats()["transactions"] == 10
