@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +19,16 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
-from training.api_models import FeedbackResult, Label, LabelledTransaction, Prediction, Transaction
+from training.api_models import (
+    FeedbackResult,
+    Label,
+    LabelledTransaction,
+    Prediction,
+    Transaction,
+    epoch_ms,
+)
 from training.config import get_settings
+from training.http_guard import JsonOnly
 from training.serving import FraudScorer, ModelBundle
 
 log = logging.getLogger("fraud.service")
@@ -153,6 +162,16 @@ class FraudDetector:
         """Status, model name/version/alias, feature-state size, uptime."""
         return self.scorer.health()
 
+    @ops.get("/state/terminals/{terminal_id}")
+    def terminal_state(self, terminal_id: str, at: datetime | None = None) -> dict[str, Any]:
+        """Terminal risk windows as a transaction at ``at`` (default: now) would see them."""
+        when = at or datetime.now(UTC)
+        return {
+            "terminal_id": terminal_id,
+            "at": when.isoformat(),
+            **self.scorer.terminal_risk(terminal_id, epoch_ms(when)),
+        }
+
     @ops.api_route("/test", methods=["GET", "POST"])
     def test(self) -> dict[str, Any]:
         """Score the built-in sample end to end (without recording it in the state)."""
@@ -169,3 +188,6 @@ class FraudDetector:
             "n": len(results),
             "results": results,
         }
+
+
+FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]

@@ -52,3 +52,33 @@ def small_data_dir(small_raw: pd.DataFrame, session_dir: Path) -> Path:
     out = session_dir / "data" / "transactions"
     write_per_day(small_raw, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def champion(small_raw: pd.DataFrame, small_feats: pd.DataFrame):
+    """A champion trained on the small set (SQLite MLflow), imported into the Bento store."""
+    from training import data, deploy, registry
+    from training import train as train_mod
+    from training.config import Settings
+
+    settings = Settings()
+    client = registry.configure(settings)
+    layout = data.handbook_layout(small_raw, n_folds=2)
+    result = train_mod.train(small_raw, small_feats, layout, grid={"n_estimators": [50]})
+    reg = registry.log_training(result, small_raw, small_feats, settings, dataset="small")
+    registry.gate(
+        client, settings.registered_model, reg.version, small_raw, small_feats, layout.final, 0.0
+    )
+    imported = deploy.import_champion(settings)
+    return {"settings": settings, "registration": reg, "imported": imported, "result": result}
+
+
+@pytest.fixture(scope="session")
+def service_url(champion, session_dir: Path):
+    """`bentoml serve` of the champion, shared by every service test."""
+    from .servers import bento_server
+
+    port = free_port()
+    env = {"FRAUD_PORT": str(port), "BENTOML_DO_NOT_TRACK": "True"}
+    with bento_server(port, env, session_dir / "bento-serve.log") as url:
+        yield url

@@ -56,7 +56,9 @@ def test_gate_promotes_only_better(settings: Settings, small_raw, small_feats) -
     assert not d2.promoted
     assert d2.candidate["ap"] < d2.champion["ap"]  # type: ignore[index]
     assert registry.champion_version(client, name) == first.version
-    assert str(client.get_model_version_by_alias(name, registry.CHALLENGER).version) == worse.version
+    assert (
+        str(client.get_model_version_by_alias(name, registry.CHALLENGER).version) == worse.version
+    )
 
     better, _ = _register(settings, small_raw, small_feats, GOOD)
     d3 = registry.gate(client, name, better.version, small_raw, small_feats, layout.final, 0.0)

@@ -18,6 +18,13 @@ Identifier = (
 )
 
 
+def epoch_ms(ts: datetime) -> int:
+    """Milliseconds since the epoch; naive datetimes are taken as UTC."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return int((ts - datetime(1970, 1, 1)) // _MS)
+
+
 class Transaction(BaseModel):
     """One payment to score. Ids may be strings or integers; event time is ``tx_datetime``."""
 
@@ -47,15 +54,11 @@ class Transaction(BaseModel):
     ) = None
 
     def to_record(self) -> TxRecord:
-        ts = self.tx_datetime
-        if ts.tzinfo is not None:
-            ts = ts.astimezone(UTC).replace(tzinfo=None)
-        epoch_ms = (ts - datetime(1970, 1, 1)) // _MS
         return TxRecord(
             transaction_id=str(self.transaction_id),
             customer_id=str(self.customer_id),
             terminal_id=str(self.terminal_id),
-            time_ms=int(epoch_ms),
+            time_ms=epoch_ms(self.tx_datetime),
             amount_cents=int(to_cents([self.tx_amount])[0]),
             channel=self.tx_channel or "unknown",
             merchant_category=self.merchant_category or "unknown",

@@ -324,12 +324,9 @@ def status() -> None:
     table = Table(title=f"{settings.registered_model} ({settings.mlflow_tracking_uri})")
     for col in ("version", "aliases", "test AP", "threshold", "bento"):
         table.add_column(col)
-    try:
-        versions = client.search_model_versions(f"name='{settings.registered_model}'")
-    except Exception:
-        versions = []
+    versions = list(client.search_model_versions(f"name='{settings.registered_model}'"))
     for mv in sorted(versions, key=lambda v: int(v.version)):
-        run = client.get_run(mv.run_id)
+        run = client.get_run(str(mv.run_id))
         bento = deploy.find_imported(settings, str(mv.version))
         table.add_row(
             str(mv.version),

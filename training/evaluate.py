@@ -45,7 +45,7 @@ def handbook_evaluation(
         model = mlflow.sklearn.load_model(model_uri)
         meta = registry.model_metadata(model_uri)
         columns, threshold = meta["feature_columns"], float(meta["threshold"])
-    folds = []
+    folds: list[dict[str, Any]] = []
     for k in range(n_folds):
         train_start = last - 21 + 1 - 7 * k
         if train_start < 0:
@@ -83,8 +83,8 @@ def handbook_evaluation(
     keys = ["auc", "ap", "cp100", "precision", "recall", "f1", "accuracy"]
     summary = {
         key: {
-            "mean": float(np.nanmean([f[key] for f in folds])),
-            "std": float(np.nanstd([f[key] for f in folds])),
+            "mean": float(np.nanmean([float(f[key]) for f in folds])),
+            "std": float(np.nanstd([float(f[key]) for f in folds])),
         }
         for key in keys
     }

@@ -70,7 +70,7 @@ def to_ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(pd.DatetimeIndex(ts).as_unit("ms").asi8, dtype=np.int64)
 
 
-def to_cents(amount: np.ndarray | pd.Series) -> np.ndarray:
+def to_cents(amount: np.ndarray | pd.Series | list[float]) -> np.ndarray:
     return np.rint(np.asarray(amount, dtype=np.float64) * 100).astype(np.int64)
 
 

@@ -95,9 +95,8 @@ def simulate(cfg: SimulationConfig, progress: Callable[[str], None] | None = Non
 
     seconds = day * SECONDS_PER_DAY + tod
     order = np.argsort(seconds, kind="stable")
-    customer, terminal, day, seconds, amount, cnp = (
-        a[order] for a in (customer, terminal, day, seconds, amount, cnp)
-    )
+    customer, terminal, day = customer[order], terminal[order], day[order]
+    seconds, amount, cnp = seconds[order], amount[order], cnp[order]
 
     say("fraud scenarios")
     fraud = np.zeros(n, dtype=np.int8)
@@ -129,7 +128,7 @@ def simulate(cfg: SimulationConfig, progress: Callable[[str], None] | None = Non
             fraud[chosen], scenario[chosen], cnp[chosen] = 1, 3, True
 
     say("assembling frame")
-    start = np.datetime64(pd.Timestamp(cfg.start_date).to_datetime64(), "s")
+    start = pd.Timestamp(cfg.start_date).to_datetime64().astype("datetime64[s]")
     return pd.DataFrame(
         {
             schema.TRANSACTION_ID: np.arange(n, dtype=np.int64),

@@ -1,0 +1,62 @@
+"""The Bento store import and `bentoml build` from bentofile.yaml."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+import pytest
+import yaml
+
+from training import deploy
+
+PROJECT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_import_is_idempotent_and_carries_mlflow_metadata(champion) -> None:
+    imported = champion["imported"]
+    model = bentoml.models.get(imported.tag)
+    meta = model.info.metadata
+    reg = champion["registration"]
+    assert meta["mlflow_model_version"] == reg.version
+    assert meta["mlflow_run_id"] == reg.run_id
+    assert meta["mlflow_model_name"] == champion["settings"].registered_model
+    for name in (deploy.PIPELINE_FILE, deploy.INFO_FILE, deploy.WARMUP_FILE):
+        assert Path(model.path_of(name)).exists(), name
+    again = deploy.import_champion(champion["settings"])
+    assert not again.created and again.tag == imported.tag
+
+
+def test_bentoml_build(champion) -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "bentoml"), "build", "--output", "tag"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento = bentoml.get(tag)
+    models = {str(m.tag) for svc in bento.info.services for m in svc.models}
+    assert str(champion["imported"].tag) in models
+    files = {
+        p.relative_to(bento.path).as_posix() for p in Path(bento.path).rglob("*") if p.is_file()
+    }
+    assert "src/service.py" in files and "src/data/sample/transactions.json" in files
+    assert not any(f.startswith("src/tests/") for f in files)
+
+
+def test_bentofile_pins_match_lock() -> None:
+    """The Bento's runtime pins are the versions the project is tested with."""
+    lock = (PROJECT / "uv.lock").read_text()
+    locked = dict(re.findall(r'\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', lock))
+    spec = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())
+    for req in spec["python"]["packages"]:
+        name, _, version = req.partition("==")
+        assert version, f"{name} is not pinned in bentofile.yaml"
+        assert locked[name] == version, f"{name}: bentofile {version} != uv.lock {locked[name]}"

@@ -1,0 +1,224 @@
+"""The service through `bentoml serve` in a subprocess (shared session server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2018, 6, 16, 10, 0, 0)  # just after the small dataset ends
+
+
+def tx(i: int | str, **kw) -> dict:
+    base = {
+        "transaction_id": f"t-{i}",
+        "tx_datetime": T0.isoformat(),
+        "customer_id": 17,
+        "terminal_id": "42",
+        "tx_amount": 35.2,
+        "tx_channel": "card_present",
+        "merchant_category": "grocery",
+    }
+    return {**base, **kw}
+
+
+def post(url: str, path: str, body) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=30)
+
+
+def test_predict_single(service_url: str, champion) -> None:
+    r = post(service_url, "/predict", {"transactions": [tx("single")]})
+    assert r.status_code == 200, r.text
+    [res] = r.json()
+    assert res["transaction_id"] == "t-single"
+    assert 0.0 <= res["fraud_probability"] <= 1.0
+    assert isinstance(res["is_fraud"], bool)
+    assert res["model_version"] == champion["registration"].version
+
+
+def test_predict_batch_keeps_order_and_ids(service_url: str) -> None:
+    body = {"transactions": [tx(i, customer_id=i, tx_amount=10 + i) for i in range(100)]}
+    r = post(service_url, "/predict", body)
+    assert r.status_code == 200, r.text
+    assert [x["transaction_id"] for x in r.json()] == [f"t-{i}" for i in range(100)]
+
+
+def test_high_amount_card_not_present_scores_higher(service_url: str) -> None:
+    normal = tx("n", customer_id="c-normal", tx_amount=20.0)
+    odd = tx(
+        "o",
+        customer_id="c-odd",
+        tx_amount=900.0,
+        tx_channel="card_not_present",
+        merchant_category="electronics",
+    )
+    r = post(service_url, "/predict", {"transactions": [normal, odd]})
+    low, high = (x["fraud_probability"] for x in r.json())
+    assert high > low
+
+
+def test_health(service_url: str, champion) -> None:
+    r = httpx.get(f"{service_url}/health", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["model"]["version"] == champion["registration"].version
+    assert body["model"]["alias"] == "champion"
+    assert body["model"]["name"] == champion["settings"].registered_model
+    assert body["feature_state"]["warmed_from_history"] > 1000
+    assert body["feature_state"]["customers"] > 100
+    assert body["uptime_seconds"] > 0
+
+
+def test_test_endpoint(service_url: str) -> None:
+    for method in ("GET", "POST"):
+        r = httpx.request(method, f"{service_url}/test", timeout=30)
+        assert r.status_code == 200
+        assert r.json()["status"] == "ok"
+        assert r.json()["n"] == 5
+
+
+def test_metrics(service_url: str) -> None:
+    post(service_url, "/predict", {"transactions": [tx("m")]})
+    text = httpx.get(f"{service_url}/metrics", timeout=10).text
+    for name in (
+        "fraud_predictions_total",
+        "fraud_score_bucket",
+        "fraud_model_info",
+        "fraud_scoring_batch_seconds_bucket",
+        "bentoml_service_request_duration_seconds",
+    ):
+        assert name in text, name
+    assert 'decision="genuine"' in text or 'decision="fraud"' in text
+
+
+def test_feedback_changes_terminal_risk(service_url: str) -> None:
+    """Labels sent to /feedback feed the terminal-risk features of later transactions."""
+
+    def batch(term: str, prefix: str) -> list[dict]:
+        return [
+            tx(
+                f"{prefix}{i}",
+                terminal_id=term,
+                customer_id=f"{prefix}c{i}",
+                tx_datetime=(T0 + timedelta(minutes=i)).isoformat(),
+            )
+            for i in range(5)
+        ]
+
+    assert post(service_url, "/predict", {"transactions": batch("T-bad", "b")}).status_code == 200
+    assert post(service_url, "/predict", {"transactions": batch("T-good", "g")}).status_code == 200
+    at = (T0 + timedelta(days=7, hours=12)).isoformat()
+    before = httpx.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
+    assert before["risk_1d"] == 0.0
+    labels = [{"transaction_id": f"t-b{i}", "is_fraud": True} for i in range(5)]
+    labels += [{"transaction_id": f"t-g{i}", "is_fraud": False} for i in range(5)]
+    r = post(service_url, "/feedback", {"labels": labels})
+    assert r.status_code == 200, r.text
+    assert r.json()["applied"] == 10 and r.json()["unknown_transaction_ids"] == []
+    after = httpx.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
+    assert after["risk_1d"] == 1.0 and after["risk_30d"] == 1.0
+    # Two identical new customers, one at each terminal, a week later.
+    later = [
+        tx("late-bad", terminal_id="T-bad", customer_id="new-1", tx_datetime=at),
+        tx("late-good", terminal_id="T-good", customer_id="new-2", tx_datetime=at),
+    ]
+    bad, good = (
+        x["fraud_probability"]
+        for x in post(service_url, "/predict", {"transactions": later}).json()
+    )
+    assert bad > good
+
+
+def test_feedback_full_records_and_unknown_ids(service_url: str) -> None:
+    rec = {**tx("never-seen", terminal_id="T-rec"), "is_fraud": True}
+    r = post(
+        service_url,
+        "/feedback",
+        {"transactions": [rec], "labels": [{"transaction_id": "nope", "is_fraud": True}]},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ingested"] == 1 and body["unknown_transaction_ids"] == ["nope"]
+    at = (T0 + timedelta(days=7, hours=1)).isoformat()
+    assert (
+        httpx.get(f"{service_url}/state/terminals/T-rec", params={"at": at}).json()["risk_1d"]
+        == 1.0
+    )
+
+
+BAD = [
+    ({"transactions": []}, "transactions"),
+    ({"transactions": [{k: v for k, v in tx(1).items() if k != "tx_amount"}]}, "tx_amount"),
+    ({"transactions": [tx(1, tx_amount="abc")]}, "tx_amount"),
+    ({"transactions": [tx(1, tx_amount=-5)]}, "tx_amount"),
+    ({"transactions": [tx(1, tx_amount=1e12)]}, "tx_amount"),
+    ({"transactions": [tx(1, tx_datetime="31/12/2018 25:00")]}, "tx_datetime"),
+    ({"transactions": [tx(1, customer_id=None)]}, "customer_id"),
+    ({"transactions": [tx(1, tx_channel="telepathy")]}, "tx_channel"),
+    ({"transactions": [tx(1, surprise=1)]}, "surprise"),
+    ({"transactions": [tx(i) for i in range(1001)]}, "transactions"),
+    ({"txs": []}, "transactions"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
+def test_bad_input_gets_4xx_naming_the_field(service_url: str, body, field: str) -> None:
+    r = post(service_url, "/predict", body)
+    assert 400 <= r.status_code < 500, r.text
+    assert field in r.text
+
+
+def test_bad_feedback(service_url: str) -> None:
+    r = post(service_url, "/feedback", {})
+    assert r.status_code == 400 and "labels" in r.text
+    r = post(service_url, "/feedback", {"labels": [{"transaction_id": "x"}]})
+    assert r.status_code == 400 and "is_fraud" in r.text
+
+
+def test_malformed_json(service_url: str) -> None:
+    r = httpx.post(
+        f"{service_url}/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500
+
+
+def test_schemathesis_no_server_errors(service_url: str, session_dir: Path) -> None:
+    """Property-based requests generated from the OpenAPI document: never a 5xx."""
+    report = session_dir / "schemathesis.txt"
+    cmd = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{service_url}/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "60",
+        "--include-method",
+        "POST",
+        "--exclude-path-regex",
+        "^/(readyz|livez|healthz|metrics)$",
+        "--seed",
+        "1",
+        "--no-color",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    report.write_text(out.stdout + out.stderr)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "ctype", ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_non_json_body_gets_415_naming_the_header(service_url: str, ctype: str) -> None:
+    r = httpx.post(
+        f"{service_url}/predict", content=b'{"transactions": []}', headers={"content-type": ctype}
+    )
+    assert r.status_code == 415
+    assert "content-type" in r.text.lower()
