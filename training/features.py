@@ -97,8 +97,8 @@ def assemble(
     dt = pd.to_datetime(agg.time_ms, unit="ms")
     out: dict[str, np.ndarray] = {
         "TX_AMOUNT": agg.amount_cents / 100.0,
-        "TX_DURING_WEEKEND": (dt.weekday >= 5).astype(np.int64),
-        "TX_DURING_NIGHT": (dt.hour <= 6).astype(np.int64),
+        "TX_DURING_WEEKEND": (dt.weekday >= 5).astype(np.float64),
+        "TX_DURING_NIGHT": (dt.hour <= 6).astype(np.float64),
     }
     for w in cfg.windows:
         count = agg.cust_count[w]
@@ -122,7 +122,7 @@ def assemble(
     frame = pd.DataFrame(out)
     if categoricals:
         channel = np.asarray(categoricals.get(schema.TX_CHANNEL, []), dtype=object)
-        frame["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.int64)
+        frame["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.float64)
         for col in CATEGORICAL_FEATURES:
             frame[col] = np.asarray(categoricals[col], dtype=object).astype(str)
     return frame
