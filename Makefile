@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export UV_COMPILE_BYTECODE := 1
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 UV := python3 -m uv
-RUN := $(UV) run --frozen
+RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
 .PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status clean

@@ -36,8 +36,12 @@ class ModelBundle:
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
         warm = path / "warmup.parquet"
+        pipeline = joblib.load(path / "pipeline.joblib")
+        forest = getattr(pipeline, "named_steps", {}).get("forest")
+        if forest is not None:  # one thread: joblib's pool costs ~20 ms per call at this size
+            forest.n_jobs = 1
         return cls(
-            pipeline=joblib.load(path / "pipeline.joblib"),
+            pipeline=pipeline,
             info=json.loads((path / "model_info.json").read_text()),
             metadata=dict(metadata),
             warmup_path=warm if warm.exists() else None,
