@@ -96,14 +96,16 @@ def simulate(
     seed: int = 0,
     terminal_threshold: float = typer.Option(220.0, help="Amount above which a payment is fraud."),
     compromised_terminals_per_day: int = 2,
+    terminal_compromise_days: int = typer.Option(28, min=1),
     compromised_customers_per_day: int = 3,
+    customer_compromise_days: int = typer.Option(14, min=1),
+    card_fraud_multiplier: float = typer.Option(5.0, help="Amount multiplier of card fraud."),
 ) -> None:
     """Simulate transactions (handbook process) into one parquet file per day.
 
     Example: `fraudops simulate --customers 5000 --terminals 10000 --days 183 --out data/full`
     """
-    from training.simulate import SimulationConfig, write_per_day
-    from training.simulate import simulate as run_sim
+    from training.simulate import SimulationConfig
 
     cfg = SimulationConfig(
         n_customers=customers,
@@ -114,9 +116,20 @@ def simulate(
         seed=seed,
         terminal_threshold=terminal_threshold,
         compromised_terminals_per_day=compromised_terminals_per_day,
+        terminal_compromise_days=terminal_compromise_days,
         compromised_customers_per_day=compromised_customers_per_day,
+        customer_compromise_days=customer_compromise_days,
+        card_fraud_multiplier=card_fraud_multiplier,
     )
-    target = (out or get_settings().data_dir) / "transactions"
+    _simulate(cfg, out or get_settings().data_dir)
+
+
+def _simulate(cfg, out: Path) -> None:
+    """Simulate and write per-day parquet files under ``out/transactions``."""
+    from training.simulate import simulate as run_sim
+    from training.simulate import write_per_day
+
+    target = out / "transactions"
     t0 = time.perf_counter()
     with step("simulating") as say:
         df = run_sim(cfg, progress=say)
@@ -387,17 +400,11 @@ def run(
     path = _data_path(settings, data)
     if data is None and not any(path.glob("*.parquet")):
         console.print(f"no data in {path}: simulating a demo dataset")
-        simulate(
-            out=settings.data_dir,
-            customers=customers,
-            terminals=terminals,
-            days=days,
-            start_date="2018-04-01",
-            radius=5.0,
-            seed=0,
-            terminal_threshold=220.0,
-            compromised_terminals_per_day=2,
-            compromised_customers_per_day=3,
+        from training.simulate import SimulationConfig
+
+        _simulate(
+            SimulationConfig(n_customers=customers, n_terminals=terminals, n_days=days),
+            settings.data_dir,
         )
     else:
         console.print(f"data: {path}")
