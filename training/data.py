@@ -111,6 +111,22 @@ def handbook_split(
     )
 
 
+def prequential_splits(
+    df: pd.DataFrame,
+    days: np.ndarray,
+    first_train_start: int,
+    n_folds: int,
+    train_days: int = 7,
+    delay_days: int = 7,
+    test_days: int = 7,
+) -> list[Split]:
+    """Handbook splits, each shifted back ``test_days`` from the previous; stops at day 0."""
+    starts = [first_train_start - k * test_days for k in range(n_folds)]
+    return [
+        handbook_split(df, days, s, train_days, delay_days, test_days) for s in starts if s >= 0
+    ]
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the final split and the prequential validation folds sit in the data's days."""
@@ -137,13 +153,8 @@ def handbook_layout(
             f"{train_days + delay_days + test_days}"
         )
     final = handbook_split(df, days, train_start, train_days, delay_days, test_days)
-    folds = []
     valid_start = train_start - delay_days - test_days
-    for k in range(n_folds):
-        start = valid_start - k * test_days
-        if start < 0:
-            break
-        folds.append(handbook_split(df, days, start, train_days, delay_days, test_days))
+    folds = prequential_splits(df, days, valid_start, n_folds, train_days, delay_days, test_days)
     if not folds:
         raise DataError(
             f"data covers {last + 1} days; prequential validation needs at least "

@@ -46,11 +46,9 @@ def handbook_evaluation(
         meta = registry.model_metadata(model_uri)
         columns, threshold = meta["feature_columns"], float(meta["threshold"])
     folds: list[dict[str, Any]] = []
-    for k in range(n_folds):
-        train_start = last - 21 + 1 - 7 * k
-        if train_start < 0:
-            break
-        split = data.handbook_split(raw, days, train_start)
+    first = last - 21 + 1
+    splits = data.prequential_splits(raw, days, first, n_folds)
+    for k, split in enumerate(splits):
         say(f"fold {k + 1}/{n_folds}")
         t0 = time.perf_counter()
         if model is None:
