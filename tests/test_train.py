@@ -83,3 +83,13 @@ def test_handbook_evaluation(small_raw: pd.DataFrame, small_feats: pd.DataFrame)
     # Folds are shifted back by 7 days and test windows never overlap.
     starts = [f["test_days"][0] for f in report["folds"]]
     assert starts[0] - starts[1] == 7
+
+
+def test_evaluation_feature_sets(small_raw: pd.DataFrame, small_feats: pd.DataFrame) -> None:
+    base = evaluate.handbook_evaluation(
+        small_raw, small_feats, Candidate(n_estimators=30), n_folds=1, feature_set="baseline"
+    )
+    assert len(base["feature_columns"]) == 15
+    assert "MERCHANT_CATEGORY" not in base["feature_columns"]
+    with pytest.raises(ValueError, match="feature_set"):
+        evaluate.handbook_evaluation(small_raw, small_feats, Candidate(), feature_set="magic")

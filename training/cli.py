@@ -235,6 +235,9 @@ def evaluate(
     n_estimators: int = 100,
     folds: int = 4,
     budget: int | None = None,
+    feature_set: str = typer.Option(
+        "full", help="full, baseline (the handbook's 15 features) or no-categorical."
+    ),
 ) -> None:
     """Handbook protocol: train 7 days, delay 7, test 7, over prequential folds; mean ± std.
 
@@ -262,6 +265,7 @@ def evaluate(
             n_folds=folds,
             budget=budget or settings.review_budget_per_day,
             model_uri=model_uri,
+            feature_set=feature_set,
             progress=say,
         )
     table = Table(title=f"Handbook protocol, {len(report['folds'])} folds")
