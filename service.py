@@ -69,7 +69,7 @@ MAX_LATENCY_MS = 1000
     name="fraud_detector",
     workers=1,  # the in-memory feature state is per process: one worker keeps it consistent
     traffic={"timeout": 30},
-    http={"host": SETTINGS.host, "port": SETTINGS.port},
+    http={"port": SETTINGS.port},  # host comes from `--host` (fraudops serve: 127.0.0.1)
 )
 @bentoml.asgi_app(ops, path="/")
 class FraudDetector:
