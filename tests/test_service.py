@@ -70,6 +70,7 @@ def test_health(service_url: str, champion) -> None:
     assert body["status"] == "ok"
     assert body["model"]["version"] == champion["registration"].version
     assert body["model"]["alias"] == "champion"
+    assert body["model"]["compiled"] is True
     assert body["model"]["name"] == champion["settings"].registered_model
     assert body["feature_state"]["warmed_from_history"] > 1000
     assert body["feature_state"]["customers"] > 100

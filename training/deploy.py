@@ -12,9 +12,10 @@ from typing import Any
 import bentoml
 import joblib
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from training import registry
+from training import compiled, features, registry, schema
 from training.config import Settings
 
 PIPELINE_FILE = "pipeline.joblib"
@@ -76,7 +77,20 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
             run_id=mv.run_id, artifact_path=registry.WARMUP_ARTIFACT
         )
         shutil.copy(warm, model.path_of(WARMUP_FILE))
+        twin_dir = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path=registry.COMPILED_DIR
+        )
+        shutil.copytree(twin_dir, model.path_of(registry.COMPILED_DIR))
+        verify_twin(pipeline, meta, Path(model.path_of("")))
     return Imported(str(model.tag), str(mv.version), True)
+
+
+def verify_twin(pipeline: Any, meta: dict[str, Any], folder: Path) -> float:
+    """Gate before serving: the compiled twin must match the pipeline on the warm-up history."""
+    history = schema.normalize(pd.read_parquet(folder / WARMUP_FILE))
+    frame = features.offline_features(history)[meta["feature_columns"]]
+    twin = compiled.CompiledModel.load(folder / registry.COMPILED_DIR)
+    return compiled.verify(pipeline, twin, frame.iloc[-10_000:])
 
 
 def champion_in_store(settings: Settings) -> bool:

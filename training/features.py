@@ -93,12 +93,23 @@ def assemble(
     cfg: FeatureConfig,
     categoricals: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """THE feature definitions: aggregates (+ raw categoricals) to the model's input frame."""
-    dt = pd.to_datetime(agg.time_ms, unit="ms")
+    """The model's input frame (see :func:`feature_columns`)."""
+    return pd.DataFrame(feature_columns(agg, cfg, categoricals))
+
+
+def feature_columns(
+    agg: Aggregates,
+    cfg: FeatureConfig,
+    categoricals: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """THE feature definitions: aggregates (+ raw categoricals) to named feature columns."""
+    days = agg.time_ms // MS_PER_DAY
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    hour = (agg.time_ms - days * MS_PER_DAY) // 3_600_000
     out: dict[str, np.ndarray] = {
         "TX_AMOUNT": agg.amount_cents / 100.0,
-        "TX_DURING_WEEKEND": (dt.weekday >= 5).astype(np.float64),
-        "TX_DURING_NIGHT": (dt.hour <= 6).astype(np.float64),
+        "TX_DURING_WEEKEND": (weekday >= 5).astype(np.float64),
+        "TX_DURING_NIGHT": (hour <= 6).astype(np.float64),
     }
     for w in cfg.windows:
         count = agg.cust_count[w]
@@ -119,13 +130,12 @@ def assemble(
         cap = cfg.gap_cap_days * MS_PER_DAY
         gap = np.where((agg.gap_ms < 0) | (agg.gap_ms > cap), cap, agg.gap_ms)
         out["SECONDS_SINCE_PREVIOUS_TX"] = gap / 1000.0
-    frame = pd.DataFrame(out)
     if categoricals:
         channel = np.asarray(categoricals.get(schema.TX_CHANNEL, []), dtype=object)
-        frame["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.float64)
+        out["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.float64)
         for col in CATEGORICAL_FEATURES:
-            frame[col] = np.asarray(categoricals[col], dtype=object).astype(str)
-    return frame
+            out[col] = np.asarray(categoricals[col], dtype=object).astype(str)
+    return out
 
 
 def has_categoricals(df: pd.DataFrame) -> bool:

@@ -44,7 +44,13 @@ class OnlineFeatures:
         self.categorical = categorical
 
     def compute(self, batch: Sequence[TxRecord], record: bool = True) -> pd.DataFrame:
-        """Features for ``batch`` in order; records the transactions in the state."""
+        """Features for ``batch`` in order, as a frame; records the transactions in the state."""
+        return pd.DataFrame(self.compute_columns(batch, record))
+
+    def compute_columns(
+        self, batch: Sequence[TxRecord], record: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Features for ``batch`` in order, as named arrays (the serving hot path)."""
         cfg = self.cfg
         n = len(batch)
         cust_hist = {
@@ -94,7 +100,7 @@ class OnlineFeatures:
                 Event(r.transaction_id, r.customer_id, r.terminal_id, r.time_ms, r.amount_cents)
                 for r in batch
             )
-        return features.assemble(agg, cfg, cats)
+        return features.feature_columns(agg, cfg, cats)
 
     def feedback(self, labels: dict[str, int]) -> list[str]:
         """Labels for transactions the state knows; returns the unknown ids."""

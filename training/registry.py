@@ -16,13 +16,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import data, features, metrics, reports, schema
+from training import compiled, data, features, metrics, reports, schema
 from training.config import Settings
 from training.train import TrainingResult
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 WARMUP_ARTIFACT = "feature_state/warmup.parquet"
+COMPILED_DIR = "compiled"
 WARMUP_DAYS = 37  # longest window (30) + label delay (7)
 PIP_REQUIREMENTS = [
     f"scikit-learn=={__import__('sklearn').__version__}",
@@ -136,6 +137,8 @@ def log_training(
                 )
             )
             (out / "model_info.json").write_text(json.dumps(info, indent=2, default=str))
+            diff = compile_and_verify(result.pipeline, feats[result.feature_columns], out)
+            mlflow.log_metric("compiled_max_abs_diff", diff)
             mlflow.log_artifacts(str(out))
             warm = out / "warmup.parquet"
             warmup_history(raw).to_parquet(warm, index=False)
@@ -164,6 +167,21 @@ def log_training(
     return Registration(run.info.run_id, version, f"models:/{settings.registered_model}/{version}")
 
 
+def compile_and_verify(pipeline: Any, frame: pd.DataFrame, out: Path) -> float:
+    """Compile the forest, check it against the pipeline on the last 10,000 rows, save it
+    under ``out/compiled``; returns the max abs probability difference."""
+    onnx_bytes, spec = compiled.compile_pipeline(pipeline)
+    diff = compiled.verify(pipeline, compiled.CompiledModel(onnx_bytes, spec), frame.iloc[-10_000:])
+    compiled.save(onnx_bytes, spec, out / COMPILED_DIR)
+    return diff
+
+
+def load_compiled(run_id: str) -> compiled.CompiledModel:
+    """The compiled twin logged with a training run."""
+    folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=COMPILED_DIR)
+    return compiled.CompiledModel.load(Path(folder))
+
+
 def champion_version(client: MlflowClient, name: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
@@ -176,16 +194,25 @@ def model_metadata(uri: str) -> dict[str, Any]:
 
 
 def holdout_metrics(
-    uri: str, raw: pd.DataFrame, feats: pd.DataFrame, split: data.Split
+    uri: str,
+    raw: pd.DataFrame,
+    feats: pd.DataFrame,
+    split: data.Split,
+    check_compiled: bool = False,
 ) -> dict[str, float]:
-    """Score a registered model on a hold-out with its own feature columns."""
+    """Score a registered model on a hold-out with its own feature columns; optionally check
+    that its compiled twin gives the same probabilities (raises CompiledModelError)."""
     meta = model_metadata(uri)
     pipe = mlflow.sklearn.load_model(uri)
     cols = meta["feature_columns"]
     missing = [c for c in cols if c not in feats.columns]
     if missing:
         raise ValueError(f"model {uri} needs features {missing} that this data cannot provide")
-    scores = pipe.predict_proba(feats.iloc[split.test][cols])[:, 1]
+    frame = feats.iloc[split.test][cols]
+    scores = pipe.predict_proba(frame)[:, 1]
+    if check_compiled:
+        run_id = mlflow.models.get_model_info(uri).run_id
+        compiled.verify(pipe, load_compiled(str(run_id)), frame)
     labels = raw[schema.TX_FRAUD].to_numpy()[split.test]
     days = data.day_index(raw)[split.test]
     return metrics.ranking_metrics(
@@ -231,8 +258,14 @@ def gate(
 ) -> GateDecision:
     """Compare candidate and champion on the same hold-out; move aliases accordingly."""
     cand_uri = f"models:/{name}/{version}"
-    cand = holdout_metrics(cand_uri, raw, feats, split)
     current = champion_version(client, name)
+    try:
+        cand = holdout_metrics(cand_uri, raw, feats, split, check_compiled=True)
+    except (compiled.CompiledModelError, OSError, MlflowException) as exc:
+        reason = f"compiled model check failed: {exc}"
+        client.set_model_version_tag(name, version, "gate_reason", reason)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        return GateDecision(False, reason, {}, None, current)
     if current is None:
         promoted, reason, champ = True, "first model: no champion yet", None
     elif current == version:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from training import online, schema
+from training.compiled import CompiledModel
 from training.features import FeatureConfig
 from training.online import OnlineFeatures, TxRecord, new_state
 from training.online_state import FeatureState
@@ -32,6 +33,7 @@ class ModelBundle:
     info: dict[str, Any]
     metadata: dict[str, Any]
     warmup_path: Path | None
+    compiled: CompiledModel | None = None
 
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
@@ -40,7 +42,9 @@ class ModelBundle:
         forest = getattr(pipeline, "named_steps", {}).get("forest")
         if forest is not None:  # one thread: joblib's pool costs ~20 ms per call at this size
             forest.n_jobs = 1
+        compiled_dir = path / "compiled"
         return cls(
+            compiled=CompiledModel.load(compiled_dir) if compiled_dir.exists() else None,
             pipeline=pipeline,
             info=json.loads((path / "model_info.json").read_text()),
             metadata=dict(metadata),
@@ -89,8 +93,12 @@ class FraudScorer:
         if not batch:
             return np.zeros(0), np.zeros(0, dtype=bool)
         with self.lock:
-            feats = self.features.compute(batch, record=record)
-        proba = self.bundle.pipeline.predict_proba(feats[self.columns])[:, 1]
+            cols = self.features.compute_columns(batch, record=record)
+        if self.bundle.compiled is not None:
+            proba = self.bundle.compiled.predict_proba(cols)
+        else:
+            frame = pd.DataFrame({c: cols[c] for c in self.columns})
+            proba = self.bundle.pipeline.predict_proba(frame)[:, 1]
         return proba, proba >= self.threshold
 
     def feedback(
@@ -125,6 +133,7 @@ class FraudScorer:
                 "run_id": meta.get("mlflow_run_id"),
                 "threshold": self.threshold,
                 "feature_set_version": self.bundle.info.get("feature_set_version"),
+                "compiled": self.bundle.compiled is not None,
             },
             "feature_state": {**self.features.state.stats(), "warmed_from_history": self.warmed},
             "uptime_seconds": round(time.time() - self.started, 3),

@@ -1,0 +1,77 @@
+"""The compiled twin (ONNX Runtime) gives the scikit-learn pipeline's probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import compiled, data, features, schema
+from training import train as train_mod
+from training.train import Candidate
+
+
+@pytest.fixture(scope="module")
+def fitted(small_raw: pd.DataFrame, small_feats: pd.DataFrame):
+    layout = data.handbook_layout(small_raw, n_folds=1)
+    cols = features.feature_names(features.FeatureConfig(), categorical=True)
+    pipe, _ = train_mod.fit_and_score(
+        Candidate(n_estimators=40, max_depth=12),
+        small_feats[cols],
+        small_raw,
+        layout.final,
+        True,
+        data.day_index(small_raw),
+    )
+    return pipe, small_feats[cols]
+
+
+def test_matches_pipeline_on_10000_rows(fitted) -> None:
+    pipe, frame = fitted
+    onnx_bytes, spec = compiled.compile_pipeline(pipe)
+    twin = compiled.CompiledModel(onnx_bytes, spec)
+    assert len(frame) >= 10_000
+    diff = compiled.max_abs_difference(pipe, twin, frame, rows=10_000)
+    assert diff <= compiled.TOLERANCE
+    assert compiled.verify(pipe, twin, frame) == diff
+    assert list(spec.categorical) == ["MERCHANT_CATEGORY"]
+
+
+def test_unknown_category_is_ignored_like_sklearn(fitted) -> None:
+    pipe, frame = fitted
+    twin = compiled.CompiledModel(*compiled.compile_pipeline(pipe))
+    odd = frame.head(50).copy()
+    odd["MERCHANT_CATEGORY"] = "never-seen"
+    expected = pipe.predict_proba(odd)[:, 1]
+    got = twin.predict_proba({c: odd[c].to_numpy() for c in odd.columns})
+    assert np.abs(expected - got).max() <= compiled.TOLERANCE
+
+
+def test_a_different_model_fails_the_gate(fitted, small_raw, small_feats) -> None:
+    pipe, frame = fitted
+    layout = data.handbook_layout(small_raw, n_folds=1)
+    other, _ = train_mod.fit_and_score(
+        Candidate(n_estimators=5, max_depth=3),
+        frame,
+        small_raw,
+        layout.final,
+        True,
+        data.day_index(small_raw),
+    )
+    wrong = compiled.CompiledModel(*compiled.compile_pipeline(other))
+    with pytest.raises(compiled.CompiledModelError, match="differs"):
+        compiled.verify(pipe, wrong, frame)
+
+
+def test_without_categorical_fields(small_raw: pd.DataFrame, tmp_path) -> None:
+    plain = small_raw.drop(columns=[schema.TX_CHANNEL, schema.MERCHANT_CATEGORY])
+    feats = features.offline_features(plain)
+    layout = data.handbook_layout(plain, n_folds=1)
+    pipe, _ = train_mod.fit_and_score(
+        Candidate(n_estimators=20), feats, plain, layout.final, False, data.day_index(plain)
+    )
+    onnx_bytes, spec = compiled.compile_pipeline(pipe)
+    assert spec.categorical == {}
+    compiled.save(onnx_bytes, spec, tmp_path)
+    twin = compiled.CompiledModel.load(tmp_path)
+    assert compiled.verify(pipe, twin, feats) <= compiled.TOLERANCE
