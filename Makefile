@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status clean
+.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status loadtest clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,14 @@ serve: install ## Serve the champion from the Bento store on 127.0.0.1:8080
 
 status: install ## Registered versions, aliases and Bento store
 	$(RUN) fraudops status
+
+LOAD_USERS ?= 50
+LOAD_TIME ?= 60s
+HOST ?= http://127.0.0.1:8080
+loadtest: install ## Locust, headless, against a running service (LOAD_USERS, LOAD_TIME, HOST)
+	@mkdir -p loadtest-results
+	$(RUN) locust -f tests/load/locustfile.py --headless -u $(LOAD_USERS) -r 10 -t $(LOAD_TIME) \
+		--host $(HOST) --csv loadtest-results/run --only-summary
 
 clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
 	rm -rf data/demo mlruns .bentoml reports

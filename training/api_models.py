@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.features import to_cents
 from training.online import TxRecord
 
 MAX_AMOUNT = 1_000_000.0
@@ -59,7 +58,7 @@ class Transaction(BaseModel):
             customer_id=str(self.customer_id),
             terminal_id=str(self.terminal_id),
             time_ms=epoch_ms(self.tx_datetime),
-            amount_cents=int(to_cents([self.tx_amount])[0]),
+            amount_cents=round(self.tx_amount * 100),  # half to even, like np.rint in to_cents
             channel=self.tx_channel or "unknown",
             merchant_category=self.merchant_category or "unknown",
         )

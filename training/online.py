@@ -7,6 +7,7 @@ transactions, exactly as the offline pass sees earlier rows of the stream.
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,40 +54,47 @@ class OnlineFeatures:
         """Features for ``batch`` in order, as named arrays (the serving hot path)."""
         cfg = self.cfg
         n = len(batch)
-        cust_hist = {
-            k: (list(t), list(c))
-            for k, (t, c) in self.state.customer_histories(
-                list({r.customer_id for r in batch})
-            ).items()
-        }
+        cust_hist = self.state.customer_histories(list({r.customer_id for r in batch}))
+        remaining = Counter(r.customer_id for r in batch)
+        copied: set[str] = set()
         term_hist = self.state.terminal_histories(list({r.terminal_id for r in batch}))
         agg = Aggregates(
             time_ms=np.fromiter((r.time_ms for r in batch), np.int64, n),
             amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
         )
         wins = cfg.windows
-        cc = {w: np.zeros(n, np.int64) for w in wins}
-        cs = {w: np.zeros(n, np.int64) for w in wins}
-        tc = {w: np.zeros(n, np.int64) for w in wins}
-        tf = {w: np.zeros(n, np.int64) for w in wins}
-        gap = np.full(n, -1, np.int64)
-        for i, r in enumerate(batch):
-            t = r.time_ms
-            times, cents = cust_hist[r.customer_id]
-            right = bisect.bisect_right(times, t)
-            if right:
-                gap[i] = t - times[right - 1]
-            for w in wins:
-                left = bisect.bisect_right(times, t - w * MS_PER_DAY, 0, right)
-                cc[w][i] = right - left + 1
-                cs[w][i] = sum(cents[left:right]) + r.amount_cents
-            times.insert(right, t)
-            cents.insert(right, r.amount_cents)
+        spans = [(w, w * MS_PER_DAY) for w in wins]
+        cc: dict[int, list[int]] = {w: [] for w in wins}
+        cs: dict[int, list[int]] = {w: [] for w in wins}
+        tc: dict[int, list[int]] = {w: [] for w in wins}
+        tf: dict[int, list[int]] = {w: [] for w in wins}
+        gap: list[int] = []
+        right_of = bisect.bisect_right
+        for r in batch:
+            t, cid, amount = r.time_ms, r.customer_id, r.amount_cents
+            times, cents = cust_hist[cid]
+            right = right_of(times, t)
+            gap.append(t - times[right - 1] if right else -1)
+            for w, span in spans:
+                left = right_of(times, t - span, 0, right)
+                cc[w].append(right - left + 1)
+                cs[w].append(sum(cents[left:right]) + amount)
+            remaining[cid] -= 1
+            if remaining[cid]:  # seen again later in this batch: keep it, on a copy
+                if cid not in copied:
+                    times, cents = list(times), list(cents)
+                    cust_hist[cid] = (times, cents)
+                    copied.add(cid)
+                times.insert(right, t)
+                cents.insert(right, amount)
             ttimes, labels = term_hist[r.terminal_id]
             for w, (count, frauds) in terminal_windows(ttimes, labels, t, cfg).items():
-                tc[w][i], tf[w][i] = count, frauds
-        agg.cust_count, agg.cust_cents, agg.term_count, agg.term_frauds = cc, cs, tc, tf
-        agg.gap_ms = gap
+                tc[w].append(count)
+                tf[w].append(frauds)
+        as_array = lambda d: {w: np.array(v, dtype=np.int64) for w, v in d.items()}  # noqa: E731
+        agg.cust_count, agg.cust_cents = as_array(cc), as_array(cs)
+        agg.term_count, agg.term_frauds = as_array(tc), as_array(tf)
+        agg.gap_ms = np.array(gap, dtype=np.int64)
         cats = None
         if self.categorical:
             cats = {
@@ -138,14 +146,14 @@ class OnlineFeatures:
 
 
 def terminal_windows(
-    times: Sequence[int], labels: Sequence[int], t: int, cfg: FeatureConfig
+    times: Sequence[int], labels: list[int], t: int, cfg: FeatureConfig
 ) -> dict[int, tuple[int, int]]:
     """Per window: (transactions, known frauds) of a terminal in ``(t-delay-w, t-delay]``."""
     hi = bisect.bisect_right(times, t - cfg.delay_ms)
     out = {}
     for w in cfg.windows:
         lo = bisect.bisect_right(times, t - cfg.delay_ms - w * MS_PER_DAY, 0, hi)
-        out[w] = (hi - lo, sum(1 for lab in labels[lo:hi] if lab == 1))
+        out[w] = (hi - lo, labels[lo:hi].count(1))
     return out
 
 

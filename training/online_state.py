@@ -66,8 +66,9 @@ class InMemoryFeatureState(FeatureState):
         self.sweep_every = sweep_every
         self.watermark_ms = -(2**62)
         self._cust: dict[str, tuple[list[int], list[int]]] = {}
-        self._term: dict[str, tuple[list[int], list[str]]] = {}
-        self._tx: dict[str, tuple[str, int, int]] = {}  # id -> (terminal, time, label)
+        # terminal -> (times, transaction ids, labels), parallel lists sorted by time
+        self._term: dict[str, tuple[list[int], list[str], list[int]]] = {}
+        self._tx: dict[str, tuple[str, int]] = {}  # id -> (terminal, time)
         self._since_sweep = 0
 
     def customer_histories(
@@ -81,8 +82,8 @@ class InMemoryFeatureState(FeatureState):
     ) -> dict[str, tuple[list[int], list[int]]]:
         out: dict[str, tuple[list[int], list[int]]] = {}
         for term in terminals:
-            times, ids = self._term.get(term, ([], []))
-            out[term] = (times, [self._tx[i][2] if i in self._tx else UNKNOWN_LABEL for i in ids])
+            entry = self._term.get(term)
+            out[term] = (entry[0], entry[2]) if entry else ([], [])
         return out
 
     def append(self, events: Iterable[Event]) -> None:
@@ -92,10 +93,10 @@ class InMemoryFeatureState(FeatureState):
                     self.set_labels({ev.transaction_id: ev.label})
                 continue
             times, cents = self._cust.setdefault(ev.customer_id, ([], []))
-            _insert(times, cents, ev.time_ms, ev.amount_cents)
-            ttimes, ids = self._term.setdefault(ev.terminal_id, ([], []))
-            _insert(ttimes, ids, ev.time_ms, ev.transaction_id)
-            self._tx[ev.transaction_id] = (ev.terminal_id, ev.time_ms, ev.label)
+            _insert(times, ev.time_ms, (cents, ev.amount_cents))
+            ttimes, ids, labels = self._term.setdefault(ev.terminal_id, ([], [], []))
+            _insert(ttimes, ev.time_ms, (ids, ev.transaction_id), (labels, ev.label))
+            self._tx[ev.transaction_id] = (ev.terminal_id, ev.time_ms)
             if ev.time_ms > self.watermark_ms:
                 self.watermark_ms = ev.time_ms
             self._since_sweep += 1
@@ -108,8 +109,12 @@ class InMemoryFeatureState(FeatureState):
             entry = self._tx.get(tx_id)
             if entry is None:
                 unknown.append(tx_id)
-            else:
-                self._tx[tx_id] = (entry[0], entry[1], int(label))
+                continue
+            times, ids, labs = self._term[entry[0]]
+            k = bisect.bisect_left(times, entry[1])
+            while ids[k] != tx_id:  # same-time neighbours: a short scan
+                k += 1
+            labs[k] = int(label)
         return unknown
 
     def expire(self) -> None:
@@ -125,14 +130,14 @@ class InMemoryFeatureState(FeatureState):
                 del times[:k], cents[:k]
         term_cut = self.watermark_ms - self.terminal_retention_ms
         for key in list(self._term):
-            times, ids = self._term[key]
+            times, ids, labs = self._term[key]
             k = bisect.bisect_right(times, term_cut)
             for tx_id in ids[:k]:
                 self._tx.pop(tx_id, None)
             if k == len(times):
                 del self._term[key]
             elif k:
-                del times[:k], ids[:k]
+                del times[:k], ids[:k], labs[:k]
 
     def stats(self) -> dict[str, int]:
         return {
@@ -143,12 +148,14 @@ class InMemoryFeatureState(FeatureState):
         }
 
 
-def _insert(times: list[int], values: list, time_ms: int, value: object) -> None:
-    """Append keeping ``times`` sorted (events mostly arrive in order)."""
+def _insert(times: list[int], time_ms: int, *columns: tuple[list, object]) -> None:
+    """Insert keeping ``times`` and its parallel columns sorted (events mostly arrive in order)."""
     if not times or times[-1] <= time_ms:
         times.append(time_ms)
-        values.append(value)
+        for col, value in columns:
+            col.append(value)
     else:
         k = bisect.bisect_right(times, time_ms)
         times.insert(k, time_ms)
-        values.insert(k, value)
+        for col, value in columns:
+            col.insert(k, value)
