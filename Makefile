@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status loadtest clean
+.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status loadtest bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -74,3 +74,8 @@ loadtest: install ## Locust, headless, against a running service (LOAD_USERS, LO
 
 clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
 	rm -rf data/demo mlruns .bentoml reports
+
+bench: install ## Side-by-side benchmark (fraud-api, no-op BentoML, FastAPI seed, mlflow serve)
+	@command -v wrk >/dev/null && command -v hey >/dev/null || apt-get install -y --no-install-recommends wrk hey
+	$(RUN) fraudops run --no-serve
+	$(RUN) python -m tests.bench.run_bench

@@ -31,7 +31,7 @@ from training.api_models import (
 )
 from training.config import get_settings
 from training.http_guard import JsonOnly
-from training.serving import FraudScorer, ModelBundle
+from training.serving import BATCHING, MAX_BATCH, FraudScorer, ModelBundle, service_config
 
 log = logging.getLogger("fraud.service")
 SETTINGS = get_settings()
@@ -58,25 +58,8 @@ MODEL_INFO = Gauge(
 
 ops = FastAPI(title="fraud-mlops operations")
 
-# Adaptive batching. Measured here (2 cores, 100-tree forest, n_jobs=-1): features cost
-# ~0.1 ms per transaction, and predict_proba ~10-30 ms per call almost regardless of batch
-# size up to a few hundred rows. A batch of 1,000 rows (max request size) costs ~60 ms, so
-# max_batch_size=1000 lets one call absorb many requests, and max_latency_ms=1000 leaves room
-# for a queue of such batches before BentoML sheds load with 503 (it is a hard deadline).
-MAX_BATCH = 1000
-MAX_LATENCY_MS = 1000
 
-
-@bentoml.service(
-    name="fraud_detector",
-    workers=1,  # the in-memory feature state is per process: one worker keeps it consistent
-    traffic={"timeout": 30},
-    # Per-request work we do not use, measured with py-spy under load (see README, Performance):
-    # no tracing spans for the scoring routes and no access-log line per request by default.
-    tracing={"excluded_urls": ["/predict", "/feedback", "/metrics", "/readyz", "/livez"]},
-    logging={"access": {"enabled": SETTINGS.access_log}},
-    http={"port": SETTINGS.port},  # host comes from `--host` (fraudops serve: 127.0.0.1)
-)
+@bentoml.service(name="fraud_detector", **service_config(SETTINGS))
 @bentoml.asgi_app(ops, path="/")
 class FraudDetector:
     """Scores payment transactions for fraud in real time."""
@@ -106,7 +89,7 @@ class FraudDetector:
             time.perf_counter() - t0,
         )
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(batchable=True, **BATCHING)
     async def predict(
         self,
         transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],

@@ -31,8 +31,6 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     access_log: bool = Field(False, description="BentoML access log line per request")
-    max_transactions_per_request: int = Field(1000, gt=0)
-    max_amount: float = Field(1_000_000.0, gt=0)
 
 
 @lru_cache

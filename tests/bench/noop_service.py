@@ -1,0 +1,35 @@
+"""Benchmark baseline: the fraud API's shape and BentoML settings, doing no work at all.
+
+Its throughput is the framework's own ceiling on this machine; `make bench` compares the
+real service with it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import Field
+
+from training.api_models import Prediction, Transaction
+from training.config import get_settings
+from training.serving import BATCHING, MAX_BATCH, service_config
+
+
+@bentoml.service(name="noop_fraud_detector", **service_config(get_settings()))
+class NoopFraudService:
+    @bentoml.api(batchable=True, **BATCHING)
+    async def predict(
+        self,
+        transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],
+    ) -> Annotated[list[Prediction], ContentType("application/json")]:
+        return [
+            Prediction(
+                transaction_id=str(t.transaction_id),
+                fraud_probability=0.0,
+                is_fraud=False,
+                model_version="noop",
+            )
+            for t in transactions
+        ]

@@ -1,0 +1,433 @@
+"""`make bench`: the fraud service side by side with its baselines, in one run, one table.
+
+Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
+  fraud-api     `bentoml serve service:FraudDetector` (this project)
+  bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling)
+  fastapi-seed  FastAPI + uvicorn + the scikit-learn pipeline, one request at a time
+  mlflow-serve  `mlflow models serve` of the same champion (input: the feature row)
+Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
+a constant 500 req/s offered (hey, 50 clients x 10 q/s), 100-transaction requests (wrk).
+Plus the model's cost per transaction in process (scikit-learn vs compiled) and server RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+
+PROJECT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LUA = Path(__file__).with_name("bodies.lua")
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+
+def sh(cmd: list[str], timeout: float) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def rss_mb(proc: subprocess.Popen) -> tuple[float, float]:
+    """(largest process, whole tree) resident memory of a server, in MiB."""
+    root = psutil.Process(proc.pid)
+    sizes = []
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            sizes.append(p.memory_info().rss)
+    return max(sizes) / 2**20, sum(sizes) / 2**20
+
+
+def wrk(url: str, bodies: Path, connections: int, seconds: int) -> dict[str, Any]:
+    out = sh(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            url,
+            "--",
+            str(bodies),
+        ],
+        timeout=seconds + 60,
+    )
+    stats = json.loads(out.strip().splitlines()[-1])
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
+
+
+def hey_rate(
+    url: str, body: Path, seconds: int, clients: int = 50, qps: int = 10
+) -> dict[str, Any]:
+    out = sh(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            "hey",
+            "-z",
+            f"{seconds}s",
+            "-c",
+            str(clients),
+            "-q",
+            str(qps),
+            "-t",
+            "10",
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            str(body),
+            url,
+        ],
+        timeout=seconds + 60,
+    )
+
+    def pct(p: str) -> float:
+        m = re.search(rf"{p}% in ([0-9.]+) secs", out)
+        return float(m.group(1)) * 1000 if m else float("nan")
+
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
+    errors = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+Get|\[(\d+)\]\s+Post", out) if n)
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "ok": codes.get(200, 0),
+        "failed": sum(n for c, n in codes.items() if c != 200) + errors,
+    }
+
+
+def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, Path]:
+    """Transactions that continue the champion's data in time, as request bodies."""
+    from training import features, schema
+    from training.simulate import SimulationConfig, simulate
+
+    info = json.loads((model_path / "model_info.json").read_text())
+    sim = PROJECT / "data" / "demo" / "simulation.json"
+    params = json.loads(sim.read_text()) if sim.exists() else {}
+    start = pd.Timestamp(info["data_window"]["data_end"]).normalize() + pd.Timedelta(days=1)
+    cfg = SimulationConfig(
+        n_customers=params.get("n_customers", 2500),
+        n_terminals=params.get("n_terminals", 5000),
+        n_days=2,
+        start_date=str(start.date()),
+        seed=777,
+    )
+    new = simulate(cfg)
+    new[schema.TRANSACTION_ID] = "bench-" + new[schema.TRANSACTION_ID].astype(str)
+    txs = [
+        {
+            "transaction_id": i,
+            "tx_datetime": ts.isoformat(),
+            "customer_id": int(c),
+            "terminal_id": int(t),
+            "tx_amount": float(a),
+            "tx_channel": ch,
+            "merchant_category": m,
+        }
+        for i, ts, c, t, a, ch, m in zip(
+            new["TRANSACTION_ID"],
+            new["TX_DATETIME"],
+            new["CUSTOMER_ID"],
+            new["TERMINAL_ID"],
+            new["TX_AMOUNT"],
+            new["TX_CHANNEL"],
+            new["MERCHANT_CATEGORY"],
+            strict=True,
+        )
+    ]
+    history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
+    both = schema.normalize(pd.concat([history, new], ignore_index=True))
+    feats = features.offline_features(both)[columns].iloc[len(history) :]
+    rows = feats.to_numpy(dtype=object).tolist()
+    paths = {k: work / f"{k}.jsonl" for k in ("single", "hundred", "f_single", "f_hundred")}
+    with paths["single"].open("w") as f:
+        for tx in txs:
+            f.write(json.dumps({"transactions": [tx]}) + "\n")
+    with paths["hundred"].open("w") as f:
+        for k in range(0, len(txs) - 100, 100):
+            f.write(json.dumps({"transactions": txs[k : k + 100]}) + "\n")
+    with paths["f_single"].open("w") as f:
+        for row in rows:
+            f.write(json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}) + "\n")
+    with paths["f_hundred"].open("w") as f:
+        for k in range(0, len(rows) - 100, 100):
+            body = {"dataframe_split": {"columns": columns, "data": rows[k : k + 100]}}
+            f.write(json.dumps(body) + "\n")
+    paths["one"] = work / "one.json"
+    paths["one"].write_text(paths["single"].open().readline())
+    paths["f_one"] = work / "f_one.json"
+    paths["f_one"].write_text(paths["f_single"].open().readline())
+    return paths
+
+
+def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, float]:
+    """Microseconds per transaction: scikit-learn pipeline vs compiled, at 1/100/1000 rows."""
+    from training import features, schema
+    from training.serving import ModelBundle
+
+    bundle = ModelBundle.load(model_path, meta)
+    history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
+    frame = features.offline_features(history)[columns].iloc[-1000:]
+    out: dict[str, float] = {}
+    for n in (1, 100, 1000):
+        part = frame.iloc[:n]
+        cols = {c: part[c].to_numpy() for c in part.columns}
+        for name, fn in (
+            ("sklearn", lambda p=part: bundle.pipeline.predict_proba(p)),
+            ("compiled", lambda c=cols: bundle.compiled.predict_proba(c)),
+        ):
+            reps = 20 if name == "sklearn" else 200
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            out[f"{name}_{n}"] = float(np.median(times)) / n * 1e6
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "15")))
+    ap.add_argument(
+        "--rate-seconds", type=int, default=int(os.environ.get("BENCH_RATE_SECONDS", "60"))
+    )
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--only", nargs="*", default=None, help="subset of servers")
+    ap.add_argument("--out", type=Path, default=PROJECT / "reports")
+    args = ap.parse_args()
+    for tool in ("wrk", "hey", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install -y wrk hey util-linux")
+
+    import bentoml
+
+    from training.config import get_settings
+
+    settings = get_settings()
+    model = bentoml.models.get(f"{settings.bento_model}:latest")
+    model_path = Path(model.path)
+    info = json.loads((model_path / "model_info.json").read_text())
+    columns = info["feature_columns"]
+    work = args.out / "bench-work"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"champion {model.tag} (MLflow v{model.info.metadata.get('mlflow_model_version')})")
+    bodies = make_bodies(work, model_path, columns)
+    cost = model_cost(model_path, columns, model.info.metadata)
+
+    env = {
+        **os.environ,
+        "BENTOML_DO_NOT_TRACK": "True",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    uri = f"models:/{settings.registered_model}@champion"
+    servers = {
+        "fraud-api": (["bentoml", "serve", "service:FraudDetector", "--port", "{port}"], "tx"),
+        "bentoml-noop": (
+            ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
+            "tx",
+        ),
+        "fastapi-seed": (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.bench.fastapi_seed:app",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+            ],
+            "tx",
+        ),
+        "mlflow-serve": (
+            [
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "{port}",
+                "-w",
+                "1",
+            ],
+            "features",
+        ),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, (cmd, kind) in servers.items():
+        if args.only and name not in args.only:
+            continue
+        port = 18080 + len(results)
+        argv = [str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0], *cmd[1:]]
+        argv = [a.replace("{port}", str(port)) for a in argv]
+        if name in ("fraud-api", "bentoml-noop") or name == "fastapi-seed":
+            argv += ["--host", "127.0.0.1"]
+        log = (work / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, *argv],
+            cwd=PROJECT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        path = "/invocations" if kind == "features" else "/predict"
+        ready = "/ping" if kind == "features" else "/readyz"
+        url = f"http://127.0.0.1:{port}"
+        try:
+            t0 = time.monotonic()
+            wait_ready(url + ready, proc)
+            start_s = time.monotonic() - t0
+            single = bodies["f_single" if kind == "features" else "single"]
+            hundred = bodies["f_hundred" if kind == "features" else "hundred"]
+            one = bodies["f_one" if kind == "features" else "one"]
+            print(f"[{name}] ready in {start_s:.1f}s; warm-up, peak, constant rate, batches")
+            wrk(url + path, single, 8, 3)
+            peak = wrk(url + path, single, args.connections, args.seconds)
+            rate_s = (
+                args.rate_seconds
+                if name in ("fraud-api", "bentoml-noop")
+                else min(20, args.rate_seconds)
+            )
+            rate = hey_rate(url + path, one, rate_s)
+            batch = wrk(url + path, hundred, 8, args.seconds)
+            rss = rss_mb(proc)
+            results[name] = {
+                "start_seconds": start_s,
+                "peak": peak,
+                "rate500": rate,
+                "rate_seconds": rate_s,
+                "batch100": {**batch, "tx_per_s": batch["rps"] * 100},
+                "worker_rss_mb": rss[0],
+                "rss_mb": rss[1],
+            }
+            print(
+                f"[{name}] peak {peak['rps']:.0f} req/s p99 {peak['p99_ms']:.1f} ms; "
+                f"500/s: p99 {rate['p99_ms']:.1f} ms, failed {rate['failed']}; "
+                f"100-tx: {batch['rps'] * 100:.0f} tx/s"
+            )
+        finally:
+            stop(proc)
+            log.close()
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "method": {
+            "server_cpu": SERVER_CPU,
+            "client_cpu": CLIENT_CPU,
+            "connections": args.connections,
+            "seconds": args.seconds,
+            "rate": "500 req/s offered (hey -c 50 -q 10)",
+        },
+        "model_us_per_tx": cost,
+        "servers": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    table = render(report)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["servers"]
+    lines = [
+        "| server | peak req/s (1 tx) | p50 / p95 / p99 ms at peak "
+        "| 500 req/s offered: p50 / p99 ms, failed | 100-tx requests: tx/s "
+        "| RSS MB (worker / all) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in s.items():
+        p, q, b = r["peak"], r["rate500"], r["batch100"]
+        lines.append(
+            f"| {name} | {p['rps']:,.0f} "
+            f"| {p['p50_ms']:.1f} / {p['p95_ms']:.1f} / {p['p99_ms']:.1f} "
+            f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f}, {q['failed']} ({q['rps']:.0f} req/s) "
+            f"| {b['tx_per_s']:,.0f} | {r['worker_rss_mb']:.0f} / {r['rss_mb']:.0f} |"
+        )
+    c = report["model_us_per_tx"]
+    lines += [
+        "",
+        "Model cost, µs per transaction (in process, median): "
+        + ", ".join(f"{k.replace('_', ' @ ')} rows: {v:.1f}" for k, v in c.items()),
+    ]
+    if "fraud-api" in s and "bentoml-noop" in s:
+        a, n = s["fraud-api"], s["bentoml-noop"]
+        lines.append(
+            f"Ratios: peak fraud-api / noop = {a['peak']['rps'] / n['peak']['rps']:.2f}; "
+            "p99 at 500 req/s fraud-api / noop = "
+            f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}"
+        )
+    if "fraud-api" in s and "mlflow-serve" in s:
+        ratio = s["fraud-api"]["peak"]["rps"] / s["mlflow-serve"]["peak"]["rps"]
+        lines.append(f"fraud-api / mlflow-serve peak = {ratio:.0f}x")
+    m = report["method"]
+    lines.append(
+        f"Measured on {report['machine']['cpus']} CPUs: server pinned to CPU {m['server_cpu']}, "
+        f"load generator to CPU {m['client_cpu']} (taskset); wrk -c{m['connections']} for "
+        f"{m['seconds']} s per peak run with varied bodies; {m['rate']}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
