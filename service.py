@@ -82,6 +82,7 @@ class FraudDetector:
             str(meta.get("mlflow_alias")),
         ).set(1)
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
+        self.flagged, self.passed = PREDICTIONS.labels("fraud"), PREDICTIONS.labels("genuine")
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
             self.scorer.model_version,
@@ -103,18 +104,20 @@ class FraudDetector:
         SCORING_SECONDS.observe(time.perf_counter() - t0)
         version = self.scorer.model_version
         out = []
+        make = Prediction.model_construct  # values are ours and already typed: skip validation
         for tx, p, f in zip(transactions, proba.tolist(), flagged.tolist(), strict=True):
             SCORES.observe(p)
             out.append(
-                Prediction(
+                make(
                     transaction_id=str(tx.transaction_id),
                     fraud_probability=p,
                     is_fraud=f,
                     model_version=version,
                 )
             )
-        PREDICTIONS.labels("fraud").inc(int(flagged.sum()))
-        PREDICTIONS.labels("genuine").inc(len(out) - int(flagged.sum()))
+        n_fraud = int(flagged.sum())
+        self.flagged.inc(n_fraud)
+        self.passed.inc(len(out) - n_fraud)
         return out
 
     @bentoml.api
