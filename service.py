@@ -31,6 +31,7 @@ from training.api_models import (
 )
 from training.config import get_settings
 from training.http_guard import JsonOnly
+from training.prom import observe_many
 from training.serving import BATCHING, MAX_BATCH, FraudScorer, ModelBundle, service_config
 
 log = logging.getLogger("fraud.service")
@@ -105,8 +106,8 @@ class FraudDetector:
         version = self.scorer.model_version
         out = []
         make = Prediction.model_construct  # values are ours and already typed: skip validation
+        observe_many(SCORES, proba)
         for tx, p, f in zip(transactions, proba.tolist(), flagged.tolist(), strict=True):
-            SCORES.observe(p)
             out.append(
                 make(
                     transaction_id=str(tx.transaction_id),
