@@ -325,64 +325,72 @@ def main() -> None:
         ),
     }
     results: dict[str, dict[str, Any]] = {}
-    for name, (cmd, kind) in servers.items():
-        if args.only and name not in args.only:
-            continue
-        port = 18080 + len(results)
-        argv = [str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0], *cmd[1:]]
-        argv = [a.replace("{port}", str(port)) for a in argv]
-        if name in ("fraud-api", "bentoml-noop") or name == "fastapi-seed":
-            argv += ["--host", "127.0.0.1"]
-        log = (work / f"{name}.log").open("w")
-        proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *argv],
-            cwd=PROJECT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        path = "/invocations" if kind == "features" else "/predict"
-        ready = "/ping" if kind == "features" else "/readyz"
-        url = f"http://127.0.0.1:{port}"
+    # fraud-api and the no-op run side by side (both idle unless loaded) and their runs are
+    # interleaved A, B, A, B...: drift of a shared machine then hits both alike.
+    groups = [["fraud-api", "bentoml-noop"], ["fastapi-seed"], ["mlflow-serve"]]
+    port = 18080
+    for group in groups:
+        names = [n for n in group if not args.only or n in args.only]
+        live: dict[str, tuple[subprocess.Popen, str, str, Any]] = {}
         try:
-            t0 = time.monotonic()
-            wait_ready(url + ready, proc)
-            start_s = time.monotonic() - t0
-            single = bodies["f_single" if kind == "features" else "single"]
-            hundred = bodies["f_hundred" if kind == "features" else "hundred"]
-            one = bodies["f_one" if kind == "features" else "one"]
-            print(f"[{name}] ready in {start_s:.1f}s; warm-up, peak, constant rate, batches")
-            wrk(url + path, single, 8, 3)
-            runs = [
-                wrk(url + path, single, args.connections, args.seconds) for _ in range(args.repeats)
-            ]
-            peak = median_run(runs)
-            rate_s = (
-                args.rate_seconds
-                if name in ("fraud-api", "bentoml-noop")
-                else min(20, args.rate_seconds)
-            )
-            rate = hey_rate(url + path, one, rate_s)
-            batch = wrk(url + path, hundred, 8, args.seconds)
-            rss = rss_mb(proc)
-            results[name] = {
-                "start_seconds": start_s,
-                "peak": peak,
-                "rate500": rate,
-                "rate_seconds": rate_s,
-                "batch100": {**batch, "tx_per_s": batch["rps"] * 100},
-                "worker_rss_mb": rss[0],
-                "rss_mb": rss[1],
-            }
-            print(
-                f"[{name}] peak {peak['rps']:.0f} req/s p99 {peak['p99_ms']:.1f} ms; "
-                f"500/s: p99 {rate['p99_ms']:.1f} ms, failed {rate['failed']}; "
-                f"100-tx: {batch['rps'] * 100:.0f} tx/s"
-            )
+            for name in names:
+                cmd, kind = servers[name]
+                port += 1
+                argv = [str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0], *cmd[1:]]
+                argv = [a.replace("{port}", str(port)) for a in argv]
+                if kind == "tx":
+                    argv += ["--host", "127.0.0.1"]
+                log = (work / f"{name}.log").open("w")
+                proc = subprocess.Popen(
+                    ["taskset", "-c", SERVER_CPU, *argv],
+                    cwd=PROJECT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                url = f"http://127.0.0.1:{port}"
+                t0 = time.monotonic()
+                wait_ready(url + ("/ping" if kind == "features" else "/readyz"), proc)
+                print(f"[{name}] ready in {time.monotonic() - t0:.1f}s")
+                live[name] = (
+                    proc,
+                    url + ("/invocations" if kind == "features" else "/predict"),
+                    "f_" if kind == "features" else "",
+                    log,
+                )
+            for _url_name, (_, url, pre, _) in live.items():
+                wrk(url, bodies[pre + "single"], 8, 3)  # warm-up
+            runs: dict[str, list[dict[str, Any]]] = {n: [] for n in live}
+            for _ in range(args.repeats):
+                for name, (_, url, pre, _) in live.items():
+                    runs[name].append(
+                        wrk(url, bodies[pre + "single"], args.connections, args.seconds)
+                    )
+            for name, (proc, url, pre, _) in live.items():
+                full = name in ("fraud-api", "bentoml-noop")
+                rate_s = args.rate_seconds if full else min(20, args.rate_seconds)
+                rate = hey_rate(url, bodies[pre + "one"], rate_s)
+                batch = wrk(url, bodies[pre + "hundred"], 8, args.seconds)
+                rss = rss_mb(proc)
+                peak = median_run(runs[name])
+                results[name] = {
+                    "peak": peak,
+                    "rate500": rate,
+                    "rate_seconds": rate_s,
+                    "batch100": {**batch, "tx_per_s": batch["rps"] * 100},
+                    "worker_rss_mb": rss[0],
+                    "rss_mb": rss[1],
+                }
+                print(
+                    f"[{name}] peak {peak['rps']:.0f} req/s (runs {peak['runs_rps']}) p99 "
+                    f"{peak['p99_ms']:.1f} ms; 500/s: p99 {rate['p99_ms']:.1f} ms, failed "
+                    f"{rate['failed']}; 100-tx: {batch['rps'] * 100:.0f} tx/s"
+                )
         finally:
-            stop(proc)
-            log.close()
+            for proc, _, _, log in live.values():
+                stop(proc)
+                log.close()
     report = {
         "machine": {
             "cpus": os.cpu_count(),
