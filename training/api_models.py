@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from training import schema
 from training.online import TxRecord
 
 MAX_AMOUNT = 1_000_000.0
@@ -91,3 +93,23 @@ class FeedbackResult(BaseModel):
     unknown_transaction_ids: list[str]
     message: str
     model_version: str
+
+
+def request_bodies(df: pd.DataFrame, id_prefix: str = "") -> list[dict[str, Any]]:
+    """Raw transactions (handbook layout) as `/predict` transaction objects, for replays,
+    load tests and benchmarks."""
+    has_cats = schema.TX_CHANNEL in df.columns and schema.MERCHANT_CATEGORY in df.columns
+    out = []
+    for row in df.itertuples(index=False):
+        tx: dict[str, Any] = {
+            "transaction_id": f"{id_prefix}{getattr(row, schema.TRANSACTION_ID)}",
+            "tx_datetime": getattr(row, schema.TX_DATETIME).isoformat(),
+            "customer_id": str(getattr(row, schema.CUSTOMER_ID)),
+            "terminal_id": str(getattr(row, schema.TERMINAL_ID)),
+            "tx_amount": float(getattr(row, schema.TX_AMOUNT)),
+        }
+        if has_cats:
+            tx["tx_channel"] = getattr(row, schema.TX_CHANNEL)
+            tx["merchant_category"] = getattr(row, schema.MERCHANT_CATEGORY)
+        out.append(tx)
+    return out

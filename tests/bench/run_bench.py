@@ -19,17 +19,17 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import psutil
+
+from tests.servers import stop, wait_http
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,30 +39,6 @@ SERVER_CPU, CLIENT_CPU = "0", "1"
 
 def sh(cmd: list[str], timeout: float) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def rss_mb(proc: subprocess.Popen) -> tuple[float, float]:
@@ -157,6 +133,7 @@ def hey_rate(
 def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, Path]:
     """Transactions that continue the champion's data in time, as request bodies."""
     from training import features, schema
+    from training.api_models import request_bodies
     from training.simulate import SimulationConfig, simulate
 
     info = json.loads((model_path / "model_info.json").read_text())
@@ -172,27 +149,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
     )
     new = simulate(cfg)
     new[schema.TRANSACTION_ID] = "bench-" + new[schema.TRANSACTION_ID].astype(str)
-    txs = [
-        {
-            "transaction_id": i,
-            "tx_datetime": ts.isoformat(),
-            "customer_id": int(c),
-            "terminal_id": int(t),
-            "tx_amount": float(a),
-            "tx_channel": ch,
-            "merchant_category": m,
-        }
-        for i, ts, c, t, a, ch, m in zip(
-            new["TRANSACTION_ID"],
-            new["TX_DATETIME"],
-            new["CUSTOMER_ID"],
-            new["TERMINAL_ID"],
-            new["TX_AMOUNT"],
-            new["TX_CHANNEL"],
-            new["MERCHANT_CATEGORY"],
-            strict=True,
-        )
-    ]
+    txs = request_bodies(new)
     history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
     both = schema.normalize(pd.concat([history, new], ignore_index=True))
     feats = features.offline_features(both)[columns].iloc[len(history) :]
@@ -351,7 +308,8 @@ def main() -> None:
                 )
                 url = f"http://127.0.0.1:{port}"
                 t0 = time.monotonic()
-                wait_ready(url + ("/ping" if kind == "features" else "/readyz"), proc)
+                ready = url + ("/ping" if kind == "features" else "/readyz")
+                wait_http(ready, proc, work / f"{name}.log", timeout=180)
                 print(f"[{name}] ready in {time.monotonic() - t0:.1f}s")
                 live[name] = (
                     proc,

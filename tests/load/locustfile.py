@@ -16,6 +16,7 @@ import threading
 
 from locust import FastHttpUser, between, events, task
 
+from training.api_models import request_bodies
 from training.simulate import SimulationConfig, simulate
 
 STREAM: list[dict] = []
@@ -34,28 +35,7 @@ def build_stream(environment, **_kw) -> None:
         seed=int(os.environ.get("LOAD_SEED", "4242")),
     )
     df = simulate(cfg)
-    run = os.getpid()
-    STREAM.extend(
-        {
-            "transaction_id": f"load-{run}-{i}",
-            "tx_datetime": ts.isoformat(),
-            "customer_id": int(c),
-            "terminal_id": int(t),
-            "tx_amount": float(a),
-            "tx_channel": ch,
-            "merchant_category": m,
-        }
-        for i, ts, c, t, a, ch, m in zip(
-            df["TRANSACTION_ID"],
-            df["TX_DATETIME"],
-            df["CUSTOMER_ID"],
-            df["TERMINAL_ID"],
-            df["TX_AMOUNT"],
-            df["TX_CHANNEL"],
-            df["MERCHANT_CATEGORY"],
-            strict=True,
-        )
-    )
+    STREAM.extend(request_bodies(df, id_prefix=f"load-{os.getpid()}-"))
 
 
 def next_transactions(n: int) -> list[dict]:
