@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from training.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from training.simulate import SimulationConfig
 
 app = typer.Typer(
     help="fraud-mlops: train, track, gate and serve real-time payment-fraud models.",
@@ -124,7 +127,7 @@ def simulate(
     _simulate(cfg, out or get_settings().data_dir)
 
 
-def _simulate(cfg, out: Path) -> None:
+def _simulate(cfg: SimulationConfig, out: Path) -> None:
     """Simulate and write per-day parquet files under ``out/transactions``."""
     from training.simulate import simulate as run_sim
     from training.simulate import write_per_day
