@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,31 +50,39 @@ def service_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelBundle:
-    """What the Bento model directory holds."""
+    """What the Bento model directory holds. The scikit-learn pipeline is only unpickled when
+    asked for (no compiled twin, benchmarks): serving from the twin never imports sklearn."""
 
-    pipeline: Any
+    path: Path
     info: dict[str, Any]
     metadata: dict[str, Any]
     warmup_path: Path | None
     compiled: CompiledModel | None = None
+    _pipeline: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
         warm = path / "warmup.parquet"
-        pipeline = joblib.load(path / "pipeline.joblib")
-        forest = getattr(pipeline, "named_steps", {}).get("forest")
-        if forest is not None:  # one thread: joblib's pool costs ~20 ms per call at this size
-            forest.n_jobs = 1
         compiled_dir = path / "compiled"
         return cls(
-            compiled=CompiledModel.load(compiled_dir) if compiled_dir.exists() else None,
-            pipeline=pipeline,
+            path=path,
             info=json.loads((path / "model_info.json").read_text()),
             metadata=dict(metadata),
             warmup_path=warm if warm.exists() else None,
+            compiled=CompiledModel.load(compiled_dir) if compiled_dir.exists() else None,
         )
+
+    @property
+    def pipeline(self) -> Any:
+        if self._pipeline is None:
+            pipeline = joblib.load(self.path / "pipeline.joblib")
+            forest = getattr(pipeline, "named_steps", {}).get("forest")
+            if forest is not None:  # one thread: joblib's pool costs ~20 ms a call at this size
+                forest.n_jobs = 1
+            self._pipeline = pipeline
+        return self._pipeline
 
 
 def feature_config(info: dict[str, Any]) -> FeatureConfig:
