@@ -30,7 +30,7 @@ from training.api_models import (
     epoch_ms,
 )
 from training.config import get_settings
-from training.http_guard import JsonOnly
+from training.http_guard import JsonOnly, quiet_client_errors
 from training.prom import observe_many
 from training.serving import BATCHING, MAX_BATCH, FraudScorer, ModelBundle, service_config
 
@@ -69,6 +69,7 @@ class FraudDetector:
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
+        quiet_client_errors()
         bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
         self.scorer = FraudScorer(bundle)
         warmed = self.scorer.warm()

@@ -223,3 +223,12 @@ def test_non_json_body_gets_415_naming_the_header(service_url: str, ctype: str) 
     )
     assert r.status_code == 415
     assert "content-type" in r.text.lower()
+
+
+def test_client_errors_are_logged_without_tracebacks(service_url: str, session_dir: Path) -> None:
+    """A 400 is a one-line warning in the server log, not an ERROR with a traceback."""
+    r = post(service_url, "/predict", {"transactions": [tx("log", tx_amount=-1)]})
+    assert r.status_code == 400
+    log = (session_dir / "bento-serve.log").read_text()
+    assert "client error ValidationError" in log
+    assert "pydantic_core._pydantic_core.ValidationError" not in log

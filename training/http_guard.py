@@ -7,6 +7,7 @@ answer any non-JSON body with a 415 that names the header instead.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -52,3 +53,40 @@ class JsonOnly:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """Turn BentoML's ERROR-with-traceback for a client error (a 4xx: validation failed, bad
+    argument) into a one-line WARNING, so bad traffic cannot flood the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_client_error(exc):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.getMessage()}: client error {type(exc).__name__}: {_brief(exc)}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def _brief(exc: BaseException) -> str:
+    """The offending fields of a validation error, or the first line of the message."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        items = errors(include_input=False)[:3]
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in items)
+    return str(exc).splitlines()[0] if str(exc) else ""
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    code = getattr(getattr(exc, "error_code", None), "value", 500)
+    return isinstance(exc, BentoMLException) and 400 <= int(code) < 500
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`ClientErrorLogFilter` on BentoML's HTTP error logger."""
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
