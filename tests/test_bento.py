@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import bentoml
@@ -32,15 +30,7 @@ def test_import_is_idempotent_and_carries_mlflow_metadata(champion) -> None:
 
 
 def test_bentoml_build(champion) -> None:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "bentoml"), "build", "--output", "tag"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    tag = deploy.build_bento(PROJECT)
     bento = bentoml.get(tag)
     models = {str(m.tag) for svc in bento.info.services for m in svc.models}
     assert str(champion["imported"].tag) in models

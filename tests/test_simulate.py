@@ -76,3 +76,13 @@ def test_write_per_day(tmp_path) -> None:
     ]
     back = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     assert len(back) == len(df)
+
+
+def test_customers_only_use_terminals_within_radius() -> None:
+    cfg = SimulationConfig(n_customers=300, n_terminals=600, n_days=20, seed=3)
+    df = simulate(cfg)
+    available = terminals_within_radius(cfg)
+    used = df.groupby(schema.CUSTOMER_ID)[schema.TERMINAL_ID].nunique()
+    assert (used.to_numpy() <= available[used.index.to_numpy()]).all()
+    # customers with no terminal in reach make no transactions
+    assert set(np.flatnonzero(available == 0)).isdisjoint(used.index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,11 @@ def champion_in_store(settings: Settings) -> bool:
 def build_bento(project_dir: Path) -> str:
     """``bentoml build`` of the project; returns the Bento tag."""
     out = subprocess.run(
-        ["bentoml", "build", "--output", "tag"], cwd=project_dir, capture_output=True, text=True
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if out.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{out.stdout}\n{out.stderr}")

@@ -57,11 +57,8 @@ def simulate(cfg: SimulationConfig, progress: Callable[[str], None] | None = Non
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(cfg.seed)
     say("customer and terminal profiles")
-    cust_xy = rng.uniform(0, 100, size=(cfg.n_customers, 2))
-    mean_amount = rng.uniform(5, 100, size=cfg.n_customers)
+    cust_xy, mean_amount, mean_nb_tx, term_xy = _profiles(cfg, rng)
     std_amount = mean_amount / 2
-    mean_nb_tx = rng.uniform(0, 4, size=cfg.n_customers)
-    term_xy = rng.uniform(0, 100, size=(cfg.n_terminals, 2))
     cat_names = np.array(list(MERCHANT_CATEGORIES))
     cat_share = np.array([v[0] for v in MERCHANT_CATEGORIES.values()])
     cat_cnp = np.array([v[1] for v in MERCHANT_CATEGORIES.values()])
@@ -146,12 +143,20 @@ def simulate(cfg: SimulationConfig, progress: Callable[[str], None] | None = Non
     )
 
 
-def terminals_within_radius(cfg: SimulationConfig) -> np.ndarray:
-    """Number of terminals each customer can use (for statistics tests)."""
-    rng = np.random.default_rng(cfg.seed)
+def _profiles(
+    cfg: SimulationConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Customer locations, mean amounts, mean transactions per day; terminal locations."""
     cust_xy = rng.uniform(0, 100, size=(cfg.n_customers, 2))
-    rng.uniform(0, 100, size=(3, cfg.n_customers))  # keep the draw order of `simulate`
+    mean_amount = rng.uniform(5, 100, size=cfg.n_customers)
+    mean_nb_tx = rng.uniform(0, 4, size=cfg.n_customers)
     term_xy = rng.uniform(0, 100, size=(cfg.n_terminals, 2))
+    return cust_xy, mean_amount, mean_nb_tx, term_xy
+
+
+def terminals_within_radius(cfg: SimulationConfig) -> np.ndarray:
+    """Number of terminals each customer of ``simulate(cfg)`` can use (same draws)."""
+    cust_xy, _, _, term_xy = _profiles(cfg, np.random.default_rng(cfg.seed))
     counts = cKDTree(term_xy).query_ball_point(cust_xy, r=cfg.radius, return_length=True)
     return np.asarray(counts)
 
