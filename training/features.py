@@ -120,9 +120,7 @@ def feature_columns(
     for w in cfg.windows:
         count = agg.term_count[w]
         out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = count.astype(np.float64)
-        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = np.where(
-            count > 0, agg.term_frauds[w] / np.maximum(count, 1), 0.0
-        )
+        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = fraud_rate(agg.term_frauds[w], count)
     if cfg.extras:
         avg30 = agg.cust_cents[30] / np.maximum(agg.cust_count[30], 1)
         out["AMOUNT_TO_CUSTOMER_AVG_30DAY"] = agg.amount_cents / np.maximum(avg30, 1.0)
@@ -136,6 +134,11 @@ def feature_columns(
         for col in CATEGORICAL_FEATURES:
             out[col] = np.asarray(categoricals[col], dtype=object).astype(str)
     return out
+
+
+def fraud_rate(frauds: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Terminal risk: known frauds over transactions in the window; 0 for an empty window."""
+    return np.where(count > 0, frauds / np.maximum(count, 1), 0.0)
 
 
 def has_categoricals(df: pd.DataFrame) -> bool:

@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from training import online, schema
+from training import features, online, schema
 from training.compiled import CompiledModel
 from training.config import Settings
 from training.features import FeatureConfig
@@ -151,7 +151,7 @@ class FraudScorer:
         times, labels = self.features.state.terminal_histories([terminal_id])[terminal_id]
         windows = online.terminal_windows(times, labels, at_ms, self.cfg)
         return {
-            f"risk_{w}d": (frauds / count if count else 0.0)
+            f"risk_{w}d": float(features.fraud_rate(np.array(frauds), np.array(count)))
             for w, (count, frauds) in windows.items()
         }
 
