@@ -54,8 +54,9 @@ def handbook_evaluation(
         meta = registry.model_metadata(model_uri)
         columns, threshold = meta["feature_columns"], float(meta["threshold"])
     folds: list[dict[str, Any]] = []
-    first = last - 21 + 1
-    splits = data.prequential_splits(raw, days, first, n_folds)
+    train_days = delay_days = test_days = 7  # the handbook's protocol
+    first = last - (train_days + delay_days + test_days) + 1  # the last test week ends the data
+    splits = data.prequential_splits(raw, days, first, n_folds, train_days, delay_days, test_days)
     for k, split in enumerate(splits):
         say(f"fold {k + 1}/{n_folds}")
         t0 = time.perf_counter()
