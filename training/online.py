@@ -124,24 +124,11 @@ class OnlineFeatures:
     def warm(self, history: pd.DataFrame) -> int:
         """Materialise the state from a normalised history (the most recent days)."""
         labels = (
-            history[schema.TX_FRAUD].to_numpy()
+            history[schema.TX_FRAUD].tolist()
             if schema.TX_FRAUD in history.columns
-            else np.full(len(history), UNKNOWN_LABEL)
+            else [UNKNOWN_LABEL] * len(history)
         )
-        times = features.to_ms(history[schema.TX_DATETIME])
-        cents = features.to_cents(history[schema.TX_AMOUNT])
-        self.state.append(
-            Event(tx, c, term, int(t), int(a), int(lab))
-            for tx, c, term, t, a, lab in zip(
-                history[schema.TRANSACTION_ID].tolist(),
-                history[schema.CUSTOMER_ID].tolist(),
-                history[schema.TERMINAL_ID].tolist(),
-                times.tolist(),
-                cents.tolist(),
-                labels.tolist(),
-                strict=True,
-            )
-        )
+        self.ingest(records_from_frame(history), labels)
         return len(history)
 
 
