@@ -18,9 +18,9 @@ import bentoml
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import FastAPI
-from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 
+from training import telemetry as tm
 from training.api_models import (
     FeedbackResult,
     Label,
@@ -37,25 +37,7 @@ from training.serving import BATCHING, MAX_BATCH, FraudScorer, ModelBundle, serv
 log = logging.getLogger("fraud.service")
 SETTINGS = get_settings()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
-
-PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
-SCORES = Histogram(
-    "fraud_score",
-    "Fraud probability of scored transactions",
-    buckets=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
-)
-SCORING_SECONDS = Histogram(
-    "fraud_scoring_batch_seconds",
-    "Features + model time per adaptive batch",
-    buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0],
-)
-FEEDBACK = Counter("fraud_feedback_total", "Feedback labels by outcome", ["outcome"])
-MODEL_INFO = Gauge(
-    "fraud_model_info",
-    "Served model (value 1)",
-    ["name", "version", "alias"],
-    multiprocess_mode="liveall",
-)
+GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 
 ops = FastAPI(title="fraud-mlops operations")
 
@@ -71,20 +53,18 @@ class FraudDetector:
         t0 = time.perf_counter()
         quiet_client_errors()
         bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
-        self.scorer = FraudScorer(bundle)
+        self.scorer = FraudScorer(bundle, drift_window=SETTINGS.drift_window)
         warmed = self.scorer.warm()
         # The warmed state is ~10^5-10^6 long-lived objects; without this, every full GC
         # pass walks them and stalls the event loop for ~0.3 s (seen as a p99 cliff).
         gc.collect()
         gc.freeze()
-        meta = bundle.metadata
-        MODEL_INFO.labels(
-            str(meta.get("mlflow_model_name")),
-            self.scorer.model_version,
-            str(meta.get("mlflow_alias")),
-        ).set(1)
+        tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
-        self.flagged, self.passed = PREDICTIONS.labels("fraud"), PREDICTIONS.labels("genuine")
+        self.flagged = tm.PREDICTIONS.labels("fraud")
+        self.passed = tm.PREDICTIONS.labels("genuine")
+        self.gauges_due = 0.0
+        self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
             self.scorer.model_version,
@@ -103,11 +83,12 @@ class FraudDetector:
         hand-off to a worker thread would."""
         t0 = time.perf_counter()
         proba, flagged = self.scorer.score([t.to_record() for t in transactions])
-        SCORING_SECONDS.observe(time.perf_counter() - t0)
+        tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
+        tm.BATCH_SIZE.observe(len(transactions))
         version = self.scorer.model_version
         out = []
         make = Prediction.model_construct  # values are ours and already typed: skip validation
-        observe_many(SCORES, proba)
+        observe_many(tm.SCORES, proba)
         for tx, p, f in zip(transactions, proba.tolist(), flagged.tolist(), strict=True):
             out.append(
                 make(
@@ -120,7 +101,19 @@ class FraudDetector:
         n_fraud = int(flagged.sum())
         self.flagged.inc(n_fraud)
         self.passed.inc(len(out) - n_fraud)
+        if t0 >= self.gauges_due:
+            self.publish_gauges()
         return out
+
+    def publish_gauges(self) -> None:
+        """Feature-state size and live drift (a few ms at most, every GAUGE_EVERY_S)."""
+        self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
+        window = self.scorer.drift
+        tm.publish_state(
+            self.scorer.features.state.stats(),
+            self.scorer.drift_psi(SETTINGS.drift_min_transactions),
+            window.filled if window else 0,
+        )
 
     @bentoml.api
     def feedback(
@@ -133,15 +126,17 @@ class FraudDetector:
         if not labels and not transactions:
             raise InvalidArgument("labels or transactions: give at least one label")
         records = [t.to_record() for t in transactions]
-        unknown = self.scorer.feedback(
+        update = self.scorer.feedback(
             {str(lab.transaction_id): int(lab.is_fraud) for lab in labels},
             records,
             [int(t.is_fraud) for t in transactions],
         )
+        unknown = update.unknown
         applied = len(labels) - len(unknown)
-        FEEDBACK.labels("applied").inc(applied)
-        FEEDBACK.labels("ingested").inc(len(records))
-        FEEDBACK.labels("unknown").inc(len(unknown))
+        tm.FEEDBACK.labels("applied").inc(applied)
+        tm.FEEDBACK.labels("ingested").inc(len(records))
+        tm.FEEDBACK.labels("unknown").inc(len(unknown))
+        tm.count_labels(update.confusion)
         msg = (
             "ok"
             if not unknown
@@ -192,3 +187,4 @@ class FraudDetector:
 
 
 FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]
+FraudDetector.add_asgi_middleware(tm.RequestMetrics)  # type: ignore[attr-defined]

@@ -8,7 +8,17 @@ from typer.testing import CliRunner
 from training.cli import app
 
 runner = CliRunner()
-COMMANDS = ["simulate", "train", "evaluate", "promote", "import-bento", "serve", "run", "status"]
+COMMANDS = [
+    "simulate",
+    "train",
+    "evaluate",
+    "promote",
+    "drift",
+    "import-bento",
+    "serve",
+    "run",
+    "status",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -125,7 +125,23 @@ def test_warm_start_matches_offline(stream: pd.DataFrame) -> None:
 def test_feedback_of_unseen_transactions(stream: pd.DataFrame) -> None:
     online = OnlineFeatures(new_state(CFG), CFG, categorical=True)
     recs = records_from_frame(stream.iloc[:10])
-    assert online.feedback({"nope": 1}) == ["nope"]
+    assert online.feedback({"nope": 1}).unknown == ["nope"]
     online.ingest(recs, [1] * len(recs))
-    assert online.feedback({recs[0].transaction_id: 0}) == []
+    assert online.feedback({recs[0].transaction_id: 0}).unknown == []
     assert online.state.stats()["transactions"] == 10
+
+
+def test_labels_count_decisions_once(stream: pd.DataFrame) -> None:
+    """Live precision/recall: a label for a scored transaction lands in one confusion cell,
+    once; labels for warm-up or ingested transactions (not scored here) count nowhere."""
+    online = OnlineFeatures(new_state(CFG), CFG, categorical=True)
+    recs = records_from_frame(stream.iloc[:6])
+    online.ingest(recs[:2], [0, 1])
+    online.compute_columns(recs[2:], record=False)
+    online.record(recs[2:], [1, 1, 0, 0])
+    ids = [r.transaction_id for r in recs]
+    update = online.feedback({ids[0]: 1, ids[2]: 1, ids[3]: 0, ids[4]: 1, ids[5]: 0})
+    assert update.unknown == []
+    assert update.confusion == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    again = online.feedback({ids[2]: 1, ids[3]: 0})
+    assert again.confusion == {"tp": 0, "fp": 0, "fn": 0, "tn": 0}

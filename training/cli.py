@@ -1,4 +1,5 @@
-"""The ``fraudops`` command line: simulate, train, evaluate, promote, import-bento, serve, run."""
+"""The ``fraudops`` command line: simulate, train, evaluate, promote, drift, import-bento, serve,
+run."""
 
 from __future__ import annotations
 
@@ -315,6 +316,64 @@ def promote(
         settings.promotion_margin if margin is None else margin,
     )
     console.print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+
+
+@app.command()
+def drift(
+    data: DataOpt = None,
+    alias: str = typer.Option("champion", help="Compare against this model alias's reference."),
+    last_days: int | None = typer.Option(
+        None, min=1, help="Only the last N days of the data (default: all of it)."
+    ),
+    out: Path = typer.Option(Path("reports/drift"), help="Folder for drift.html/png/json."),
+    fail_above: float | None = typer.Option(
+        None, help="Exit 1 when any feature's PSI is above this (for pipelines)."
+    ),
+) -> None:
+    """PSI per feature of a data window against the model's training reference; HTML report.
+
+    Example: `fraudops drift --data data/demo/transactions --last-days 7`
+    """
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from training import drift as drift_mod
+    from training import registry, reports, schema
+
+    settings = get_settings()
+    client = registry.configure(settings)
+    try:
+        version, reference = registry.load_reference(client, settings.registered_model, alias)
+    except MlflowException as exc:
+        console.print(
+            f"[red]error:[/red] no drift reference for {settings.registered_model}@{alias}: "
+            f"{str(exc).splitlines()[0]}"
+        )
+        raise typer.Exit(2) from exc
+    raw, feats = _load(_data_path(settings, data))
+    if last_days:
+        cut = raw[schema.TX_DATETIME].max() - pd.Timedelta(days=last_days)
+        feats = feats.loc[(raw[schema.TX_DATETIME] > cut).to_numpy()]
+    missing = [n for n in reference.names if n not in feats.columns]
+    if missing:
+        console.print(f"[red]error:[/red] the data lacks the model's features {missing}")
+        raise typer.Exit(2)
+    html = reports.write_drift_report(
+        reference,
+        feats,
+        out,
+        title=f"Feature drift vs {settings.registered_model} v{version} ({alias})",
+    )
+    scores = reference.psi(feats)
+    table = Table(title=f"PSI vs version {version} ({len(feats):,} transactions)")
+    for col in ("feature", "PSI", "level"):
+        table.add_column(col)
+    for name, value in sorted(scores.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{value:.4f}", drift_mod.level(value))
+    console.print(table)
+    console.print(f"wrote {html}")
+    if fail_above is not None and max(scores.values(), default=0.0) > fail_above:
+        raise typer.Exit(1)
 
 
 @app.command("import-bento")

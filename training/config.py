@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     access_log: bool = Field(False, description="BentoML access log line per request")
+    drift_window: int = Field(
+        10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
+    )
+    drift_min_transactions: int = Field(
+        1_000, ge=1, description="Transactions in the window before drift is reported"
+    )
 
 
 @lru_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,14 +15,16 @@ import bentoml
 import joblib
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from training import compiled, features, registry, schema
+from training import compiled, drift, features, registry, schema
 from training.config import Settings
 
 PIPELINE_FILE = "pipeline.joblib"
 INFO_FILE = "model_info.json"
 WARMUP_FILE = "warmup.parquet"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +71,11 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
         "threshold": float(meta["threshold"]),
         "feature_set_version": meta.get("feature_set_version"),
         "trained_at": str(mv.creation_timestamp),
+        "holdout": {
+            k.removeprefix("test_"): round(v, 6)
+            for k, v in client.get_run(str(mv.run_id)).data.metrics.items()
+            if k in ("test_auc", "test_ap", "test_cp100", "test_precision", "test_recall")
+        },
     }
     with bentoml.models.create(
         settings.bento_model, metadata=metadata, labels={"stage": alias}
@@ -82,6 +90,13 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
             run_id=mv.run_id, artifact_path=registry.COMPILED_DIR
         )
         shutil.copytree(twin_dir, model.path_of(registry.COMPILED_DIR))
+        try:
+            ref = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id, artifact_path=drift.REFERENCE_ARTIFACT
+            )
+            shutil.copy(ref, model.path_of(drift.REFERENCE_FILE))
+        except MlflowException:
+            log.warning("version %s has no drift reference: drift metrics off", mv.version)
         verify_twin(pipeline, meta, Path(model.path_of("")))
     return Imported(str(model.tag), str(mv.version), True)
 

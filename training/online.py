@@ -16,7 +16,14 @@ import pandas as pd
 
 from training import features, schema
 from training.features import MS_PER_DAY, Aggregates, FeatureConfig
-from training.online_state import UNKNOWN_LABEL, Event, FeatureState, InMemoryFeatureState
+from training.online_state import (
+    NOT_SCORED,
+    UNKNOWN_LABEL,
+    Event,
+    FeatureState,
+    InMemoryFeatureState,
+    LabelUpdate,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +111,27 @@ class OnlineFeatures:
                 ),
             }
         if record:
-            self.state.append(
-                Event(r.transaction_id, r.customer_id, r.terminal_id, r.time_ms, r.amount_cents)
-                for r in batch
-            )
+            self.record(batch)
         return features.feature_columns(agg, cfg, cats)
 
-    def feedback(self, labels: dict[str, int]) -> list[str]:
-        """Labels for transactions the state knows; returns the unknown ids."""
+    def record(self, batch: Sequence[TxRecord], decisions: Sequence[int] | None = None) -> None:
+        """Record scored transactions (with the decision taken, for live precision/recall)."""
+        flags = decisions if decisions is not None else [NOT_SCORED] * len(batch)
+        self.state.append(
+            Event(
+                r.transaction_id,
+                r.customer_id,
+                r.terminal_id,
+                r.time_ms,
+                r.amount_cents,
+                UNKNOWN_LABEL,
+                d,
+            )
+            for r, d in zip(batch, flags, strict=True)
+        )
+
+    def feedback(self, labels: dict[str, int]) -> LabelUpdate:
+        """Labels for transactions the state knows: unknown ids and confusion counts."""
         return self.state.set_labels(labels)
 
     def ingest(self, records: Sequence[TxRecord], labels: Sequence[int]) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import bisect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 UNKNOWN_LABEL = -1
+NOT_SCORED = -1  # decision of an event this process did not score (warm-up, ingested records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,16 @@ class Event:
     time_ms: int
     amount_cents: int
     label: int = UNKNOWN_LABEL
+    decision: int = NOT_SCORED  # 1 flagged, 0 passed when scored here
+
+
+@dataclass
+class LabelUpdate:
+    """What a batch of labels did: unknown ids, and for labels new to a transaction this
+    process scored, the confusion counts of its decision (live precision and recall)."""
+
+    unknown: list[str] = field(default_factory=list)
+    confusion: dict[str, int] = field(default_factory=lambda: {"tp": 0, "fp": 0, "fn": 0, "tn": 0})
 
 
 class FeatureState(ABC):
@@ -47,8 +58,8 @@ class FeatureState(ABC):
         """Record transactions (with their label when already known)."""
 
     @abstractmethod
-    def set_labels(self, labels: Mapping[str, int]) -> list[str]:
-        """Attach labels by transaction id; returns the ids the state does not know."""
+    def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:
+        """Attach labels by transaction id; returns the unknown ids and the confusion counts."""
 
     @abstractmethod
     def stats(self) -> dict[str, int]:
@@ -66,8 +77,8 @@ class InMemoryFeatureState(FeatureState):
         self.sweep_every = sweep_every
         self.watermark_ms = -(2**62)
         self._cust: dict[str, tuple[list[int], list[int]]] = {}
-        # terminal -> (times, transaction ids, labels), parallel lists sorted by time
-        self._term: dict[str, tuple[list[int], list[str], list[int]]] = {}
+        # terminal -> (times, transaction ids, labels, decisions), parallel lists sorted by time
+        self._term: dict[str, tuple[list[int], list[str], list[int], list[int]]] = {}
         self._tx: dict[str, tuple[str, int]] = {}  # id -> (terminal, time)
         self._since_sweep = 0
 
@@ -94,8 +105,14 @@ class InMemoryFeatureState(FeatureState):
                 continue
             times, cents = self._cust.setdefault(ev.customer_id, ([], []))
             _insert(times, ev.time_ms, (cents, ev.amount_cents))
-            ttimes, ids, labels = self._term.setdefault(ev.terminal_id, ([], [], []))
-            _insert(ttimes, ev.time_ms, (ids, ev.transaction_id), (labels, ev.label))
+            ttimes, ids, labels, decisions = self._term.setdefault(ev.terminal_id, ([], [], [], []))
+            _insert(
+                ttimes,
+                ev.time_ms,
+                (ids, ev.transaction_id),
+                (labels, ev.label),
+                (decisions, ev.decision),
+            )
             self._tx[ev.transaction_id] = (ev.terminal_id, ev.time_ms)
             if ev.time_ms > self.watermark_ms:
                 self.watermark_ms = ev.time_ms
@@ -103,19 +120,23 @@ class InMemoryFeatureState(FeatureState):
         if self._since_sweep >= self.sweep_every:
             self.expire()
 
-    def set_labels(self, labels: Mapping[str, int]) -> list[str]:
-        unknown = []
+    def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:
+        update = LabelUpdate()
+        confusion = update.confusion
         for tx_id, label in labels.items():
             entry = self._tx.get(tx_id)
             if entry is None:
-                unknown.append(tx_id)
+                update.unknown.append(tx_id)
                 continue
-            times, ids, labs = self._term[entry[0]]
+            times, ids, labs, decisions = self._term[entry[0]]
             k = bisect.bisect_left(times, entry[1])
             while ids[k] != tx_id:  # same-time neighbours: a short scan
                 k += 1
-            labs[k] = int(label)
-        return unknown
+            label = int(label)
+            if labs[k] == UNKNOWN_LABEL and decisions[k] != NOT_SCORED:  # count each once
+                confusion[_OUTCOME[decisions[k], label]] += 1
+            labs[k] = label
+        return update
 
     def expire(self) -> None:
         """Drop events that can no longer fall in any window."""
@@ -130,14 +151,14 @@ class InMemoryFeatureState(FeatureState):
                 del times[:k], cents[:k]
         term_cut = self.watermark_ms - self.terminal_retention_ms
         for key in list(self._term):
-            times, ids, labs = self._term[key]
+            times, ids, labs, decisions = self._term[key]
             k = bisect.bisect_right(times, term_cut)
             for tx_id in ids[:k]:
                 self._tx.pop(tx_id, None)
             if k == len(times):
                 del self._term[key]
             elif k:
-                del times[:k], ids[:k], labs[:k]
+                del times[:k], ids[:k], labs[:k], decisions[:k]
 
     def stats(self) -> dict[str, int]:
         return {
@@ -146,6 +167,9 @@ class InMemoryFeatureState(FeatureState):
             "transactions": len(self._tx),
             "customer_events": sum(len(v[0]) for v in self._cust.values()),
         }
+
+
+_OUTCOME = {(1, 1): "tp", (1, 0): "fp", (0, 1): "fn", (0, 0): "tn"}
 
 
 def _insert(times: list[int], time_ms: int, *columns: tuple[list, object]) -> None:

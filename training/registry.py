@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import compiled, data, features, metrics, reports, schema
+from training import compiled, data, drift, features, metrics, reports, schema
 from training.config import Settings
 from training.train import TrainingResult
 
@@ -137,6 +137,9 @@ def log_training(
                 )
             )
             (out / "model_info.json").write_text(json.dumps(info, indent=2, default=str))
+            reference = training_reference(raw, feats, result)
+            (out / "drift").mkdir()
+            (out / drift.REFERENCE_ARTIFACT).write_text(reference.to_json())
             diff = compile_and_verify(result.pipeline, feats[result.feature_columns], out)
             mlflow.log_metric("compiled_max_abs_diff", diff)
             mlflow.log_artifacts(str(out))
@@ -165,6 +168,28 @@ def log_training(
     }.items():
         client.set_model_version_tag(settings.registered_model, version, key, str(value))
     return Registration(run.info.run_id, version, f"models:/{settings.registered_model}/{version}")
+
+
+def training_reference(
+    raw: pd.DataFrame, feats: pd.DataFrame, result: TrainingResult
+) -> drift.Reference:
+    """Drift reference: the feature distribution of the final training window."""
+    window = result.data_window
+    times = raw[schema.TX_DATETIME]
+    start = pd.Timestamp(window["train_start"])
+    end = pd.Timestamp(window["train_end"]) + pd.Timedelta(days=1)
+    mask = ((times >= start) & (times < end)).to_numpy()
+    rows = feats.loc[mask] if mask.any() else feats
+    return drift.build_reference(rows, result.feature_columns)
+
+
+def load_reference(client: MlflowClient, name: str, alias: str) -> tuple[str, drift.Reference]:
+    """The drift reference logged with the aliased version: (version, reference)."""
+    mv = client.get_model_version_by_alias(name, alias)
+    path = mlflow.artifacts.download_artifacts(
+        run_id=mv.run_id, artifact_path=drift.REFERENCE_ARTIFACT
+    )
+    return str(mv.version), drift.Reference.load(Path(path))
 
 
 def compile_and_verify(pipeline: Any, frame: pd.DataFrame, out: Path) -> float:

@@ -1,4 +1,4 @@
-"""Training artefacts: ROC and PR curves, confusion matrix, feature importances."""
+"""Report artefacts: ROC and PR curves, confusion matrix, feature importances, drift."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from imblearn.pipeline import Pipeline
 from sklearn import metrics as skm
+
+from training.drift import MODERATE, SIGNIFICANT, Reference, level
 
 
 def write_curves(labels: np.ndarray, scores: np.ndarray, out: Path) -> list[Path]:
@@ -86,3 +88,54 @@ def write_importances(pipeline: Pipeline, out: Path) -> list[Path]:
     fig.savefig(png, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [csv, png]
+
+
+def write_drift_report(
+    reference: Reference, columns: pd.DataFrame, out: Path, title: str = "Feature drift"
+) -> Path:
+    """HTML report: PSI per feature (worst first) and reference-vs-current bin shares (PNG)."""
+    out.mkdir(parents=True, exist_ok=True)
+    scores = reference.psi(columns)
+    order = sorted(reference.features, key=lambda f: -scores[f.name])
+    ncols = 3
+    nrows = max(1, -(-len(order) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.6 * nrows), squeeze=False)
+    for ax, ref in zip(axes.flat, order, strict=False):
+        counts = ref.counts(np.asarray(columns[ref.name]))
+        current = counts / max(int(counts.sum()), 1)
+        x = np.arange(ref.n_bins)
+        ax.bar(x - 0.2, ref.expected, width=0.4, label="reference")
+        ax.bar(x + 0.2, current, width=0.4, label="current")
+        value = scores[ref.name]
+        ax.set_title(f"{ref.name}\nPSI {value:.3f} ({level(value)})", fontsize=8)
+        ax.set_xticks([])
+    for ax in list(axes.flat)[len(order) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    png = out / "drift.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    rows = "\n".join(
+        f"<tr class='{level(scores[f.name])}'><td>{f.name}</td><td>{f.kind}</td>"
+        f"<td>{scores[f.name]:.4f}</td><td>{level(scores[f.name])}</td></tr>"
+        for f in order
+    )
+    html = out / "drift.html"
+    html.write_text(
+        f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+.significant{{background:#fdd}}.moderate{{background:#ffd}}</style></head><body>
+<h1>{title}</h1>
+<p>{len(columns):,} transactions compared with the model's training reference
+({reference.n_rows:,} rows). PSI &lt; {MODERATE} stable, {MODERATE}-{SIGNIFICANT} moderate,
+&gt; {SIGNIFICANT} significant.</p>
+<table><tr><th>feature</th><th>kind</th><th>PSI</th><th>level</th></tr>
+{rows}
+</table>
+<p><img src="{png.name}" alt="reference vs current bin shares per feature"></p>
+</body></html>
+"""
+    )
+    (out / "drift.json").write_text(json.dumps(scores, indent=2))
+    return html

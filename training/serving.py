@@ -18,12 +18,12 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from training import features, online, schema
+from training import drift, features, online, schema
 from training.compiled import CompiledModel
 from training.config import Settings
 from training.features import FeatureConfig
 from training.online import OnlineFeatures, TxRecord, new_state
-from training.online_state import FeatureState
+from training.online_state import FeatureState, LabelUpdate
 
 # Adaptive batching. Measured here (2 cores, compiled 100-tree forest): a batch costs about
 # 0.2 ms + 20 us per transaction (features ~10 us, model ~3 us, validation and response the
@@ -60,18 +60,21 @@ class ModelBundle:
     metadata: dict[str, Any]
     warmup_path: Path | None
     compiled: CompiledModel | None = None
+    reference: drift.Reference | None = None
     _pipeline: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
         warm = path / "warmup.parquet"
         compiled_dir = path / "compiled"
+        ref = path / drift.REFERENCE_FILE
         return cls(
             path=path,
             info=json.loads((path / "model_info.json").read_text()),
             metadata=dict(metadata),
             warmup_path=warm if warm.exists() else None,
             compiled=CompiledModel.load(compiled_dir) if compiled_dir.exists() else None,
+            reference=drift.Reference.load(ref) if ref.exists() else None,
         )
 
     @property
@@ -95,7 +98,12 @@ def feature_config(info: dict[str, Any]) -> FeatureConfig:
 class FraudScorer:
     """Scores batches of transactions against the online state; takes feedback labels."""
 
-    def __init__(self, bundle: ModelBundle, state: FeatureState | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        state: FeatureState | None = None,
+        drift_window: int = 10_000,
+    ) -> None:
         self.bundle = bundle
         self.cfg = feature_config(bundle.info)
         self.columns: list[str] = list(bundle.info["feature_columns"])
@@ -105,6 +113,7 @@ class FraudScorer:
         self.lock = threading.Lock()
         self.started = time.time()
         self.warmed = 0
+        self.drift = drift.DriftWindow(bundle.reference, drift_window) if bundle.reference else None
 
     @property
     def model_version(self) -> str:
@@ -126,25 +135,38 @@ class FraudScorer:
         if not batch:
             return np.zeros(0), np.zeros(0, dtype=bool)
         with self.lock:
-            cols = self.features.compute_columns(batch, record=record)
-        if self.bundle.compiled is not None:
-            proba = self.bundle.compiled.predict_proba(cols)
-        else:
-            frame = pd.DataFrame({c: cols[c] for c in self.columns})
-            proba = self.bundle.pipeline.predict_proba(frame)[:, 1]
-        return proba, proba >= self.threshold
+            cols = self.features.compute_columns(batch, record=False)
+            if self.bundle.compiled is not None:
+                proba = self.bundle.compiled.predict_proba(cols)
+            else:
+                frame = pd.DataFrame({c: cols[c] for c in self.columns})
+                proba = self.bundle.pipeline.predict_proba(frame)[:, 1]
+            flagged = proba >= self.threshold
+            if record:
+                self.features.record(batch, flagged.astype(np.int8).tolist())
+                if self.drift is not None:
+                    self.drift.add(cols)
+        return proba, flagged
 
     def feedback(
         self,
         labels: dict[str, int],
         records: Sequence[TxRecord] = (),
         record_labels: Sequence[int] = (),
-    ) -> list[str]:
-        """Apply labels by id and ingest labelled records never seen; returns unknown ids."""
+    ) -> LabelUpdate:
+        """Apply labels by id and ingest labelled records never seen; unknown ids and the
+        confusion counts of the decisions the labels resolve."""
         with self.lock:
             if records:
                 self.features.ingest(records, record_labels)
-            return self.features.feedback(labels) if labels else []
+            return self.features.feedback(labels) if labels else LabelUpdate()
+
+    def drift_psi(self, min_transactions: int) -> dict[str, float] | None:
+        """PSI per feature over the recent window; None until it holds ``min_transactions``."""
+        if self.drift is None or self.drift.filled < min(min_transactions, self.drift.size):
+            return None
+        with self.lock:
+            return self.drift.psi()
 
     def terminal_risk(self, terminal_id: str, at_ms: int) -> dict[str, float]:
         """Terminal window counts and fraud rates as a transaction at ``at_ms`` would see them."""
@@ -169,5 +191,9 @@ class FraudScorer:
                 "compiled": self.bundle.compiled is not None,
             },
             "feature_state": {**self.features.state.stats(), "warmed_from_history": self.warmed},
+            "drift_window": {
+                "size": self.drift.size if self.drift else 0,
+                "filled": self.drift.filled if self.drift else 0,
+            },
             "uptime_seconds": round(time.time() - self.started, 3),
         }

@@ -1,0 +1,172 @@
+"""Feature drift: the training reference of each model and the PSI of recent data against it.
+
+One definition serves three places: the reference is built at training time and logged with
+the model (MLflow artefact ``drift/reference.json``), the service keeps a sliding window of the
+features it computed and exports PSI per feature to Prometheus, and ``fraudops drift`` compares
+a data file to the champion's reference in an HTML report.
+
+PSI (population stability index) over the reference's quantile bins:
+``sum((a - e) * ln(a / e))`` with both shares floored at :data:`EPS`. Rule of thumb: < 0.1
+stable, 0.1-0.25 moderate shift, > 0.25 significant shift (the alert threshold).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Columns = Mapping[str, Any] | pd.DataFrame  # named feature arrays, or a frame of them
+
+REFERENCE_FILE = "reference.json"
+REFERENCE_ARTIFACT = f"drift/{REFERENCE_FILE}"
+EPS = 1e-4
+DEFAULT_BINS = 10
+MODERATE, SIGNIFICANT = 0.1, 0.25
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """Bins of one feature and the training share in each.
+
+    Numeric: ``edges`` are the inner cut points, bin ``i`` holds ``edges[i-1] < x <= edges[i]``
+    (``len(edges) + 1`` bins). Categorical: one bin per training category plus "other".
+    """
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    edges: list[float]
+    categories: list[str]
+    expected: list[float]
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
+
+    def bin_index(self, values: np.ndarray) -> np.ndarray:
+        """Bin of each value, vectorised."""
+        if self.kind == "numeric":
+            x = np.asarray(values, dtype=np.float64)
+            return np.searchsorted(np.asarray(self.edges), x, side="left").astype(np.int16)
+        lookup = {c: i for i, c in enumerate(self.categories)}
+        other = len(self.categories)
+        return np.fromiter(
+            (lookup.get(str(v), other) for v in values), dtype=np.int16, count=len(values)
+        )
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.bin_index(values), minlength=self.n_bins)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The training distribution of every model feature."""
+
+    features: list[FeatureReference]
+    n_rows: int
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Reference:
+        raw = json.loads(text)
+        return cls([FeatureReference(**f) for f in raw["features"]], int(raw["n_rows"]))
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        return cls.from_json(path.read_text())
+
+    def psi(self, columns: Columns) -> dict[str, float]:
+        """PSI of each feature of ``columns`` (a frame or named arrays) against the reference."""
+        return {
+            f.name: psi(np.asarray(f.expected), f.counts(np.asarray(columns[f.name])))
+            for f in self.features
+        }
+
+
+def build_reference(columns: Columns, names: list[str], bins: int = DEFAULT_BINS) -> Reference:
+    """Quantile bins from the training features (ties collapse: a flag gets two bins)."""
+    out = []
+    n_rows = 0
+    for name in names:
+        values = np.asarray(columns[name])
+        n_rows = len(values)
+        if values.dtype.kind in "biuf":
+            x = values.astype(np.float64)
+            qs = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]) if len(x) else np.array([])
+            edges = np.unique(qs).tolist()
+            ref = FeatureReference(name, "numeric", edges, [], [])
+        else:
+            cats = sorted({str(v) for v in values.tolist()})
+            ref = FeatureReference(name, "categorical", [], cats, [])
+        counts = ref.counts(values)
+        share = (counts / max(len(values), 1)).tolist()
+        out.append(FeatureReference(ref.name, ref.kind, ref.edges, ref.categories, share))
+    return Reference(out, n_rows)
+
+
+def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
+    """PSI of observed bin counts against expected shares (0 when nothing was observed)."""
+    total = actual_counts.sum()
+    if total == 0:
+        return 0.0
+    e = np.maximum(np.asarray(expected, dtype=np.float64), EPS)
+    a = np.maximum(actual_counts / total, EPS)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+class DriftWindow:
+    """The last ``size`` scored transactions as bin indices, with running counts per bin.
+
+    ``add`` costs one ``searchsorted`` per feature per batch; ``psi`` reads the counts.
+    """
+
+    def __init__(self, reference: Reference, size: int) -> None:
+        if size < 1:
+            raise ValueError("drift window size must be >= 1")
+        self.reference = reference
+        self.size = size
+        self._bins = np.zeros((size, len(reference.features)), dtype=np.int16)
+        self._counts = [np.zeros(f.n_bins, dtype=np.int64) for f in reference.features]
+        self._next = 0
+        self.filled = 0
+
+    def add(self, columns: Columns) -> None:
+        feats = self.reference.features
+        n = len(np.asarray(columns[feats[0].name])) if feats else 0
+        if n == 0:
+            return
+        if n > self.size:  # only the newest rows can stay in the window
+            columns = {f.name: np.asarray(columns[f.name])[-self.size :] for f in feats}
+            n = self.size
+        new = np.stack([f.bin_index(np.asarray(columns[f.name])) for f in feats], axis=1)
+        rows = (self._next + np.arange(n)) % self.size
+        evicted = max(0, self.filled + n - self.size)  # oldest rows the new ones overwrite
+        old = self._bins[rows[n - evicted :]] if evicted else None
+        self._bins[rows] = new
+        for j, counts in enumerate(self._counts):
+            counts += np.bincount(new[:, j], minlength=len(counts))
+            if old is not None:
+                counts -= np.bincount(old[:, j], minlength=len(counts))
+        self._next = (self._next + n) % self.size
+        self.filled = min(self.filled + n, self.size)
+
+    def psi(self) -> dict[str, float]:
+        return {
+            f.name: psi(np.asarray(f.expected), counts)
+            for f, counts in zip(self.reference.features, self._counts, strict=True)
+        }
+
+
+def level(value: float) -> str:
+    return "significant" if value > SIGNIFICANT else "moderate" if value > MODERATE else "stable"

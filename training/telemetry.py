@@ -1,0 +1,157 @@
+"""Prometheus metrics of the fraud service (prefix ``fraud_``, base units, no per-id labels).
+
+Definitions live here so the service, the dashboards' generator and the tests name the same
+series. The request middleware measures what clients see on the API routes, including the
+415s that never reach BentoML.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from training.http_guard import ASGIApp, Scope
+
+API_ROUTES = ("/predict", "/feedback", "/test", "/health")
+
+REQUEST_SECONDS = Histogram(
+    "fraud_request_duration_seconds",
+    "API request latency as the server sees it, by endpoint",
+    ["endpoint"],
+    buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5],
+)
+ERRORS = Counter(
+    "fraud_errors_total",
+    "Failed API requests by kind (validation, unsupported_media, not_found, client, "
+    "overloaded, internal)",
+    ["endpoint", "kind"],
+)
+PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
+SCORES = Histogram(
+    "fraud_score",
+    "Fraud probability of scored transactions",
+    buckets=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+)
+BATCH_SIZE = Histogram(
+    "fraud_batch_size",
+    "Transactions per adaptive batch (several requests merged by BentoML)",
+    buckets=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+)
+SCORING_SECONDS = Histogram(
+    "fraud_scoring_batch_seconds",
+    "Features + model time per adaptive batch",
+    buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0],
+)
+FEEDBACK = Counter("fraud_feedback_total", "Feedback labels by outcome", ["outcome"])
+LABELLED = Counter(
+    "fraud_labelled_decisions_total",
+    "Scored transactions whose label arrived, by confusion cell (tp, fp, fn, tn)",
+    ["outcome"],
+)
+MODEL_INFO = Gauge(
+    "fraud_model_info",
+    "Served model (value 1); version, alias and training time as labels",
+    ["name", "version", "alias", "trained_at"],
+    multiprocess_mode="livemax",
+)
+MODEL_TRAINED = Gauge(
+    "fraud_model_trained_timestamp_seconds",
+    "When the served model version was registered",
+    multiprocess_mode="livemax",
+)
+MODEL_THRESHOLD = Gauge(
+    "fraud_model_threshold", "Decision threshold of the served model", multiprocess_mode="livemax"
+)
+MODEL_HOLDOUT = Gauge(
+    "fraud_model_holdout_metric",
+    "Hold-out metric of the served model at training time (auc, ap, cp100, precision, recall)",
+    ["metric"],
+    multiprocess_mode="livemax",
+)
+STATE_SIZE = Gauge(
+    "fraud_feature_state_entries",
+    "Online feature state size by kind (customers, terminals, transactions, customer_events)",
+    ["kind"],
+    multiprocess_mode="livemostrecent",
+)
+DRIFT_PSI = Gauge(
+    "fraud_feature_drift_psi",
+    "PSI of recent scored traffic against the model's training reference, per feature",
+    ["feature"],
+    multiprocess_mode="livemostrecent",
+)
+DRIFT_WINDOW = Gauge(
+    "fraud_drift_window_transactions",
+    "Scored transactions in the drift window",
+    multiprocess_mode="livemostrecent",
+)
+
+
+def publish_model(metadata: Mapping[str, Any], version: str, threshold: float) -> None:
+    """Model gauges for the version being served."""
+    trained_ms = int(metadata.get("trained_at") or 0)
+    trained_iso = (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(trained_ms / 1000)) if trained_ms else ""
+    )
+    name, alias = str(metadata.get("mlflow_model_name")), str(metadata.get("mlflow_alias"))
+    MODEL_INFO.labels(name, version, alias, trained_iso).set(1)
+    MODEL_TRAINED.set(trained_ms / 1000)
+    MODEL_THRESHOLD.set(threshold)
+    for metric, value in (metadata.get("holdout") or {}).items():
+        MODEL_HOLDOUT.labels(metric).set(float(value))
+
+
+def publish_state(stats: Mapping[str, int], psi: Mapping[str, float] | None, filled: int) -> None:
+    """Feature-state size and drift gauges (called at most every few seconds)."""
+    for kind, size in stats.items():
+        STATE_SIZE.labels(kind).set(size)
+    DRIFT_WINDOW.set(filled)
+    for feature, value in (psi or {}).items():
+        DRIFT_PSI.labels(feature).set(value)
+
+
+def count_labels(confusion: Mapping[str, int]) -> None:
+    for outcome, n in confusion.items():
+        if n:
+            LABELLED.labels(outcome).inc(n)
+
+
+def error_kind(status: int) -> str | None:
+    if status < 400:
+        return None
+    return {400: "validation", 404: "not_found", 415: "unsupported_media", 503: "overloaded"}.get(
+        status, "client" if status < 500 else "internal"
+    )
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: latency histogram and errors by kind on the API routes."""
+
+    def __init__(self, app: ASGIApp, routes: Iterable[str] = API_ROUTES) -> None:
+        self.app = app
+        self.routes = set(routes)
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            REQUEST_SECONDS.labels(path).observe(time.perf_counter() - start)
+            kind = error_kind(status)
+            if kind is not None:
+                ERRORS.labels(path, kind).inc()
