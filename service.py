@@ -186,5 +186,6 @@ class FraudDetector:
         }
 
 
-FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]
+# The first middleware added is the outermost: request metrics also see JsonOnly's 415s.
 FraudDetector.add_asgi_middleware(tm.RequestMetrics)  # type: ignore[attr-defined]
+FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]

@@ -66,6 +66,20 @@ def test_window_matches_batch_psi_of_its_last_rows(frame: pd.DataFrame) -> None:
         assert window.psi() == pytest.approx(expected, abs=1e-12)
 
 
+def test_window_skips_clock_driven_features(frame: pd.DataFrame) -> None:
+    ref = drift.build_reference(frame, ["amount", "night", "mcc"])
+    window = drift.DriftWindow(ref, size=100, skip=("night",))
+    for _ in range(3):
+        window.add(
+            {"amount": np.array([1.0, 2.0]), "night": np.ones(2), "mcc": np.array(["x", "fuel"])}
+        )
+    psi = window.psi()
+    assert set(psi) == {"amount", "mcc"} and window.filled == 6
+    mcc = ref.features[2]
+    expected = drift.psi(np.asarray(mcc.expected), mcc.counts(np.array(["x", "fuel"] * 3)))
+    assert psi["mcc"] == pytest.approx(expected)
+
+
 def test_window_rejects_empty_size(frame: pd.DataFrame) -> None:
     ref = drift.build_reference(frame, ["amount"])
     with pytest.raises(ValueError, match="window size"):

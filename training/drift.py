@@ -129,15 +129,17 @@ class DriftWindow:
     """The last ``size`` scored transactions as bin indices, with running counts per bin.
 
     ``add`` costs one ``searchsorted`` per feature per batch; ``psi`` reads the counts.
+    Features in ``skip`` (clock-driven ones) are not tracked.
     """
 
-    def __init__(self, reference: Reference, size: int) -> None:
+    def __init__(self, reference: Reference, size: int, skip: tuple[str, ...] = ()) -> None:
         if size < 1:
             raise ValueError("drift window size must be >= 1")
-        self.reference = reference
+        kept = [f for f in reference.features if f.name not in skip]
+        self.reference = Reference(kept, reference.n_rows)
         self.size = size
-        self._bins = np.zeros((size, len(reference.features)), dtype=np.int16)
-        self._counts = [np.zeros(f.n_bins, dtype=np.int64) for f in reference.features]
+        self._bins = np.zeros((size, len(kept)), dtype=np.int16)
+        self._counts = [np.zeros(f.n_bins, dtype=np.int64) for f in kept]
         self._next = 0
         self.filled = 0
 

@@ -21,6 +21,9 @@ import pandas as pd
 from training import schema
 
 FEATURE_SET_VERSION = "2"
+# Functions of the clock, not of the data: a window of minutes is all-night or all-weekend by
+# construction, so live drift monitoring leaves them out (reports over whole weeks keep them).
+CALENDAR_FEATURES = ("TX_DURING_WEEKEND", "TX_DURING_NIGHT")
 MS_PER_DAY = 86_400_000
 CATEGORICAL_FEATURES = (schema.MERCHANT_CATEGORY,)
 

@@ -113,7 +113,11 @@ class FraudScorer:
         self.lock = threading.Lock()
         self.started = time.time()
         self.warmed = 0
-        self.drift = drift.DriftWindow(bundle.reference, drift_window) if bundle.reference else None
+        self.drift = (
+            drift.DriftWindow(bundle.reference, drift_window, skip=features.CALENDAR_FEATURES)
+            if bundle.reference
+            else None
+        )
 
     @property
     def model_version(self) -> str:
