@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install run test test-fast lint format simulate simulate-full train evaluate import-bento build export serve status loadtest bench clean
+.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -19,10 +19,19 @@ help: ## Show this help
 
 install: .venv/.synced ## Install everything (uv, locked deps, bytecode compiled)
 
+MONITORING_BINS := prometheus promtool prometheus-alertmanager amtool
+tools: ## Debian packages the tests use: Prometheus + promtool, Alertmanager + amtool
+	@for b in $(MONITORING_BINS); do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing prometheus and prometheus-alertmanager (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	fi
+
 run: install ## Main job: demo data if none, train if no champion, import, serve on 127.0.0.1:8080
 	$(RUN) fraudops run
 
-test: install ## Run the whole test suite (real MLflow server, PostgreSQL, bentoml serve)
+test: install tools ## Run the whole test suite (real MLflow server, PostgreSQL, bentoml serve, Prometheus, Alertmanager)
 	$(RUN) pytest -q
 
 test-fast: install ## Unit tests only (no servers)
@@ -49,6 +58,9 @@ train: install ## Train, log to MLflow, register and gate (DATA=path)
 evaluate: install ## Handbook-protocol evaluation to reports/evaluation.json (DATA=path)
 	$(RUN) fraudops evaluate --data $(DATA) --protocol handbook --json reports/evaluation.json
 
+drift: install ## Drift report of the data's last 7 days vs the champion (DATA=path) -> reports/drift
+	$(RUN) fraudops drift --data $(DATA) --last-days 7
+
 import-bento: install ## Import the MLflow champion into the Bento store
 	$(RUN) fraudops import-bento
 
@@ -71,6 +83,33 @@ loadtest: install ## Locust, headless, against a running service (LOAD_USERS, LO
 	@mkdir -p loadtest-results
 	$(RUN) locust -f tests/load/locustfile.py --headless -u $(LOAD_USERS) -r 10 -t $(LOAD_TIME) \
 		--host $(HOST) --csv loadtest-results/run --only-summary
+
+dashboards: install ## Regenerate the Grafana dashboards JSON from monitoring/grafana/generate.py
+	$(RUN) python monitoring/grafana/generate.py
+
+MON := .monitoring
+monitor: tools ## Prometheus (127.0.0.1:9090) + Alertmanager (127.0.0.1:9093) beside `make run`
+	@mkdir -p $(MON)
+	@if [ -f $(MON)/prometheus.pid ] && kill -0 $$(cat $(MON)/prometheus.pid) 2>/dev/null; then \
+		echo "already running (make monitor-stop)"; exit 0; fi; \
+	setsid prometheus --config.file=monitoring/prometheus/prometheus.yml \
+		--storage.tsdb.path=$(MON)/prometheus --web.listen-address=127.0.0.1:9090 \
+		>$(MON)/prometheus.log 2>&1 & echo $$! >$(MON)/prometheus.pid; \
+	setsid prometheus-alertmanager --config.file=monitoring/alertmanager/alertmanager.yml \
+		--storage.path=$(MON)/alertmanager --web.listen-address=127.0.0.1:9093 \
+		--cluster.listen-address= >$(MON)/alertmanager.log 2>&1 & echo $$! >$(MON)/alertmanager.pid; \
+	for url in http://127.0.0.1:9090/-/ready http://127.0.0.1:9093/-/ready; do \
+		for i in $$(seq 60); do curl -sf $$url >/dev/null && break; sleep 0.5; done; \
+		curl -sf $$url >/dev/null || { echo "not ready: $$url (see $(MON)/*.log)"; exit 1; }; \
+	done; \
+	echo "Prometheus   http://127.0.0.1:9090  (alerts: /alerts, targets: /targets)"; \
+	echo "Alertmanager http://127.0.0.1:9093  (logs in $(MON)/; stop with make monitor-stop)"
+
+monitor-stop: ## Stop what `make monitor` started
+	@for svc in prometheus alertmanager; do \
+		if [ -f $(MON)/$$svc.pid ]; then kill $$(cat $(MON)/$$svc.pid) 2>/dev/null || true; \
+		rm -f $(MON)/$$svc.pid; echo "stopped $$svc"; fi; \
+	done
 
 clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
 	rm -rf data/demo mlruns .bentoml reports

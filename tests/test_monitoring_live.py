@@ -174,7 +174,8 @@ def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) 
     normal_until = time.monotonic() + 20
     while time.monotonic() < normal_until:
         unexpected = watch() & {"FraudNoTraffic", "FraudRateSpike", "FeatureDriftHigh"}
-        assert not unexpected, (unexpected, traffic.status, query(prom, "fraud_feature_drift_psi > 0.1"))
+        drifting = query(prom, "fraud_feature_drift_psi > 0.1")
+        assert not unexpected, (unexpected, traffic.status, drifting)
         time.sleep(1)
     normal_psi = {
         s["metric"]["feature"]: float(s["value"][1]) for s in query(prom, "fraud_feature_drift_psi")

@@ -20,6 +20,7 @@ from grafana_foundation_sdk.builders.dashboard import Dashboard, Row
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -184,7 +185,9 @@ def model() -> Dashboard:
             .datasource(DATASOURCE)
             .span(12)
             .height(4)
-            .with_target(query("fraud_model_info", instant=True).format("table").ref_id("A"))
+            .with_target(
+                query("fraud_model_info", instant=True).format(PromQueryFormat.TABLE).ref_id("A")
+            )
         )
         .with_panel(
             single(
