@@ -44,12 +44,20 @@ def binary(name: str) -> str:
     return path
 
 
-def dashboard_generator() -> Any:
-    """``monitoring/grafana/generate.py`` as a module (it is a script, not a package)."""
+def _grafana_script(name: str) -> Any:
+    """A script of ``monitoring/grafana`` as a module (the folder is not a package)."""
     folder = str(MONITORING / "grafana")
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    return importlib.import_module("generate")
+    return importlib.import_module(name)
+
+
+def dashboard_generator() -> Any:
+    return _grafana_script("generate")
+
+
+def dashboard_renderer() -> Any:
+    return _grafana_script("render")
 
 
 def compress(text: str, factor: int) -> str:

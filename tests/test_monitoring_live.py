@@ -32,6 +32,7 @@ from .observability import (
     alertmanager_config,
     binary,
     dashboard_generator,
+    dashboard_renderer,
     prometheus,
 )
 from .servers import bento_server
@@ -124,6 +125,7 @@ def stack(champion, session_dir: Path, streams) -> Iterator[dict[str, Any]]:
                 work, prom_port, f"127.0.0.1:{api_port}", f"127.0.0.1:{am_port}", FACTOR
             ) as prom:
                 yield {
+                    "work": work,
                     "api": api,
                     "am": am,
                     "prom": prom,
@@ -221,6 +223,13 @@ def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) 
             if not query(prom, expr):
                 empty.append(f"{path.name}: {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+    # --- the same panels drawn from live data (README previews come from this) ------------
+    render = dashboard_renderer()
+    out = Path(stack["work"]) / "dashboards"
+    for path in GRAFANA_DASHBOARDS:
+        png = render.render(json.loads(path.read_text()), prom, 4, out / f"{path.stem}.png")
+        assert png.stat().st_size > 20_000
 
     # --- the service saw no server error; the bad requests were 4xx and counted -------------
     assert not [s for s in traffic.status if s >= 500], traffic.status
