@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Annotated, Any
 import bentoml
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
-from fastapi import FastAPI
-from pydantic import Field
+from fastapi import Body, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
 
 from training import telemetry as tm
 from training.api_models import (
@@ -30,9 +31,17 @@ from training.api_models import (
     epoch_ms,
 )
 from training.config import get_settings
-from training.http_guard import JsonOnly, quiet_client_errors
+from training.http_guard import JsonOnly, admin_allowed, quiet_client_errors
 from training.prom import observe_many
-from training.serving import BATCHING, MAX_BATCH, FraudScorer, ModelBundle, service_config
+from training.serving import (
+    BATCHING,
+    MAX_BATCH,
+    FraudScorer,
+    ModelBundle,
+    SwapError,
+    find_bento_model,
+    service_config,
+)
 
 log = logging.getLogger("fraud.service")
 SETTINGS = get_settings()
@@ -40,6 +49,12 @@ SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 
 ops = FastAPI(title="fraud-mlops operations")
+
+
+class ReloadRequest(BaseModel):
+    """Which imported model to serve: an MLflow version in the Bento store (default: latest)."""
+
+    version: str | None = Field(None, max_length=64, examples=["7"])
 
 
 @bentoml.service(name="fraud_detector", **service_config(SETTINGS))
@@ -64,6 +79,7 @@ class FraudDetector:
         self.flagged = tm.PREDICTIONS.labels("fraud")
         self.passed = tm.PREDICTIONS.labels("genuine")
         self.gauges_due = 0.0
+        self.reload_lock = threading.Lock()
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
@@ -166,6 +182,45 @@ class FraudDetector:
             "terminal_id": terminal_id,
             "at": when.isoformat(),
             **self.scorer.terminal_risk(terminal_id, epoch_ms(when)),
+        }
+
+    @ops.post("/admin/reload")
+    def reload(
+        self, request: Request, body: Annotated[ReloadRequest | None, Body()] = None
+    ) -> dict[str, Any]:
+        """Hot swap: load a model from the Bento store beside the served one, then switch
+        atomically; requests keep being answered meanwhile. Bearer token (FRAUD_ADMIN_TOKEN)
+        or, without one configured, loopback clients only."""
+        token = SETTINGS.admin_token.get_secret_value() if SETTINGS.admin_token else None
+        status = admin_allowed(
+            token, request.headers.get("authorization"), request.client and request.client.host
+        )
+        if status != 200:
+            raise HTTPException(status, "admin call not allowed: send the FRAUD_ADMIN_TOKEN")
+        version = body.version if body else None
+        t0 = time.perf_counter()
+        with self.reload_lock:
+            try:
+                model = find_bento_model(SETTINGS.bento_model, version)
+                bundle = ModelBundle.load(Path(model.path), model.info.metadata)
+                old_meta = self.scorer.bundle.metadata
+                previous = self.scorer.swap(bundle)
+            except LookupError as exc:
+                tm.MODEL_SWAPS.labels("failed").inc()
+                raise HTTPException(404, str(exc)) from exc
+            except SwapError as exc:
+                tm.MODEL_SWAPS.labels("failed").inc()
+                raise HTTPException(409, str(exc)) from exc
+            tm.retire_model(old_meta, previous)
+            tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
+            tm.MODEL_SWAPS.labels("ok").inc()
+        seconds = time.perf_counter() - t0
+        log.info("swapped model %s -> %s in %.2fs", previous, self.scorer.model_version, seconds)
+        return {
+            "model_version": self.scorer.model_version,
+            "previous_version": previous,
+            "bento_model": str(model.tag),
+            "swap_seconds": round(seconds, 3),
         }
 
     @ops.api_route("/test", methods=["GET", "POST"])

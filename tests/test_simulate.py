@@ -86,3 +86,26 @@ def test_customers_only_use_terminals_within_radius() -> None:
     assert (used.to_numpy() <= available[used.index.to_numpy()]).all()
     # customers with no terminal in reach make no transactions
     assert set(np.flatnonzero(available == 0)).isdisjoint(used.index)
+
+
+def test_prefix_stable_and_extendable(tmp_path) -> None:
+    """A shorter run is the start of a longer one; appending days continues the same data."""
+    small = SimulationConfig(n_customers=300, n_terminals=600, n_days=20, seed=5)
+    long = simulate(SimulationConfig(**{**small.__dict__, "n_days": 30}))
+    short = simulate(small)
+    pd.testing.assert_frame_equal(short, long.iloc[: len(short)])
+    tail = simulate(SimulationConfig(**{**small.__dict__, "n_days": 30}), first_day=20)
+    pd.testing.assert_frame_equal(tail, long.iloc[len(short) :].reset_index(drop=True))
+
+    from training.simulate import append_days, load_config, save_config
+
+    write_per_day(short, tmp_path / "transactions")
+    save_config(small, tmp_path)
+    added = append_days(tmp_path, 10, key="run-1")
+    assert len(added) == 10
+    assert append_days(tmp_path, 10, key="run-1") == []  # idempotent per key
+    files = sorted((tmp_path / "transactions").glob("*.parquet"))
+    back = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    pd.testing.assert_frame_equal(back, long, check_dtype=False)
+    cfg, extra = load_config(tmp_path)
+    assert cfg.n_days == 30 and extra["appended_by"] == ["run-1"]

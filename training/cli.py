@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -130,8 +129,8 @@ def simulate(
 
 def _simulate(cfg: SimulationConfig, out: Path) -> None:
     """Simulate and write per-day parquet files under ``out/transactions``."""
+    from training.simulate import save_config, write_per_day
     from training.simulate import simulate as run_sim
-    from training.simulate import write_per_day
 
     target = out / "transactions"
     t0 = time.perf_counter()
@@ -139,7 +138,7 @@ def _simulate(cfg: SimulationConfig, out: Path) -> None:
         df = run_sim(cfg, progress=say)
     with step(f"writing {target}"):
         paths = write_per_day(df, target)
-    (target.parent / "simulation.json").write_text(json.dumps(asdict(cfg), indent=2))
+    save_config(cfg, out)
     console.print(
         f"{len(df):,} transactions, {int(df['TX_FRAUD'].sum()):,} frauds "
         f"({df['TX_FRAUD'].mean():.3%}) in {len(paths)} files, {time.perf_counter() - t0:.1f}s"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,20 @@ class Settings(BaseSettings):
     drift_min_transactions: int = Field(
         1_000, ge=1, description="Transactions in the window before drift is reported"
     )
+    api_url: str = Field(
+        "http://127.0.0.1:8080", description="The running fraud API the roll-out switches"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Token for /admin/* (without one, only loopback clients may call it)"
+    )
+    notify_webhook_url: str | None = Field(None, description="Slack-compatible webhook URL")
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = 25
+    notify_smtp_starttls: bool = False
+    notify_smtp_user: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_email_from: str = "fraud-mlops@localhost"
+    notify_email_to: str = Field("", description="Comma-separated recipients")
 
 
 @lru_cache

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from training import compiled, drift, features, registry, schema
+from training import compiled, drift, features, registry, schema, serving
 from training.config import Settings
 
 PIPELINE_FILE = "pipeline.joblib"
@@ -37,17 +37,11 @@ class Imported:
 def find_imported(settings: Settings, mlflow_version: str) -> bentoml.Model | None:
     """An already imported Bento model of this registered model version, if any."""
     try:
-        models = bentoml.models.list(settings.bento_model)
-    except bentoml.exceptions.NotFound:
+        return serving.find_bento_model(
+            settings.bento_model, mlflow_version, settings.registered_model
+        )
+    except LookupError:
         return None
-    for model in models:
-        meta = model.info.metadata
-        if (
-            meta.get("mlflow_model_name") == settings.registered_model
-            and str(meta.get("mlflow_model_version")) == mlflow_version
-        ):
-            return model
-    return None
 
 
 def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Imported:

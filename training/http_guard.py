@@ -90,3 +90,17 @@ def _is_client_error(exc: BaseException) -> bool:
 def quiet_client_errors() -> None:
     """Install :class:`ClientErrorLogFilter` on BentoML's HTTP error logger."""
     logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def admin_allowed(token: str | None, authorization: str | None, client_host: str | None) -> int:
+    """HTTP status for an admin call: 200 when allowed, 401 without the right bearer token
+    (when a token is configured), 403 from a non-loopback client (when none is)."""
+    import hmac
+
+    if token:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        return 200 if hmac.compare_digest(given.encode(), token.encode()) else 401
+    return 200 if client_host in LOOPBACK else 403

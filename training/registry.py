@@ -81,6 +81,7 @@ def log_training(
     feats: pd.DataFrame,
     settings: Settings,
     dataset: str,
+    extra_tags: dict[str, str] | None = None,
 ) -> Registration:
     """One MLflow run: params, metrics, every candidate (nested runs), artefacts, the model."""
     info = result.model_info()
@@ -90,6 +91,7 @@ def log_training(
         "feature_set_version": features.FEATURE_SET_VERSION,
         "git_commit": commit,
         **{f"data.{k}": v for k, v in result.data_window.items()},
+        **(extra_tags or {}),
     }
     with mlflow.start_run(run_name=f"train-{result.candidate.name}", tags=tags) as run:
         mlflow.log_params({f"model.{k}": v for k, v in asdict(result.candidate).items()})

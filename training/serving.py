@@ -88,6 +88,31 @@ class ModelBundle:
         return self._pipeline
 
 
+def find_bento_model(
+    name: str, mlflow_version: str | None = None, registered_model: str | None = None
+) -> Any:
+    """The Bento store's model ``name`` imported from an MLflow version (default: the latest
+    import); raises LookupError when the store does not have it."""
+    import bentoml
+
+    if mlflow_version is None:
+        try:
+            return bentoml.models.get(f"{name}:latest")
+        except bentoml.exceptions.NotFound as exc:
+            raise LookupError(f"no {name} model in the Bento store") from exc
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        models = []
+    for model in models:
+        meta = model.info.metadata
+        if str(meta.get("mlflow_model_version")) == str(mlflow_version) and (
+            registered_model is None or meta.get("mlflow_model_name") == registered_model
+        ):
+            return model
+    raise LookupError(f"MLflow version {mlflow_version} of {name} is not in the Bento store")
+
+
 def feature_config(info: dict[str, Any]) -> FeatureConfig:
     cfg = dict(info.get("feature_config") or {})
     if "windows" in cfg:
@@ -95,8 +120,15 @@ def feature_config(info: dict[str, Any]) -> FeatureConfig:
     return FeatureConfig(**cfg)
 
 
+class SwapError(RuntimeError):
+    """The new model cannot take over from the served one in place."""
+
+
 class FraudScorer:
-    """Scores batches of transactions against the online state; takes feedback labels."""
+    """Scores batches of transactions against the online state; takes feedback labels.
+
+    The model can be swapped while serving (:meth:`swap`): the online state stays, every batch
+    is scored by exactly one model."""
 
     def __init__(
         self,
@@ -104,20 +136,45 @@ class FraudScorer:
         state: FeatureState | None = None,
         drift_window: int = 10_000,
     ) -> None:
-        self.bundle = bundle
         self.cfg = feature_config(bundle.info)
-        self.columns: list[str] = list(bundle.info["feature_columns"])
-        self.threshold = float(bundle.info["threshold"])
-        self.categorical = bool(bundle.info.get("categorical"))
-        self.features = OnlineFeatures(state or new_state(self.cfg), self.cfg, self.categorical)
+        self.drift_size = drift_window
+        self.features = OnlineFeatures(
+            state or new_state(self.cfg), self.cfg, bool(bundle.info.get("categorical"))
+        )
         self.lock = threading.Lock()
         self.started = time.time()
         self.warmed = 0
+        self._install(bundle)
+
+    def _install(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+        self.columns: list[str] = list(bundle.info["feature_columns"])
+        self.threshold = float(bundle.info["threshold"])
+        self.categorical = bool(bundle.info.get("categorical"))
+        self.features.categorical = self.categorical
         self.drift = (
-            drift.DriftWindow(bundle.reference, drift_window, skip=features.CALENDAR_FEATURES)
+            drift.DriftWindow(bundle.reference, self.drift_size, skip=features.CALENDAR_FEATURES)
             if bundle.reference
             else None
         )
+
+    def swap(self, bundle: ModelBundle) -> str:
+        """Serve ``bundle`` from the next batch on; returns the previous version.
+
+        The new model is fully loaded before the switch, which happens under the scoring lock
+        (a batch in flight finishes on the old model). The online state is kept, so the feature
+        configuration must be the same."""
+        if feature_config(bundle.info) != self.cfg:
+            raise SwapError(
+                "the new model uses another feature configuration; restart the service "
+                "to rebuild the online state"
+            )
+        if bundle.compiled is None:
+            _ = bundle.pipeline  # unpickle now, not inside the first batch
+        previous = self.model_version
+        with self.lock:
+            self._install(bundle)
+        return previous
 
     @property
     def model_version(self) -> str:

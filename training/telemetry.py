@@ -83,6 +83,9 @@ DRIFT_PSI = Gauge(
     ["feature"],
     multiprocess_mode="livemostrecent",
 )
+MODEL_SWAPS = Counter(
+    "fraud_model_swaps_total", "Model hot swaps by outcome (ok, failed)", ["outcome"]
+)
 DRIFT_WINDOW = Gauge(
     "fraud_drift_window_transactions",
     "Scored transactions in the drift window",
@@ -90,18 +93,31 @@ DRIFT_WINDOW = Gauge(
 )
 
 
-def publish_model(metadata: Mapping[str, Any], version: str, threshold: float) -> None:
-    """Model gauges for the version being served."""
+def _info_labels(metadata: Mapping[str, Any], version: str) -> tuple[str, str, str, str]:
     trained_ms = int(metadata.get("trained_at") or 0)
     trained_iso = (
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(trained_ms / 1000)) if trained_ms else ""
     )
-    name, alias = str(metadata.get("mlflow_model_name")), str(metadata.get("mlflow_alias"))
-    MODEL_INFO.labels(name, version, alias, trained_iso).set(1)
-    MODEL_TRAINED.set(trained_ms / 1000)
+    return (
+        str(metadata.get("mlflow_model_name")),
+        version,
+        str(metadata.get("mlflow_alias")),
+        trained_iso,
+    )
+
+
+def publish_model(metadata: Mapping[str, Any], version: str, threshold: float) -> None:
+    """Model gauges for the version being served."""
+    MODEL_INFO.labels(*_info_labels(metadata, version)).set(1)
+    MODEL_TRAINED.set(int(metadata.get("trained_at") or 0) / 1000)
     MODEL_THRESHOLD.set(threshold)
     for metric, value in (metadata.get("holdout") or {}).items():
         MODEL_HOLDOUT.labels(metric).set(float(value))
+
+
+def retire_model(metadata: Mapping[str, Any], version: str) -> None:
+    """The info series of a model no longer served drops to 0 (the version history stays)."""
+    MODEL_INFO.labels(*_info_labels(metadata, version)).set(0)
 
 
 def publish_state(stats: Mapping[str, int], psi: Mapping[str, float] | None, filled: int) -> None:
