@@ -43,7 +43,9 @@ from training.serving import (
     service_config,
 )
 
-log = logging.getLogger("fraud.service")
+# A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
+# how our lines (model ready, hot swaps) reach the server log.
+log = logging.getLogger("bentoml.fraud_service")
 SETTINGS = get_settings()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often

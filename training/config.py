@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     drift_min_transactions: int = Field(
         1_000, ge=1, description="Transactions in the window before drift is reported"
     )
+    bentos_dir: Path = Field(Path("bentos"), description="Where exported .bento archives go")
     api_url: str = Field(
         "http://127.0.0.1:8080", description="The running fraud API the roll-out switches"
     )

@@ -124,3 +124,92 @@ def build_bento(project_dir: Path) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+class RolloutError(RuntimeError):
+    """The running service did not take the new model (or failed its smoke check)."""
+
+
+def export_bento(tag: str, out_dir: Path) -> Path:
+    """``bentoml export`` of a built Bento into ``out_dir``; returns the archive."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{tag.replace(':', '-')}.bento"
+    run = subprocess.run(
+        [sys.executable, "-m", "bentoml", "export", tag, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"bentoml export failed:\n{run.stdout}\n{run.stderr}")
+    return target
+
+
+def docker_reachable() -> bool:
+    """A Docker engine answers ``docker info`` (the CLI honours DOCKER_HOST)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def containerize(tag: str, image: str) -> str:
+    """``bentoml containerize`` into a local image; returns the image tag."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bentoml", "containerize", tag, "-t", image],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"bentoml containerize failed:\n{run.stdout[-3000:]}\n{run.stderr}")
+    return image
+
+
+def _admin_headers(settings: Settings) -> dict[str, str]:
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def reload_service(settings: Settings, version: str) -> dict[str, Any] | None:
+    """Ask the running service to hot-swap to ``version`` (already in its Bento store).
+
+    Returns the service's answer, or None when no service listens at ``settings.api_url``."""
+    import httpx
+
+    try:
+        resp = httpx.post(
+            f"{settings.api_url}/admin/reload",
+            json={"version": version},
+            headers=_admin_headers(settings),
+            timeout=120,
+        )
+    except httpx.ConnectError:
+        return None
+    if resp.status_code != 200:
+        raise RolloutError(f"reload to version {version} refused: {resp.status_code} {resp.text}")
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+def smoke_prediction(settings: Settings, version: str) -> dict[str, Any]:
+    """The service scores its built-in sample with ``version`` (``/test`` records nothing)."""
+    import httpx
+
+    resp = httpx.get(f"{settings.api_url}/test", timeout=30)
+    body: dict[str, Any] = resp.json() if resp.status_code == 200 else {}
+    if body.get("status") != "ok" or str(body.get("model_version")) != str(version):
+        raise RolloutError(
+            f"smoke prediction failed: HTTP {resp.status_code}, status {body.get('status')}, "
+            f"model_version {body.get('model_version')} (expected {version})"
+        )
+    return body
+
+
+def rollback(settings: Settings, previous: str) -> dict[str, Any] | None:
+    """Give ``champion`` back to ``previous`` and switch the service back to it."""
+    client = registry.configure(settings)
+    client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, previous)
+    return reload_service(settings, previous)

@@ -25,6 +25,17 @@ NOTIFIED_TAG = "pipeline_notified"
 MIN_DAY_SHARE = 0.2  # a day with fewer than 20 % of the median daily volume is broken
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become None (XCom and webhooks carry strict JSON)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 class PipelineError(RuntimeError):
     """A step cannot go on (broken data, failed smoke check); the message says why."""
 
@@ -46,7 +57,7 @@ class HealthReport:
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(_json_safe(asdict(self)))
 
 
 @dataclass
@@ -60,7 +71,7 @@ class DataReport:
     appended: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(_json_safe(asdict(self)))
 
 
 @dataclass
@@ -71,7 +82,7 @@ class Candidate:
     test_metrics: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(_json_safe(asdict(self)))
 
 
 @dataclass
@@ -85,7 +96,7 @@ class Deployment:
     champion_metrics: dict[str, float] | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(_json_safe(asdict(self)))
 
 
 def _recent(raw: pd.DataFrame, days: int) -> np.ndarray:
@@ -298,3 +309,53 @@ def already_notified(settings: Settings, version: str, run_key: str) -> bool:
 def mark_notified(settings: Settings, version: str, run_key: str) -> None:
     client = registry.configure(settings)
     client.set_model_version_tag(settings.registered_model, version, NOTIFIED_TAG, run_key)
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
+STAGES = ("performance_check", "data_prep", "training", "deployment")
+
+
+def summary(report: dict[str, dict[str, Any] | None], run_id: str) -> tuple[str, str]:
+    """Subject and text of the run's notification: metrics, decision, versions, reason."""
+    failed = [s for s in STAGES if report.get(s) is None]
+    health = report.get("performance_check") or {}
+    prepared = report.get("data_prep") or {}
+    cand = report.get("training") or {}
+    dep = report.get("deployment") or {}
+    lines = [f"Run {run_id}"]
+    if health:
+        lines.append(
+            f"Champion v{health.get('champion_version')} on {health.get('window')}: "
+            f"precision {_num(health.get('precision'))}, recall {_num(health.get('recall'))}, "
+            f"AP {_num(health.get('ap'))}, max PSI {_num(health.get('max_psi'))}. "
+            f"Retrain because: {'; '.join(health.get('reasons', []))}."
+        )
+    if prepared:
+        lines.append(
+            f"Data: {prepared.get('transactions', 0):,} transactions over {prepared.get('days')} "
+            f"days ({prepared.get('first_day')}..{prepared.get('last_day')})"
+            + (f", new days {', '.join(prepared['appended'])}" if prepared.get("appended") else "")
+        )
+    if cand:
+        m = cand.get("test_metrics", {})
+        lines.append(
+            f"Candidate v{cand.get('version')}: hold-out AUC {_num(m.get('auc'))}, "
+            f"AP {_num(m.get('ap'))}, CP@100 {_num(m.get('cp100'))}"
+        )
+    if dep:
+        verdict = "promoted to champion" if dep.get("promoted") else "kept as challenger"
+        lines.append(
+            f"Decision: v{dep.get('version')} {verdict} (previous champion "
+            f"v{dep.get('previous_champion')}). Reason: {dep.get('reason')}"
+        )
+    if failed:
+        lines.append(f"FAILED: no result from {', '.join(failed)} (see the Airflow task logs)")
+        subject = f"[fraud-mlops] retraining FAILED at {failed[0]}"
+    elif dep.get("promoted"):
+        subject = f"[fraud-mlops] v{dep.get('version')} promoted to champion"
+    else:
+        subject = f"[fraud-mlops] v{dep.get('version')} not promoted"
+    return subject, "\n".join(lines)

@@ -1,0 +1,107 @@
+"""fraud_retrain: the daily retraining, the seed's five stages.
+
+performance_check -> data_prep -> training -> deployment -> publish_champion -> notification
+
+Every task is idempotent for its DAG run: re-running a day appends no second data day, registers
+no second model version and sends no second notification.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from fraud_common import CHAMPION, DEFAULT_ARGS, channels, data_path, settings
+
+from training import pipeline
+from training.notify import send
+
+
+@dag(
+    dag_id="fraud_retrain",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(hours=4),
+    tags=["fraud-mlops", "training"],
+    params={
+        "grid": Param("standard", description="quick, standard or full (or a dict grid)"),
+        "check_days": Param(7, type="integer", minimum=1, description="Days of live check"),
+        "append_days": Param(1, type="integer", minimum=0, description="Demo: days to simulate"),
+    },
+    doc_md=__doc__,
+)
+def fraud_retrain() -> None:
+    @task
+    def performance_check() -> dict[str, Any]:
+        """The champion's precision, recall and AP on the latest labelled days, and drift."""
+        cfg = settings()
+        days = int(get_current_context()["params"]["check_days"])
+        return pipeline.check_champion(cfg, data_path(cfg), days=days).to_dict()
+
+    @task
+    def data_prep() -> dict[str, Any]:
+        """The latest training window, validated (the demo simulator appends a day first)."""
+        ctx = get_current_context()
+        cfg = settings()
+        return pipeline.prepare_data(
+            data_path(cfg),
+            run_key=ctx["run_id"],
+            append_days=int(ctx["params"]["append_days"]),
+        ).to_dict()
+
+    @task(execution_timeout=timedelta(hours=3))
+    def training() -> dict[str, Any]:
+        """Prequential model search, MLflow run, registered candidate (one per DAG run)."""
+        ctx = get_current_context()
+        cfg = settings()
+        return pipeline.train_candidate(
+            cfg, data_path(cfg), run_key=ctx["run_id"], grid=ctx["params"]["grid"]
+        ).to_dict()
+
+    @task
+    def deployment(candidate: dict[str, Any]) -> dict[str, Any]:
+        """Smoke check, then the champion gate on the shared hold-out."""
+        cfg = settings()
+        return pipeline.deploy_candidate(cfg, candidate["version"], data_path(cfg)).to_dict()
+
+    @task(outlets=[CHAMPION])
+    def publish_champion(decision: dict[str, Any]) -> dict[str, Any]:
+        """Emits the champion Asset event (which starts fraud_build_deploy) on promotion only."""
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"not promoted: {decision['reason']}")
+        return {"version": decision["version"], "previous": decision["previous_champion"]}
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=3)
+    def notification() -> list[str]:
+        """Summary to the webhook and by email; reports a failed stage too."""
+        ctx = get_current_context()
+        ti, run_id = ctx["ti"], ctx["run_id"]
+        report = {
+            name: ti.xcom_pull(task_ids=name)
+            for name in ("performance_check", "data_prep", "training", "deployment")
+        }
+        cfg = settings()
+        version = (report["training"] or {}).get("version")
+        if version and pipeline.already_notified(cfg, version, run_id):
+            return ["already sent"]
+        subject, text = pipeline.summary(report, run_id)
+        sent = send(channels(cfg), subject, text)
+        if version:
+            pipeline.mark_notified(cfg, version, run_id)
+        return sent
+
+    check = performance_check()
+    prepared = data_prep()
+    candidate = training()
+    decision = deployment(candidate)
+    published = publish_champion(decision)
+    check >> prepared >> candidate
+    [decision, published] >> notification()
+
+
+fraud_retrain()

@@ -1,0 +1,64 @@
+"""The DAG files load without errors and have the described shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..servers import PROJECT
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT / "dags"))
+
+
+def test_dags_import_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"fraud_retrain", "fraud_build_deploy"}
+
+
+@pytest.mark.parametrize("dag_id", ["fraud_retrain", "fraud_build_deploy"])
+def test_owners_retries_tags_and_limits(dagbag, dag_id: str) -> None:
+    dag = dagbag.get_dag(dag_id)
+    assert "fraud-mlops" in dag.tags
+    assert dag.max_active_runs == 1 and not dag.catchup
+    for task in dag.tasks:
+        assert task.owner == "fraud-ml", task.task_id
+        assert task.retries >= 0 and task.execution_timeout is not None, task.task_id
+    assert sum(t.retries > 0 for t in dag.tasks) >= len(dag.tasks) - 1  # smoke_check: none
+
+
+def edges(dag) -> set[tuple[str, str]]:
+    return {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+
+
+def test_retrain_graph(dagbag) -> None:
+    dag = dagbag.get_dag("fraud_retrain")
+    assert edges(dag) == {
+        ("performance_check", "data_prep"),
+        ("data_prep", "training"),
+        ("training", "deployment"),
+        ("deployment", "publish_champion"),
+        ("deployment", "notification"),
+        ("publish_champion", "notification"),
+    }
+    assert dag.get_task("notification").trigger_rule == "all_done"
+    outlets = dag.get_task("publish_champion").outlets
+    assert [o.name for o in outlets] == ["fraud_champion"]
+    assert dag.schedule == "@daily"
+
+
+def test_build_deploy_is_scheduled_on_the_champion_asset(dagbag) -> None:
+    dag = dagbag.get_dag("fraud_build_deploy")
+    assert edges(dag) == {
+        ("import_model", "rollout"),
+        ("rollout", "smoke_check"),
+        ("smoke_check", "build"),
+        ("build", "export"),
+        ("build", "containerize"),
+        ("export", "containerize"),
+    }
+    assert [a.name for a in dag.schedule] == ["fraud_champion"]
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"

@@ -1,0 +1,225 @@
+"""The DAGs run end to end with `dag.test()`: Airflow metadata on PostgreSQL, a real
+`mlflow server` on PostgreSQL, local webhook and SMTP receivers, and a running `bentoml serve`
+that is hot-swapped under load."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from training import pipeline, registry
+from training.api_models import request_bodies
+from training.config import Settings, get_settings
+from training.simulate import SimulationConfig, save_config, simulate, write_per_day
+
+from ..conftest import free_port
+from ..observability import Mailbox, Receiver
+from ..servers import PROJECT, bento_server, mlflow_server
+
+pytestmark = pytest.mark.slow
+DATA = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=21)
+GOOD = {"n_estimators": [40], "max_depth": [12]}
+WORSE = {"n_estimators": [1], "max_depth": [1]}
+MODEL, BENTO_MODEL = "fraud-detector-af", "fraud_detector_af"
+
+
+@pytest.fixture(scope="module")
+def env(airflow_db, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("airflow-runs")
+    root = work / "demo"
+    write_per_day(simulate(DATA), root / "transactions")
+    save_config(DATA, root)
+    with (
+        mlflow_server(work, free_port()) as uri,
+        Receiver() as webhook,
+        Mailbox(free_port()) as mailbox,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for key, value in {
+            "MLFLOW_TRACKING_URI": uri,
+            "FRAUD_DATA_DIR": str(root),
+            "FRAUD_EXPERIMENT_NAME": "airflow-test",
+            "FRAUD_REGISTERED_MODEL": MODEL,
+            "FRAUD_BENTO_MODEL": BENTO_MODEL,
+            "FRAUD_BENTOS_DIR": str(work / "bentos"),
+            "FRAUD_NOTIFY_WEBHOOK_URL": webhook.url,
+            "FRAUD_NOTIFY_SMTP_HOST": "127.0.0.1",
+            "FRAUD_NOTIFY_SMTP_PORT": str(mailbox.port),
+            "FRAUD_NOTIFY_EMAIL_TO": "fraud-team@example.com",
+        }.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        yield {"work": work, "root": root, "webhook": webhook, "mailbox": mailbox, "runs": {}}
+        get_settings.cache_clear()
+
+
+def get_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag(dag_id)
+
+
+def asset_events() -> int:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return int(
+            session.scalar(
+                select(func.count(AssetEvent.id))
+                .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                .where(AssetModel.name == "fraud_champion")
+            )
+            or 0
+        )
+
+
+def states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def test_retrain_promotes_a_better_model_then_keeps_a_worse_one(env) -> None:
+    dag = get_dag("fraud_retrain")
+    settings = Settings()
+    client = registry.configure(settings)
+    webhook, mailbox = env["webhook"], env["mailbox"]
+
+    t0 = time.perf_counter()
+    first = dag.test(run_conf={"grid": GOOD})
+    first_s = time.perf_counter() - t0
+    assert str(first.state) == "success", states(first)
+    assert states(first)["publish_champion"] == "success"
+    assert registry.champion_version(client, MODEL) == "1"
+    assert asset_events() == 1
+    assert len(webhook.bodies) == 1 and "promoted to champion" in webhook.texts()
+    assert "Data: " in webhook.texts() and "new days 2018-06-15" in webhook.texts()
+    subject, body = mailbox.messages[-1]
+    assert subject == "[fraud-mlops] v1 promoted to champion" and "AP" in body
+
+    t0 = time.perf_counter()
+    second = dag.test(run_conf={"grid": WORSE})
+    second_s = time.perf_counter() - t0
+    assert str(second.state) == "success", states(second)
+    assert states(second)["publish_champion"] == "skipped"
+    assert registry.champion_version(client, MODEL) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, registry.CHALLENGER).version) == "2"
+    assert asset_events() == 1  # no promotion, no event
+    last = webhook.bodies[-1]["text"]
+    assert "v2 not promoted" in last and "kept as challenger" in last and "Reason: AP" in last
+    assert mailbox.messages[-1][0] == "[fraud-mlops] v2 not promoted"
+    env["runs"].update(first=first.run_id, second=second.run_id)
+    print(f"\nfraud_retrain wall time: promoted run {first_s:.1f}s, kept run {second_s:.1f}s")
+
+
+def test_rerunning_a_day_duplicates_nothing(env) -> None:
+    run_id = env["runs"]["first"]
+    settings = Settings()
+    data_path = env["root"] / "transactions"
+    files = sorted(data_path.glob("*.parquet"))
+    report = pipeline.prepare_data(data_path, run_key=run_id)
+    assert report.appended == [] and sorted(data_path.glob("*.parquet")) == files
+    again = pipeline.train_candidate(settings, data_path, run_key=run_id, grid=WORSE)
+    assert again.reused and again.version == "1"
+    assert pipeline.already_notified(settings, "1", run_id)
+    client = registry.configure(settings)
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
+
+
+def test_broken_data_fails_loudly(tmp_path) -> None:
+    days = tmp_path / "transactions"
+    write_per_day(simulate(SimulationConfig(n_customers=200, n_terminals=400, n_days=5)), days)
+    victim = sorted(days.glob("*.parquet"))[2]
+    import pandas as pd
+
+    pd.read_parquet(victim).head(3).to_parquet(victim)
+    with pytest.raises(pipeline.PipelineError, match="under 20% of the median daily volume"):
+        pipeline.prepare_data(days, append_days=0)
+    victim.unlink()
+    with pytest.raises(pipeline.PipelineError, match="days without any transaction"):
+        pipeline.prepare_data(days, append_days=0)
+
+
+class Traffic(threading.Thread):
+    """Single-transaction /predict requests back to back; every answer recorded."""
+
+    def __init__(self, url: str, bodies: list[dict]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.bodies = url, bodies
+        self.halt = threading.Event()
+        self.answers: list[tuple[float, int, str | None]] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            i = 0
+            while not self.halt.is_set():
+                tx = {**self.bodies[i % len(self.bodies)], "transaction_id": f"swap-{i}"}
+                try:
+                    r = client.post("/predict", json={"transactions": [tx]})
+                    version = r.json()[0]["model_version"] if r.status_code == 200 else None
+                    self.answers.append((time.monotonic(), r.status_code, version))
+                except httpx.HTTPError as exc:
+                    self.answers.append((time.monotonic(), 0, repr(exc)))
+                i += 1
+                time.sleep(0.005)
+
+
+def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
+    from training import deploy
+
+    settings = Settings()
+    client = registry.configure(settings)
+    deploy.import_champion(settings)  # v1, what `make run` would be serving
+    port = free_port()
+    log = env["work"] / "bento-serve.log"
+    server_env = {"FRAUD_PORT": str(port), "BENTOML_DO_NOT_TRACK": "True"}
+    raw = simulate(SimulationConfig(**{**DATA.__dict__, "n_days": DATA.n_days + 3}))
+    bodies = request_bodies(raw.tail(2_000))
+    with bento_server(port, server_env, log) as url, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FRAUD_API_URL", url)
+        get_settings.cache_clear()
+        traffic = Traffic(url, bodies)
+        traffic.start()
+        time.sleep(3)
+        promoted_at = time.monotonic()
+        client.set_registered_model_alias(MODEL, registry.CHAMPION, "2")  # the promotion
+        t0 = time.perf_counter()
+        run = get_dag("fraud_build_deploy").test()
+        dag_s = time.perf_counter() - t0
+        time.sleep(2)
+        traffic.halt.set()
+        traffic.join(30)
+        assert str(run.state) == "success", states(run)
+        answers = traffic.answers
+        failed = [a for a in answers if a[1] != 200]
+        assert not failed, failed[:5]
+        versions = [a[2] for a in answers]
+        first_new = versions.index("2")
+        assert set(versions[:first_new]) == {"1"} and set(versions[first_new:]) == {"2"}
+        switch_s = answers[first_new][0] - promoted_at
+        assert switch_s < 60, switch_s
+        exported = list((env["work"] / "bentos").glob("*.bento"))
+        assert len(exported) == 1 and exported[0].stat().st_size > 100_000
+        assert states(run)["containerize"] == "success"  # skipped inside: no Docker engine
+
+        # a failed smoke check rolls back: champion and the service return to v1
+        with pytest.raises(deploy.RolloutError):
+            deploy.smoke_prediction(Settings(), "3")
+        deploy.rollback(Settings(), "1")
+        assert registry.champion_version(client, MODEL) == "1"
+        assert httpx.get(f"{url}/health").json()["model"]["version"] == "1"
+    swap = re.search(r"swapped model 1 -> 2 in ([0-9.]+)s", log.read_text())
+    assert swap, log.read_text()[-2000:]
+    print(
+        f"\nfraud_build_deploy wall time {dag_s:.1f}s; promotion -> first v2 answer "
+        f"{switch_s:.1f}s; swap {float(swap[1]):.2f}s; {len(answers)} requests during the "
+        f"test, {len(failed)} failed"
+    )
