@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop clean
+.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop airflow airflow-stop clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -110,6 +110,12 @@ monitor-stop: ## Stop what `make monitor` started
 		if [ -f $(MON)/$$svc.pid ]; then kill $$(cat $(MON)/$$svc.pid) 2>/dev/null || true; \
 		rm -f $(MON)/$$svc.pid; echo "stopped $$svc"; fi; \
 	done
+
+airflow: install ## Airflow 3 on 127.0.0.1:8081 (api-server, scheduler, dag-processor, triggerer; PostgreSQL)
+	dags/local_airflow.sh start
+
+airflow-stop: ## Stop what `make airflow` started
+	dags/local_airflow.sh stop
 
 clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
 	rm -rf data/demo mlruns .bentoml reports

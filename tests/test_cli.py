@@ -14,6 +14,7 @@ COMMANDS = [
     "evaluate",
     "promote",
     "drift",
+    "check",
     "import-bento",
     "serve",
     "run",
@@ -98,3 +99,17 @@ def test_run_trains_once_then_skips(small_data_dir, monkeypatch) -> None:
         assert "champion already in the Bento store" in second.output
     finally:
         get_settings.cache_clear()
+
+
+def test_check_reports_the_champion_on_recent_days(champion, small_data_dir, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "check.json"
+    args = ["check", "--data", str(small_data_dir), "--days", "7", "--json", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["champion_version"] == champion["imported"].mlflow_version
+    assert report["n_transactions"] > 1_000 and report["n_frauds"] > 0
+    assert 0 < report["ap"] <= 1 and 0 <= report["precision"] <= 1
+    assert report["reasons"][0] == "daily schedule"

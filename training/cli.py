@@ -158,47 +158,37 @@ def train(
 
     Example: `fraudops train --data data/demo/transactions --grid standard`
     """
-    from training import data as data_mod
-    from training import registry
-    from training import train as train_mod
+    from training import pipeline
 
     settings = get_settings()
     path = _data_path(settings, data)
     raw, feats = _load(path)
-    layout = data_mod.handbook_layout(raw)
-    client = registry.configure(settings)
+    if budget:
+        settings = settings.model_copy(update={"review_budget_per_day": budget})
+    results: list = []
     t0 = time.perf_counter()
     with step("training") as say:
-        result = train_mod.train(
-            raw,
-            feats,
-            layout,
+        cand = pipeline.train_candidate(
+            settings,
+            path,
             grid=grid,
-            budget=budget or settings.review_budget_per_day,
-            seed=seed,
             progress=say,
+            frames=(raw, feats),
+            seed=seed,
+            on_result=results.append,
         )
-    train_s = time.perf_counter() - t0
-    _print_search(result)
-    with step("logging to MLflow"):
-        reg = registry.log_training(result, raw, feats, settings, dataset=str(path))
+    _print_search(results[0])
     console.print(
-        f"registered {settings.registered_model} version {reg.version} "
-        f"(run {reg.run_id}); training took {train_s:.1f}s"
+        f"registered {settings.registered_model} version {cand.version} "
+        f"(run {cand.run_id}); {time.perf_counter() - t0:.1f}s"
     )
     if promote:
-        with step("champion gate"):
-            decision = registry.gate(
-                client,
-                settings.registered_model,
-                reg.version,
-                raw,
-                feats,
-                layout.final,
-                settings.promotion_margin if margin is None else margin,
+        with step("smoke check + champion gate"):
+            dep = pipeline.deploy_candidate(
+                settings, cand.version, path, margin=margin, frames=(raw, feats)
             )
-        verdict = "[green]champion[/green]" if decision.promoted else "[yellow]challenger[/yellow]"
-        console.print(f"version {reg.version} -> {verdict}: {decision.reason}")
+        verdict = "[green]champion[/green]" if dep.promoted else "[yellow]challenger[/yellow]"
+        console.print(f"version {cand.version} -> {verdict}: {dep.reason}")
 
 
 def _print_search(result) -> None:
@@ -294,8 +284,7 @@ def promote(
 
     Example: `fraudops promote 3 --data data/demo/transactions`
     """
-    from training import data as data_mod
-    from training import registry
+    from training import pipeline, registry
 
     settings = get_settings()
     client = registry.configure(settings)
@@ -303,18 +292,42 @@ def promote(
         client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, version)
         console.print(f"version {version} is champion (forced)")
         return
-    raw, feats = _load(_data_path(settings, data))
-    layout = data_mod.handbook_layout(raw)
-    decision = registry.gate(
-        client,
-        settings.registered_model,
-        version,
-        raw,
-        feats,
-        layout.final,
-        settings.promotion_margin if margin is None else margin,
-    )
-    console.print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+    path = _data_path(settings, data)
+    frames = _load(path)
+    with step("smoke check + champion gate"):
+        dep = pipeline.deploy_candidate(settings, version, path, margin=margin, frames=frames)
+    console.print(("promoted: " if dep.promoted else "not promoted: ") + dep.reason)
+
+
+@app.command()
+def check(
+    data: DataOpt = None,
+    days: int = typer.Option(7, min=1, help="Most recent labelled days to score."),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report.")] = None,
+) -> None:
+    """The champion on the latest labelled days: precision, recall, AP and drift (the
+    retraining DAG's performance check).
+
+    Example: `fraudops check --data data/demo/transactions --days 7`
+    """
+    from training import pipeline
+
+    settings = get_settings()
+    path = _data_path(settings, data)
+    frames = _load(path)
+    with step("scoring the champion"):
+        report = pipeline.check_champion(settings, path, days=days, frames=frames)
+    table = Table(title=f"Champion v{report.champion_version} on {report.window}")
+    table.add_column("measure")
+    table.add_column("value")
+    for key in ("n_transactions", "n_frauds", "precision", "recall", "ap", "max_psi"):
+        value = getattr(report, key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    console.print(table)
+    console.print("retrain: " + "; ".join(report.reasons))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
 
 
 @app.command()

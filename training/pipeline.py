@@ -8,9 +8,10 @@ doing it twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,11 @@ from mlflow.exceptions import MlflowException
 
 from training import data, features, registry, schema, simulate
 from training.config import Settings
+
+if TYPE_CHECKING:
+    from training.train import TrainingResult
+
+Frames = tuple[pd.DataFrame, pd.DataFrame]  # raw transactions and their offline features
 
 log = logging.getLogger(__name__)
 RUN_KEY_TAG = "pipeline_run"
@@ -99,13 +105,24 @@ class Deployment:
         return dict(_json_safe(asdict(self)))
 
 
+def _frames(data_path: Path, frames: Frames | None) -> Frames:
+    if frames is not None:
+        return frames
+    raw = data.load_transactions(data_path)
+    return raw, features.offline_features(raw)
+
+
 def _recent(raw: pd.DataFrame, days: int) -> np.ndarray:
     end = raw[schema.TX_DATETIME].max()
     return (raw[schema.TX_DATETIME] > end - pd.Timedelta(days=days)).to_numpy()
 
 
 def check_champion(
-    settings: Settings, data_path: Path, days: int = 7, drift_threshold: float = 0.25
+    settings: Settings,
+    data_path: Path,
+    days: int = 7,
+    drift_threshold: float = 0.25,
+    frames: Frames | None = None,
 ) -> HealthReport:
     """Score the champion on the last ``days`` labelled days; drift against its reference.
 
@@ -119,8 +136,7 @@ def check_champion(
     client = registry.configure(settings)
     name = settings.registered_model
     champion = registry.champion_version(client, name)
-    raw = data.load_transactions(data_path)
-    feats = features.offline_features(raw)
+    raw, feats = _frames(data_path, frames)
     recent = _recent(raw, days)
     labels = raw[schema.TX_FRAUD].to_numpy()[recent]
     window = (
@@ -225,7 +241,10 @@ def train_candidate(
     data_path: Path,
     run_key: str | None = None,
     grid: str | dict[str, list[Any]] = "standard",
-    progress: Any = None,
+    progress: Callable[[str], None] | None = None,
+    frames: Frames | None = None,
+    seed: int = 0,
+    on_result: Callable[[TrainingResult], None] | None = None,
 ) -> Candidate:
     """Train, log to MLflow and register a candidate (not yet gated). Idempotent per run."""
     from training import train as train_mod
@@ -237,18 +256,27 @@ def train_candidate(
             metrics = client.get_run(existing.run_id).data.metrics
             test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
             return Candidate(str(existing.version), str(existing.run_id), True, test)
-    raw = data.load_transactions(data_path)
-    feats = features.offline_features(raw)
+    raw, feats = _frames(data_path, frames)
     layout = data.handbook_layout(raw)
     result = train_mod.train(
-        raw, feats, layout, grid=grid, budget=settings.review_budget_per_day, progress=progress
+        raw,
+        feats,
+        layout,
+        grid=grid,
+        budget=settings.review_budget_per_day,
+        seed=seed,
+        progress=progress,
     )
+    if on_result is not None:
+        on_result(result)
     extra = {RUN_KEY_TAG: run_key} if run_key else {}
     reg = registry.log_training(result, raw, feats, settings, str(data_path), extra_tags=extra)
     return Candidate(reg.version, reg.run_id, False, dict(result.test_metrics))
 
 
-def smoke_check(settings: Settings, version: str, data_path: Path, rows: int = 200) -> None:
+def smoke_check(
+    settings: Settings, version: str, data_path: Path, rows: int = 200, frames: Frames | None = None
+) -> None:
     """The registered model loads and scores a smoke batch of recent data to valid
     probabilities, and its compiled twin agrees (raises :class:`PipelineError`)."""
     from mlflow import sklearn as mlflow_sklearn
@@ -260,8 +288,8 @@ def smoke_check(settings: Settings, version: str, data_path: Path, rows: int = 2
     try:
         meta = registry.model_metadata(uri)
         pipe = mlflow_sklearn.load_model(uri)
-        raw = data.load_transactions(data_path)
-        frame = features.offline_features(raw).iloc[-rows:][meta["feature_columns"]]
+        _, feats = _frames(data_path, frames)
+        frame = feats.iloc[-rows:][meta["feature_columns"]]
         proba = pipe.predict_proba(frame)[:, 1]
         run_id = registry.mlflow.models.get_model_info(uri).run_id
         compiled.verify(pipe, registry.load_compiled(str(run_id)), frame)
@@ -271,24 +299,28 @@ def smoke_check(settings: Settings, version: str, data_path: Path, rows: int = 2
         raise PipelineError(f"smoke check of version {version}: probabilities out of [0, 1]")
 
 
-def deploy_candidate(settings: Settings, version: str, data_path: Path) -> Deployment:
+def deploy_candidate(
+    settings: Settings,
+    version: str,
+    data_path: Path,
+    margin: float | None = None,
+    frames: Frames | None = None,
+) -> Deployment:
     """The champion gate on the shared hold-out, after the smoke check. A failed smoke check
     leaves the candidate ``challenger`` with the reason."""
     client = registry.configure(settings)
     name = settings.registered_model
     previous = registry.champion_version(client, name)
+    raw, feats = _frames(data_path, frames)
     try:
-        smoke_check(settings, version, data_path)
+        smoke_check(settings, version, data_path, frames=(raw, feats))
     except PipelineError as exc:
         client.set_model_version_tag(name, version, "gate_reason", str(exc))
         client.set_registered_model_alias(name, registry.CHALLENGER, version)
         return Deployment(version, False, str(exc), previous, previous, {}, None)
-    raw = data.load_transactions(data_path)
-    feats = features.offline_features(raw)
     layout = data.handbook_layout(raw)
-    decision = registry.gate(
-        client, name, version, raw, feats, layout.final, settings.promotion_margin
-    )
+    gain = settings.promotion_margin if margin is None else margin
+    decision = registry.gate(client, name, version, raw, feats, layout.final, gain)
     return Deployment(
         version,
         decision.promoted,
