@@ -10,6 +10,8 @@ ENV PYTHONUNBUFFERED=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON=python3 \
+    UV_PYTHON_DOWNLOADS=never \
     PATH=/opt/venv/bin:$PATH \
     BENTOML_HOME=/var/lib/fraud/bentoml \
     FRAUD_DATA_DIR=/var/lib/fraud/data/demo \
@@ -26,7 +28,8 @@ COPY data/sample/ data/sample/
 COPY dags/ dags/
 RUN python3 -m uv sync --frozen ${UV_GROUPS} \
     && useradd --system --uid 10001 --home-dir /var/lib/fraud fraud \
-    && mkdir -p /var/lib/fraud && chown -R fraud /var/lib/fraud /app
+    && mkdir -p /var/lib/fraud /var/lib/mlflow \
+    && chown -R fraud /var/lib/fraud /var/lib/mlflow /app
 USER fraud
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s \

@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop airflow airflow-stop clean
+.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop airflow airflow-stop stack-test clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -116,6 +116,11 @@ airflow: install ## Airflow 3 on 127.0.0.1:8081 (api-server, scheduler, dag-proc
 
 airflow-stop: ## Stop what `make airflow` started
 	dags/local_airflow.sh stop
+
+stack-test: install ## The Compose stack on a local Docker engine, end to end (~15-30 min; root)
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; }
+	$(RUN) pytest -q -s -p no:cacheprovider tests/stack
 
 clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
 	rm -rf data/demo mlruns .bentoml reports

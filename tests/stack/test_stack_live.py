@@ -1,0 +1,175 @@
+"""The whole Compose stack on a local Docker engine (`make stack-test`; not part of `make test`).
+
+Builds every image from a debootstrap Debian base (no registry), brings the stack up with
+`--wait`, checks every service is healthy, lets fraud-api train and register its first model
+through the stack's MLflow, triggers `fraud_retrain` through the Airflow REST API, scores
+transactions through fraud-api and finds them in Prometheus. Tears everything down (containers,
+volumes, networks, the bridge, dockerd) even when a step fails; the images stay cached.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from . import engine
+
+pytestmark = pytest.mark.stack
+FILES = [
+    "-f",
+    str(engine.PROJECT / "compose.yaml"),
+    "-f",
+    str(engine.PROJECT / "compose.local.yaml"),
+]
+SERVICES = {
+    "postgres", "mlflow", "fraud-api", "airflow-api", "airflow-scheduler",
+    "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager",
+}  # fmt: skip
+
+
+def compose_binary() -> str:
+    import compose
+
+    return str(Path(compose.__file__).parent / "docker-compose")
+
+
+def compose(env_file: Path, *args: str, timeout: float = 1800, check: bool = True) -> str:
+    cmd = [compose_binary(), "--project-directory", str(engine.PROJECT), "--env-file",
+           str(env_file), *FILES, *args]  # fmt: skip
+    out = subprocess.run(
+        cmd, env=engine.docker_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"compose {' '.join(args)}:\n{out.stdout[-4000:]}{out.stderr[-4000:]}")
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("stack")
+    env_file = work / "stack.env"
+    values = {
+        k: secrets.token_urlsafe(18)
+        for k in (
+            "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD",
+            "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "FRAUD_ADMIN_TOKEN",
+            "GRAFANA_ADMIN_PASSWORD",
+        )
+    }  # fmt: skip
+    values.update(SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused", FRAUD_FIRST_GRID="quick")
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    t0 = time.monotonic()
+    with engine.dockerd():
+        try:
+            engine.base_images()
+            t_build = time.monotonic()
+            compose(env_file, "build")
+            engine.log(f"stack images built in {time.monotonic() - t_build:.0f}s")
+            t_up = time.monotonic()
+            compose(env_file, "up", "-d", "--wait", "--wait-timeout", "1200", timeout=1500)
+            up_s = time.monotonic() - t_up
+            engine.log(f"stack healthy in {up_s:.0f}s")
+            yield {"env": env_file, "values": values, "up_s": up_s, "t0": t0}
+        except Exception:
+            print(compose(env_file, "ps", "-a", check=False))
+            print(compose(env_file, "logs", "--tail", "60", check=False)[-20_000:])
+            raise
+        finally:
+            print(compose(env_file, "stats", "--no-stream", "--format",
+                          "table {{.Name}}\t{{.MemUsage}}", check=False))  # fmt: skip
+            compose(env_file, "down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+            engine.log(f"torn down after {time.monotonic() - t0:.0f}s")
+
+
+def test_every_service_is_healthy(stack) -> None:
+    rows = [json.loads(line) for line in compose(stack["env"], "ps", "--format", "json").split("\n")
+            if line.startswith("{")]  # fmt: skip
+    health = {r["Service"]: r.get("Health") or r["State"] for r in rows}
+    assert set(health) >= SERVICES, health
+    assert all(health[s] == "healthy" for s in SERVICES), health
+
+
+def test_first_model_trained_and_registered_through_the_stack_mlflow(stack) -> None:
+    versions = httpx.get(
+        "http://127.0.0.1:5000/ajax-api/2.0/mlflow/registered-models/get",
+        params={"name": "fraud-detector"},
+        timeout=30,
+    ).json()
+    aliases = {a["alias"]: a["version"] for a in versions["registered_model"].get("aliases", [])}
+    assert aliases.get("champion") == "1", versions
+    health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()
+    assert health["model"]["version"] == "1" and health["model"]["compiled"] is True
+
+
+def airflow_token(stack) -> str:
+    raw = compose(stack["env"], "exec", "-T", "airflow-api", "cat",
+                  "/opt/airflow/passwords/passwords.json")  # fmt: skip
+    password = json.loads(raw[raw.index("{") :])["fraud-admin"]
+    r = httpx.post(
+        "http://127.0.0.1:8081/auth/token",
+        json={"username": "fraud-admin", "password": password},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["access_token"])
+
+
+def test_retraining_runs_through_the_airflow_rest_api(stack) -> None:
+    headers = {"Authorization": f"Bearer {airflow_token(stack)}"}
+    api = "http://127.0.0.1:8081/api/v2/dags/fraud_retrain"
+    deadline = time.monotonic() + 180
+    while httpx.get(api, headers=headers, timeout=30).status_code != 200:  # parsed yet?
+        assert time.monotonic() < deadline, "fraud_retrain never appeared in Airflow"
+        time.sleep(5)
+    httpx.patch(api, headers=headers, json={"is_paused": False}, timeout=30)
+    r = httpx.post(
+        f"{api}/dagRuns",
+        headers=headers,
+        json={"logical_date": None, "conf": {"grid": "quick"}},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    run_id = r.json()["dag_run_id"]
+    t0 = time.monotonic()
+    state = "queued"
+    while state in ("queued", "running") and time.monotonic() - t0 < 1200:
+        time.sleep(10)
+        state = httpx.get(f"{api}/dagRuns/{run_id}", headers=headers, timeout=30).json()["state"]
+    tasks = httpx.get(f"{api}/dagRuns/{run_id}/taskInstances", headers=headers, timeout=30)
+    summary = {t["task_id"]: (t["state"], t["duration"]) for t in tasks.json()["task_instances"]}
+    engine.log(f"fraud_retrain {state} in {time.monotonic() - t0:.0f}s: {summary}")
+    assert state == "success", summary
+    assert summary["notification"][0] == "success"
+
+
+def test_scored_transactions_reach_prometheus(stack) -> None:
+    sample = json.loads((engine.PROJECT / "data" / "sample" / "transactions.json").read_text())
+    txs = [{**t, "transaction_id": f"stack-{i}"} for i, t in enumerate(sample)]
+    r = httpx.post("http://127.0.0.1:8080/predict", json={"transactions": txs}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == len(txs)
+    deadline = time.monotonic() + 90
+    total = 0.0
+    while time.monotonic() < deadline:
+        result = httpx.get(
+            "http://127.0.0.1:9090/api/v1/query",
+            params={"query": 'sum(fraud_predictions_total{job="fraud-api"})'},
+            timeout=30,
+        ).json()["data"]["result"]
+        total = float(result[0]["value"][1]) if result else 0.0
+        if total >= len(txs):
+            break
+        time.sleep(5)
+    assert total >= len(txs)
+    up = httpx.get("http://127.0.0.1:9090/api/v1/query", params={"query": "up"}, timeout=30).json()[
+        "data"
+    ]["result"]
+    assert {s["metric"]["job"]: s["value"][1] for s in up}["fraud-api"] == "1"
