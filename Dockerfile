@@ -21,12 +21,12 @@ RUN python3 -m pip install --no-cache-dir --break-system-packages uv==0.13.* 2>/
     || python3 -m pip install --no-cache-dir uv==0.13.*
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
-RUN python3 -m uv sync --frozen --no-install-project ${UV_GROUPS}
+RUN uv sync --frozen --no-install-project ${UV_GROUPS}
 COPY training/ training/
 COPY service.py bentofile.yaml ./
 COPY data/sample/ data/sample/
 COPY dags/ dags/
-RUN python3 -m uv sync --frozen ${UV_GROUPS} \
+RUN uv sync --frozen ${UV_GROUPS} \
     && useradd --system --uid 10001 --home-dir /var/lib/fraud fraud \
     && mkdir -p /var/lib/fraud /var/lib/mlflow \
     && chown -R fraud /var/lib/fraud /var/lib/mlflow /app

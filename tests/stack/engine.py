@@ -23,6 +23,9 @@ RUN = Path("/run/fraud-mlops-stack")
 SOCKET = RUN / "docker.sock"
 MIRROR = "http://deb.debian.org/debian"
 BRIDGE = "fraudstack0"
+# Debian's CLI (20.10) builds with its built-in BuildKit; a newer CLI elsewhere on PATH may
+# insist on the buildx plugin, which this machine does not have.
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
 
 def log(msg: str) -> None:
@@ -35,7 +38,7 @@ def docker_env() -> dict[str, str]:
 
 def docker(*args: str, check: bool = True, timeout: float = 1800, **kw) -> str:
     out = subprocess.run(
-        ["docker", *args], env=docker_env(), capture_output=True, text=True, timeout=timeout, **kw
+        [DOCKER, *args], env=docker_env(), capture_output=True, text=True, timeout=timeout, **kw
     )
     if check and out.returncode != 0:
         raise RuntimeError(
@@ -75,7 +78,7 @@ def dockerd() -> Iterator[None]:
     try:
         deadline = time.monotonic() + 60
         while subprocess.run(
-            ["docker", "info"], env=docker_env(), capture_output=True, timeout=10
+            [DOCKER, "info"], env=docker_env(), capture_output=True, timeout=10
         ).returncode:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((RUN / "dockerd.log").read_text()[-3000:])
@@ -96,7 +99,7 @@ def dockerd() -> Iterator[None]:
 def has_image(tag: str) -> bool:
     return (
         subprocess.run(
-            ["docker", "image", "inspect", tag], env=docker_env(), capture_output=True, timeout=30
+            [DOCKER, "image", "inspect", tag], env=docker_env(), capture_output=True, timeout=30
         ).returncode
         == 0
     )
@@ -122,7 +125,7 @@ def base_images() -> None:
             )
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
             subprocess.run(
-                ["docker", "import", "-", "fraud-local/rootfs:bookworm"],
+                [DOCKER, "import", "-", "fraud-local/rootfs:bookworm"],
                 stdin=tar.stdout,
                 env=docker_env(),
                 check=True,
@@ -136,3 +139,14 @@ def base_images() -> None:
     finally:
         (STACK / "ca-certificates.crt").unlink(missing_ok=True)
     build("fraud-local/python:3.11", STACK / "python.Dockerfile", STACK)
+
+
+# Images of the stack (tags as in compose.yaml / compose.local.yaml), built here rather than by
+# `compose build`, which wants the buildx plugin.
+def stack_images() -> None:
+    python = {"BASE_IMAGE": "fraud-local/python:3.11"}
+    build("fraud-local/postgres:15", STACK / "postgres.Dockerfile", STACK)
+    build("fraud-local/prometheus:2.42", STACK / "prometheus.Dockerfile", STACK)
+    build("fraud-local/alertmanager:0.25", STACK / "alertmanager.Dockerfile", STACK)
+    build("fraud-mlops:latest", PROJECT / "Dockerfile", PROJECT, **python)
+    build("fraud-mlops-airflow:latest", PROJECT / "Dockerfile.airflow", PROJECT, **python)
