@@ -29,7 +29,10 @@ from training.notify import send
     dagrun_timeout=timedelta(hours=4),
     tags=["fraud-mlops", "training"],
     params={
-        "grid": Param("standard", description="quick, standard or full (or a dict grid)"),
+        "grid": Param(
+            settings().retrain_grid,
+            description="quick, standard or full (or a dict grid); FRAUD_RETRAIN_GRID sets it",
+        ),
         "check_days": Param(7, type="integer", minimum=1, description="Days of live check"),
         "append_days": Param(1, type="integer", minimum=0, description="Demo: days to simulate"),
     },

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     drift_min_transactions: int = Field(
         1_000, ge=1, description="Transactions in the window before drift is reported"
     )
+    retrain_grid: str = Field(
+        "standard", description="Default search grid of the daily retraining (quick/standard/full)"
+    )
     bentos_dir: Path = Field(Path("bentos"), description="Where exported .bento archives go")
     api_url: str = Field(
         "http://127.0.0.1:8080", description="The running fraud API the roll-out switches"

@@ -64,7 +64,11 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
             "GRAFANA_ADMIN_PASSWORD",
         )
     }  # fmt: skip
-    values.update(SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused", FRAUD_FIRST_GRID="quick")
+    values.update(
+        SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused",
+        FRAUD_FIRST_GRID="quick",
+        FRAUD_RETRAIN_GRID="quick",  # unpausing also starts the latest scheduled run
+    )
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     t0 = time.monotonic()
     with engine.dockerd():
@@ -88,6 +92,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
             print(compose(env_file, "stats", "--no-stream", "--format",
                           "table {{.Name}}\t{{.MemUsage}}", check=False))  # fmt: skip
             compose(env_file, "down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+            engine.docker("image", "prune", "-f", check=False)  # dangling layers of old builds
             engine.log(f"torn down after {time.monotonic() - t0:.0f}s")
 
 
