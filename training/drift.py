@@ -128,9 +128,13 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
 class DriftWindow:
     """The last ``size`` scored transactions as bin indices, with running counts per bin.
 
-    ``add`` costs one ``searchsorted`` per feature per batch; ``psi`` reads the counts.
-    Features in ``skip`` (clock-driven ones) are not tracked.
+    Built for the serving hot path: the numeric features of a batch are binned by ONE
+    ``searchsorted`` (each feature's values shifted into its own band of a concatenated edge
+    array) and counted by one ``bincount``; ``psi`` reads the counts. Features in ``skip``
+    (clock-driven ones) are not tracked.
     """
+
+    SPAN = 1e8  # band per numeric feature; values are clipped to +-SPAN/4 (far beyond any edge)
 
     def __init__(self, reference: Reference, size: int, skip: tuple[str, ...] = ()) -> None:
         if size < 1:
@@ -138,35 +142,59 @@ class DriftWindow:
         kept = [f for f in reference.features if f.name not in skip]
         self.reference = Reference(kept, reference.n_rows)
         self.size = size
-        self._bins = np.zeros((size, len(kept)), dtype=np.int16)
-        self._counts = [np.zeros(f.n_bins, dtype=np.int64) for f in kept]
+        self._start = np.concatenate([[0], np.cumsum([f.n_bins for f in kept])]).astype(np.int64)
+        self._counts = np.zeros(int(self._start[-1]), dtype=np.int64)
+        self._numeric = [j for j, f in enumerate(kept) if f.kind == "numeric"]
+        self._categorical = [j for j, f in enumerate(kept) if f.kind != "numeric"]
+        edges: list[float] = []
+        correction = []
+        for band, j in enumerate(self._numeric):
+            correction.append(self._start[j] - len(edges))  # global bin = rank - bands before
+            edges.extend(np.asarray(kept[j].edges, dtype=np.float64) + band * self.SPAN)
+            edges.append(band * self.SPAN + self.SPAN / 2)  # separator closing the band
+        self._edges = np.asarray(edges, dtype=np.float64)
+        self._shift = np.arange(len(self._numeric), dtype=np.float64) * self.SPAN
+        self._correction = np.asarray(correction, dtype=np.int64)
+        self._bins = np.zeros((size, len(kept)), dtype=np.int32)  # global bin ids
         self._next = 0
         self.filled = 0
+
+    def _global_bins(self, columns: Columns, n: int) -> np.ndarray:
+        feats = self.reference.features
+        out = np.empty((n, len(feats)), dtype=np.int32)
+        if self._numeric:
+            x = np.column_stack(
+                [np.asarray(columns[feats[j].name], dtype=np.float64)[-n:] for j in self._numeric]
+            )
+            limit = self.SPAN / 4
+            x = np.clip(np.nan_to_num(x, nan=limit), -limit, limit) + self._shift
+            out[:, self._numeric] = np.searchsorted(self._edges, x, side="left") + self._correction
+        for j in self._categorical:
+            values = np.asarray(columns[feats[j].name])[-n:]
+            out[:, j] = feats[j].bin_index(values) + self._start[j]
+        return out
 
     def add(self, columns: Columns) -> None:
         feats = self.reference.features
         n = len(np.asarray(columns[feats[0].name])) if feats else 0
         if n == 0:
             return
-        if n > self.size:  # only the newest rows can stay in the window
-            columns = {f.name: np.asarray(columns[f.name])[-self.size :] for f in feats}
-            n = self.size
-        new = np.stack([f.bin_index(np.asarray(columns[f.name])) for f in feats], axis=1)
+        n = min(n, self.size)  # only the newest rows can stay in the window
+        new = self._global_bins(columns, n)
         rows = (self._next + np.arange(n)) % self.size
         evicted = max(0, self.filled + n - self.size)  # oldest rows the new ones overwrite
-        old = self._bins[rows[n - evicted :]] if evicted else None
+        if evicted:
+            old = self._bins[rows[n - evicted :]]
+            self._counts -= np.bincount(old.ravel(), minlength=len(self._counts))
         self._bins[rows] = new
-        for j, counts in enumerate(self._counts):
-            counts += np.bincount(new[:, j], minlength=len(counts))
-            if old is not None:
-                counts -= np.bincount(old[:, j], minlength=len(counts))
+        self._counts += np.bincount(new.ravel(), minlength=len(self._counts))
         self._next = (self._next + n) % self.size
         self.filled = min(self.filled + n, self.size)
 
     def psi(self) -> dict[str, float]:
         return {
-            f.name: psi(np.asarray(f.expected), counts)
-            for f, counts in zip(self.reference.features, self._counts, strict=True)
+            f.name: psi(np.asarray(f.expected), self._counts[self._start[j] : self._start[j + 1]])
+            for j, f in enumerate(self.reference.features)
         }
 
 
