@@ -208,8 +208,10 @@ def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) 
     # critical alerts are also mailed; the drift warning is not
     wait_for(lambda: any("FraudRateSpike" in s for s, _ in mailbox.messages), 30, "the email")
     assert not any("FeatureDriftHigh" in s for s, _ in mailbox.messages)
+    # the drifted feature is named (features cross the threshold one by one: a later group
+    # notification may carry it)
+    wait_for(lambda: "TX_AMOUNT" in webhook.texts(), 60, "TX_AMOUNT in a notification")
     texts = webhook.texts()
-    assert "TX_AMOUNT" in texts  # the drifted feature is named in the notification
     assert "FraudNoTraffic" not in seen and "FraudNoTraffic" not in texts
     rules = httpx.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
     no_traffic = next(r for g in rules for r in g["rules"] if r["name"] == "FraudNoTraffic")
@@ -240,19 +242,15 @@ def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) 
 
 def test_metrics_pass_promtool_lint(stack: dict[str, Any]) -> None:
     text = httpx.get(f"{stack['api']}/metrics", timeout=10).text
-    fraud = "\n".join(
-        line
-        for line in text.splitlines()
-        if line.startswith(("fraud_", "# HELP fraud_", "# TYPE fraud_"))
-    )
     out = subprocess.run(
         [binary("promtool"), "check", "metrics"],
-        input=fraud + "\n",
+        input=text,
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr  # all series
+    fraud = "\n".join(line for line in text.splitlines() if line.startswith("fraud_"))
     for name in (
         "fraud_request_duration_seconds_bucket",
         "fraud_batch_size_bucket",
@@ -263,4 +261,5 @@ def test_metrics_pass_promtool_lint(stack: dict[str, Any]) -> None:
         "fraud_model_trained_timestamp_seconds",
     ):
         assert name in fraud, name
-    assert "transaction_id" not in fraud and "customer_id" not in fraud  # no per-id labels
+    for label in ("transaction_id=", "customer_id=", "terminal_id="):  # no per-id labels
+        assert label not in text
