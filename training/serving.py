@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -120,6 +120,12 @@ def feature_config(info: dict[str, Any]) -> FeatureConfig:
     return FeatureConfig(**cfg)
 
 
+class Scored(NamedTuple):
+    proba: np.ndarray
+    flagged: np.ndarray
+    version: str
+
+
 class SwapError(RuntimeError):
     """The new model cannot take over from the served one in place."""
 
@@ -189,12 +195,12 @@ class FraudScorer:
             self.warmed = self.features.warm(history)
         return self.warmed
 
-    def score(
-        self, batch: Sequence[TxRecord], record: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Fraud probabilities and decisions; records the transactions unless ``record`` is off."""
+    def score(self, batch: Sequence[TxRecord], record: bool = True) -> Scored:
+        """Fraud probabilities, decisions and the model version that produced them (read under
+        the same lock: a hot swap never mislabels a batch); records the transactions unless
+        ``record`` is off."""
         if not batch:
-            return np.zeros(0), np.zeros(0, dtype=bool)
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), self.model_version)
         with self.lock:
             cols = self.features.compute_columns(batch, record=False)
             if self.bundle.compiled is not None:
@@ -207,7 +213,8 @@ class FraudScorer:
                 self.features.record(batch, flagged.astype(np.int8).tolist())
                 if self.drift is not None:
                     self.drift.add(cols)
-        return proba, flagged
+            version = self.model_version
+        return Scored(proba, flagged, version)
 
     def feedback(
         self,

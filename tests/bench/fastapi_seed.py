@@ -32,7 +32,7 @@ app = FastAPI()
 
 @app.post("/predict")
 def predict(req: PredictRequest) -> list[Prediction]:
-    proba, flagged = scorer.score([t.to_record() for t in req.transactions])
+    proba, flagged, _ = scorer.score([t.to_record() for t in req.transactions])
     return [
         Prediction(
             transaction_id=str(t.transaction_id),
