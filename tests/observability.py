@@ -160,27 +160,31 @@ def alertmanager_config(webhook_url: str, smtp_port: int) -> dict[str, Any]:
 
 
 @contextmanager
-def alertmanager(workdir: Path, port: int, config: dict[str, Any]) -> Iterator[str]:
-    path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config))
-    log = workdir / "alertmanager.log"
+def _daemon(cmd: list[str], log: Path, port: int) -> Iterator[str]:
+    """A Prometheus-family server on 127.0.0.1:``port``, ready on ``/-/ready``; stopped after."""
     proc = subprocess.Popen(
-        [
-            binary("prometheus-alertmanager"),
-            f"--config.file={path}",
-            f"--storage.path={workdir / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log, timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+@contextmanager
+def alertmanager(workdir: Path, port: int, config: dict[str, Any]) -> Iterator[str]:
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [
+        binary("prometheus-alertmanager"),
+        f"--config.file={path}",
+        f"--storage.path={workdir / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with _daemon(cmd, workdir / "alertmanager.log", port) as url:
+        yield url
 
 
 @contextmanager
@@ -203,21 +207,12 @@ def prometheus(
     }
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
-    log = workdir / "prometheus.log"
-    proc = subprocess.Popen(
-        [
-            binary("prometheus"),
-            f"--config.file={path}",
-            f"--storage.tsdb.path={workdir / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--rules.alert.resend-delay=1s",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log, timeout=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    cmd = [
+        binary("prometheus"),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={workdir / 'prom-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--rules.alert.resend-delay=1s",
+    ]
+    with _daemon(cmd, workdir / "prometheus.log", port) as url:
+        yield url

@@ -112,18 +112,24 @@ def champion_in_store(settings: Settings) -> bool:
     return find_imported(settings, str(mv.version)) is not None
 
 
-def build_bento(project_dir: Path) -> str:
-    """``bentoml build`` of the project; returns the Bento tag."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
-        cwd=project_dir,
+def _bentoml(*args: str, timeout: float, cwd: Path | None = None) -> str:
+    """Run the ``bentoml`` CLI of this environment; its stdout, or RuntimeError with the output."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"bentoml build failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    if run.returncode != 0:
+        raise RuntimeError(f"bentoml {args[0]} failed:\n{run.stdout[-3000:]}\n{run.stderr}")
+    return run.stdout
+
+
+def build_bento(project_dir: Path) -> str:
+    """``bentoml build`` of the project; returns the Bento tag."""
+    out = _bentoml("build", "--output", "tag", timeout=600, cwd=project_dir)
+    return out.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
 class RolloutError(RuntimeError):
@@ -134,14 +140,7 @@ def export_bento(tag: str, out_dir: Path) -> Path:
     """``bentoml export`` of a built Bento into ``out_dir``; returns the archive."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{tag.replace(':', '-')}.bento"
-    run = subprocess.run(
-        [sys.executable, "-m", "bentoml", "export", tag, str(target)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if run.returncode != 0:
-        raise RuntimeError(f"bentoml export failed:\n{run.stdout}\n{run.stderr}")
+    _bentoml("export", tag, str(target), timeout=600)
     return target
 
 
@@ -157,14 +156,7 @@ def docker_reachable() -> bool:
 
 def containerize(tag: str, image: str) -> str:
     """``bentoml containerize`` into a local image; returns the image tag."""
-    run = subprocess.run(
-        [sys.executable, "-m", "bentoml", "containerize", tag, "-t", image],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if run.returncode != 0:
-        raise RuntimeError(f"bentoml containerize failed:\n{run.stdout[-3000:]}\n{run.stderr}")
+    _bentoml("containerize", tag, "-t", image, timeout=3600)
     return image
 
 
