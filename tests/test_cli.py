@@ -113,3 +113,4 @@ def test_check_reports_the_champion_on_recent_days(champion, small_data_dir, tmp
     assert report["n_transactions"] > 1_000 and report["n_frauds"] > 0
     assert 0 < report["ap"] <= 1 and 0 <= report["precision"] <= 1
     assert report["reasons"][0] == "daily schedule"
+    assert report["retrain"] == (len(report["reasons"]) > 1)  # schedule alone: not "needed"

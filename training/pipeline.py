@@ -59,7 +59,7 @@ class HealthReport:
     ap: float
     max_psi: float
     drifted: dict[str, float]
-    retrain: bool
+    retrain: bool  # performance or drift alone call for retraining (the schedule retrains anyway)
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def check_champion(
         ap,
         max(psi.values(), default=0.0),
         drifted,
-        True,
+        len(reasons) > 1,
         reasons,
     )
 
