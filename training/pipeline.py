@@ -42,12 +42,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class _Report:
+    """A step's result as strict JSON (what XCom and notifications carry)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_json_safe(asdict(self)))  # type: ignore[call-overload]
+
+
 class PipelineError(RuntimeError):
     """A step cannot go on (broken data, failed smoke check); the message says why."""
 
 
 @dataclass
-class HealthReport:
+class HealthReport(_Report):
     """The champion on the most recent labelled days: performance and drift."""
 
     champion_version: str | None
@@ -62,12 +69,9 @@ class HealthReport:
     retrain: bool  # performance or drift alone call for retraining (the schedule retrains anyway)
     reasons: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_json_safe(asdict(self)))
-
 
 @dataclass
-class DataReport:
+class DataReport(_Report):
     path: str
     days: int
     first_day: str
@@ -76,23 +80,17 @@ class DataReport:
     frauds: int
     appended: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_json_safe(asdict(self)))
-
 
 @dataclass
-class Candidate:
+class Candidate(_Report):
     version: str
     run_id: str
     reused: bool
     test_metrics: dict[str, float]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_json_safe(asdict(self)))
-
 
 @dataclass
-class Deployment:
+class Deployment(_Report):
     version: str
     promoted: bool
     reason: str
@@ -100,9 +98,6 @@ class Deployment:
     champion: str | None
     candidate_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(_json_safe(asdict(self)))
 
 
 def _frames(data_path: Path, frames: Frames | None) -> Frames:
