@@ -21,6 +21,7 @@ from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from training import bentoml_patches
 from training import telemetry as tm
 from training.api_models import (
     FeedbackResult,
@@ -47,6 +48,8 @@ from training.serving import (
 # how our lines (model ready, hot swaps) reach the server log.
 log = logging.getLogger("bentoml.fraud_service")
 SETTINGS = get_settings()
+if SETTINGS.bentoml_patches:
+    bentoml_patches.apply()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 

@@ -66,6 +66,23 @@ def test_window_matches_batch_psi_of_its_last_rows(frame: pd.DataFrame) -> None:
         assert window.psi() == pytest.approx(expected, abs=1e-12)
 
 
+def test_queued_batches_are_binned_like_batches_added_one_by_one(frame: pd.DataFrame) -> None:
+    ref = drift.build_reference(frame.iloc[:5_000], ["amount", "night", "mcc"])
+    stream = frame.iloc[5_000:].assign(amount=lambda d: d["amount"] * np.linspace(1, 3, len(d)))
+    queued, eager = drift.DriftWindow(ref, size=2_000), drift.DriftWindow(ref, size=2_000)
+    seen = 0
+    # 300 one-row batches pass FLUSH_BATCHES (an automatic flush), 2,500 rows overflow the window
+    for size in [1] * 300 + [2_500, 40, 1]:
+        batch = {c: stream[c].to_numpy()[seen : seen + size] for c in stream.columns}
+        queued.add(batch)
+        eager.add(batch)
+        eager.flush()
+        seen += size
+        assert queued.filled == eager.filled == min(seen, 2_000)
+    assert queued.psi() == pytest.approx(eager.psi(), abs=1e-12)
+    assert queued.psi() == pytest.approx(ref.psi(stream.iloc[seen - 2_000 : seen]), abs=1e-12)
+
+
 def test_window_skips_clock_driven_features(frame: pd.DataFrame) -> None:
     ref = drift.build_reference(frame, ["amount", "night", "mcc"])
     window = drift.DriftWindow(ref, size=100, skip=("night",))

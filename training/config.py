@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     access_log: bool = Field(False, description="BentoML access log line per request")
+    bentoml_patches: bool = Field(
+        True, description="Apply the request-path fixes of training.bentoml_patches at start-up"
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )

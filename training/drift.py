@@ -131,8 +131,13 @@ class DriftWindow:
     Built for the serving hot path: the numeric features of a batch are binned by ONE
     ``searchsorted`` (each feature's values shifted into its own band of a concatenated edge
     array) and counted by one ``bincount``; ``psi`` reads the counts. Features in ``skip``
-    (clock-driven ones) are not tracked.
+    (clock-driven ones) are not tracked. Batches are only queued by :meth:`add` and binned
+    together later (at ``psi``, or once ``FLUSH_ROWS``/``FLUSH_BATCHES`` are queued): a
+    single-transaction batch then costs ~1 us instead of ~30 us.
     """
+
+    FLUSH_ROWS = 4096
+    FLUSH_BATCHES = 256
 
     SPAN = 1e8  # band per numeric feature; values are clipped to +-SPAN/4 (far beyond any edge)
 
@@ -157,7 +162,14 @@ class DriftWindow:
         self._correction = np.asarray(correction, dtype=np.int64)
         self._bins = np.zeros((size, len(kept)), dtype=np.int32)  # global bin ids
         self._next = 0
-        self.filled = 0
+        self._filled = 0
+        self._pending: list[Columns] = []
+        self._pending_rows = 0
+
+    @property
+    def filled(self) -> int:
+        """Transactions the window holds (queued ones included)."""
+        return min(self._filled + self._pending_rows, self.size)
 
     def _global_bins(self, columns: Columns, n: int) -> np.ndarray:
         feats = self.reference.features
@@ -175,23 +187,46 @@ class DriftWindow:
         return out
 
     def add(self, columns: Columns) -> None:
+        """Queue a batch's feature columns (the arrays must not change afterwards)."""
         feats = self.reference.features
-        n = len(np.asarray(columns[feats[0].name])) if feats else 0
+        n = len(columns[feats[0].name]) if feats else 0
         if n == 0:
             return
+        self._pending.append(columns)
+        self._pending_rows += n
+        if self._pending_rows >= self.FLUSH_ROWS or len(self._pending) >= self.FLUSH_BATCHES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Bin the queued batches into the window, oldest first."""
+        if not self._pending:
+            return
+        pending, n = self._pending, self._pending_rows
+        self._pending, self._pending_rows = [], 0
+        if len(pending) == 1:
+            columns = pending[0]
+        else:
+            columns = {
+                f.name: np.concatenate([np.asarray(c[f.name]) for c in pending])
+                for f in self.reference.features
+            }
+        self._bin(columns, n)
+
+    def _bin(self, columns: Columns, n: int) -> None:
         n = min(n, self.size)  # only the newest rows can stay in the window
         new = self._global_bins(columns, n)
         rows = (self._next + np.arange(n)) % self.size
-        evicted = max(0, self.filled + n - self.size)  # oldest rows the new ones overwrite
+        evicted = max(0, self._filled + n - self.size)  # oldest rows the new ones overwrite
         if evicted:
             old = self._bins[rows[n - evicted :]]
             self._counts -= np.bincount(old.ravel(), minlength=len(self._counts))
         self._bins[rows] = new
         self._counts += np.bincount(new.ravel(), minlength=len(self._counts))
         self._next = (self._next + n) % self.size
-        self.filled = min(self.filled + n, self.size)
+        self._filled = min(self._filled + n, self.size)
 
     def psi(self) -> dict[str, float]:
+        self.flush()
         return {
             f.name: psi(np.asarray(f.expected), self._counts[self._start[j] : self._start[j + 1]])
             for j, f in enumerate(self.reference.features)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,9 +26,9 @@ from training.online_state import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class TxRecord:
-    """A normalised transaction as the online path sees it."""
+class TxRecord(NamedTuple):
+    """A normalised transaction as the online path sees it (a NamedTuple: built per
+    transaction on the hot path, ~3x cheaper than a frozen dataclass)."""
 
     transaction_id: str
     customer_id: str
@@ -70,22 +70,33 @@ class OnlineFeatures:
             amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
         )
         wins = cfg.windows
-        spans = [(w, w * MS_PER_DAY) for w in wins]
+        # Windows nest, so each transaction bisects widest-first inside the previous bounds and
+        # sums narrowest-first, adding only each window's extra slice.
+        widest = sorted(wins, reverse=True)
+        spans = [(w, w * MS_PER_DAY) for w in widest]
+        narrow = widest[::-1]
+        delay = cfg.delay_ms
         cc: dict[int, list[int]] = {w: [] for w in wins}
         cs: dict[int, list[int]] = {w: [] for w in wins}
         tc: dict[int, list[int]] = {w: [] for w in wins}
         tf: dict[int, list[int]] = {w: [] for w in wins}
         gap: list[int] = []
         right_of = bisect.bisect_right
+        left: dict[int, int] = {}
         for r in batch:
             t, cid, amount = r.time_ms, r.customer_id, r.amount_cents
             times, cents = cust_hist[cid]
             right = right_of(times, t)
             gap.append(t - times[right - 1] if right else -1)
+            lo = 0
             for w, span in spans:
-                left = right_of(times, t - span, 0, right)
-                cc[w].append(right - left + 1)
-                cs[w].append(sum(cents[left:right]) + amount)
+                lo = left[w] = right_of(times, t - span, lo, right)
+            total, edge = amount, right
+            for w in narrow:
+                total += sum(cents[left[w] : edge])
+                edge = left[w]
+                cc[w].append(right - edge + 1)
+                cs[w].append(total)
             remaining[cid] -= 1
             if remaining[cid]:  # seen again later in this batch: keep it, on a copy
                 if cid not in copied:
@@ -95,8 +106,15 @@ class OnlineFeatures:
                 times.insert(right, t)
                 cents.insert(right, amount)
             ttimes, labels = term_hist[r.terminal_id]
-            for w, (count, frauds) in terminal_windows(ttimes, labels, t, cfg).items():
-                tc[w].append(count)
+            hi = right_of(ttimes, t - delay)
+            lo = 0
+            for w, span in spans:
+                lo = left[w] = right_of(ttimes, t - delay - span, lo, hi)
+            frauds, edge = 0, hi
+            for w in narrow:
+                frauds += labels[left[w] : edge].count(1)
+                edge = left[w]
+                tc[w].append(hi - edge)
                 tf[w].append(frauds)
         as_array = lambda d: {w: np.array(v, dtype=np.int64) for w, v in d.items()}  # noqa: E731
         agg.cust_count, agg.cust_cents = as_array(cc), as_array(cs)

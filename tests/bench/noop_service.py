@@ -6,19 +6,33 @@ real service with it.
 
 from __future__ import annotations
 
+import gc
+import os
 from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from training import bentoml_patches
 from training.api_models import Prediction, Transaction
 from training.config import get_settings
 from training.serving import BATCHING, MAX_BATCH, service_config
 
+# The same request-path fixes and GC setting as the real service, unless asked to run BentoML
+# as shipped (`make bench` runs it both ways: the framework's ceiling, stock and lifted).
+STOCK = os.environ.get("NOOP_STOCK") == "1"
+if get_settings().bentoml_patches and not STOCK:
+    bentoml_patches.apply()
+
 
 @bentoml.service(name="noop_fraud_detector", **service_config(get_settings()))
 class NoopFraudService:
+    def __init__(self) -> None:
+        if not STOCK:  # as the real service does after start-up: GC passes skip the import heap
+            gc.collect()
+            gc.freeze()
+
     @bentoml.api(batchable=True, **BATCHING)
     async def predict(
         self,

@@ -2,7 +2,9 @@
 
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api     `bentoml serve service:FraudDetector` (this project)
-  bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling)
+  bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
+                with the same request-path fixes (training/bentoml_patches.py) and GC freeze
+  bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, no GC freeze)
   fastapi-seed  FastAPI + uvicorn + the scikit-learn pipeline, one request at a time
   mlflow-serve  `mlflow models serve` of the same champion (input: the feature row)
 Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
@@ -249,6 +251,10 @@ def main() -> None:
             ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
             "tx",
         ),
+        "bentoml-noop-stock": (
+            ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
+            "tx",
+        ),
         "fastapi-seed": (
             [
                 sys.executable,
@@ -284,7 +290,11 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     # fraud-api and the no-op run side by side (both idle unless loaded) and their runs are
     # interleaved A, B, A, B...: drift of a shared machine then hits both alike.
-    groups = [["fraud-api", "bentoml-noop"], ["fastapi-seed"], ["mlflow-serve"]]
+    groups = [
+        ["fraud-api", "bentoml-noop", "bentoml-noop-stock"],
+        ["fastapi-seed"],
+        ["mlflow-serve"],
+    ]
     port = 18080
     for group in groups:
         names = [n for n in group if not args.only or n in args.only]
@@ -301,7 +311,7 @@ def main() -> None:
                 proc = subprocess.Popen(
                     ["taskset", "-c", SERVER_CPU, *argv],
                     cwd=PROJECT,
-                    env=env,
+                    env={**env, "NOOP_STOCK": "1"} if name.endswith("-stock") else env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -326,7 +336,7 @@ def main() -> None:
                         wrk(url, bodies[pre + "single"], args.connections, args.seconds)
                     )
             for name, (proc, url, pre, _) in live.items():
-                full = name in ("fraud-api", "bentoml-noop")
+                full = name.startswith(("fraud-api", "bentoml-noop"))
                 rate_s = args.rate_seconds if full else min(20, args.rate_seconds)
                 rate = hey_rate(url, bodies[pre + "one"], rate_s)
                 batch = wrk(url, bodies[pre + "hundred"], 8, args.seconds)
@@ -400,6 +410,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"Ratios: peak fraud-api / noop = {a['peak']['rps'] / n['peak']['rps']:.2f}; "
             "p99 at 500 req/s fraud-api / noop = "
+            f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}"
+        )
+    if "fraud-api" in s and "bentoml-noop-stock" in s:
+        a, n = s["fraud-api"], s["bentoml-noop-stock"]
+        lines.append(
+            "Against BentoML as shipped: peak fraud-api / noop-stock = "
+            f"{a['peak']['rps'] / n['peak']['rps']:.2f}; p99 at 500 req/s "
             f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}"
         )
     if "fraud-api" in s and "mlflow-serve" in s:
