@@ -7,7 +7,7 @@ UV := python3 -m uv
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
-.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop airflow airflow-stop stack-test clean
+.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest bench dashboards monitor monitor-stop airflow airflow-stop stack-up stack-test clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -116,6 +116,10 @@ airflow: install ## Airflow 3 on 127.0.0.1:8081 (api-server, scheduler, dag-proc
 
 airflow-stop: ## Stop what `make airflow` started
 	dags/local_airflow.sh stop
+
+stack-up: ## The Compose stack with registry access: first champion image, then everything (.env)
+	docker compose run --rm fraud-bootstrap
+	docker compose up -d --wait
 
 stack-test: install ## The Compose stack on a local Docker engine, end to end (~15-30 min; root)
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { apt-get update -qq; \

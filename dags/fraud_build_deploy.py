@@ -1,12 +1,17 @@
 """fraud_build_deploy: on each champion promotion, ship it.
 
-import_model -> rollout -> smoke_check -> build -> export -> containerize
+import_model -> build -> export -> containerize -> rollout -> smoke_check
 
-The local roll-out hot-swaps the running service (`POST /admin/reload`: the new model loads
-beside the old one and takes over atomically, no request dropped). If the smoke prediction does
-not come back from the new version, `champion` goes back to the previous version, the service
-is switched back, and the team is notified. In the Compose stack the API container is recreated
-with the new image instead (see the README).
+Two deployment targets (FRAUD_DEPLOY_TARGET):
+- `service` (local, default): the running service hot-swaps (`POST /admin/reload`: the new
+  model loads beside the old one and takes over atomically, no request dropped); the image is
+  built when a Docker engine is reachable, as an artefact.
+- `compose` (the Compose stack): the Bento becomes image `fraud-detector:v<N>`, `:champion` is
+  re-pointed to it and Compose recreates the fraud-api container (`up --no-deps
+  --force-recreate --wait`; the scheduler has the Docker socket, see the README).
+If the smoke prediction does not come back from the new version, `champion` goes back to the
+previous version, the service is switched back (hot swap or previous image) and the team is
+notified.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, settings
 
 from training import deploy
@@ -44,12 +49,47 @@ def fraud_build_deploy() -> None:
         return {"tag": imported.tag, "version": imported.mlflow_version, "new": imported.created}
 
     @task
-    def rollout(imported: dict[str, Any]) -> dict[str, Any]:
-        """Hot-swap the running service to the new champion."""
-        answer = deploy.reload_service(settings(), imported["version"])
+    def build() -> str:
+        """`bentoml build` of the project (the model is the champion just imported)."""
+        return deploy.build_bento(PROJECT, settings().bento_base_image)
+
+    @task
+    def export(tag: str) -> str:
+        cfg = settings()
+        out = cfg.bentos_dir if cfg.bentos_dir.is_absolute() else PROJECT / cfg.bentos_dir
+        return str(deploy.export_bento(tag, out))
+
+    @task
+    def containerize(tag: str, imported: dict[str, Any]) -> str | None:
+        """Image `<FRAUD_API_IMAGE>:v<version>` of the Bento, when a Docker engine is reachable."""
+        if not deploy.docker_reachable():
+            log.info("no Docker engine reachable: containerize skipped")
+            return None
+        return deploy.containerize(settings(), tag, imported["version"])
+
+    @task(retries=0)
+    def rollout(imported: dict[str, Any], image: str | None) -> dict[str, Any]:
+        """Switch the service to the new champion (hot swap, or the new image in Compose);
+        if that fails, champion and the service go back to the version that was serving."""
+        cfg = settings()
+        version = imported["version"]
+        if cfg.deploy_target == "compose" and image is None:
+            raise RuntimeError("deploy target compose needs the image: no Docker engine reached")
+        previous = deploy.served_version(cfg)
+        try:
+            answer = deploy.roll_out(cfg, version)
+        except Exception as exc:
+            if previous and previous != version:
+                deploy.rollback(cfg, previous)
+            send(
+                channels(cfg),
+                f"[fraud-mlops] roll-out of v{version} failed",
+                f"{exc}\nchampion and the service are back on v{previous}.",
+            )
+            raise
         if answer is None:
-            log.info("no fraud API at %s: nothing to roll out locally", settings().api_url)
-            return {"skipped": True, "version": imported["version"]}
+            log.info("no fraud API at %s: nothing to roll out locally", cfg.api_url)
+            return {"skipped": True, "version": version}
         return {"skipped": False, **answer}
 
     @task(retries=0)
@@ -71,31 +111,12 @@ def fraud_build_deploy() -> None:
             )
             raise
 
-    @task
-    def build() -> str:
-        """`bentoml build` of the project (the model is the champion just imported)."""
-        return deploy.build_bento(PROJECT)
-
-    @task
-    def export(tag: str) -> str:
-        cfg = settings()
-        out = cfg.bentos_dir if cfg.bentos_dir.is_absolute() else PROJECT / cfg.bentos_dir
-        return str(deploy.export_bento(tag, out))
-
-    @task
-    def containerize(tag: str) -> str | None:
-        """A local image `fraud-api:<bento version>` when a Docker engine is reachable."""
-        if not deploy.docker_reachable():
-            log.info("no Docker engine reachable: containerize skipped")
-            return None
-        version = get_current_context()["ti"].xcom_pull(task_ids="import_model")["version"]
-        return deploy.containerize(tag, f"fraud-api:v{version}")
-
     imported = import_model()
-    checked = smoke_check(rollout(imported))
     tag = build()
-    checked >> tag
-    export(tag) >> containerize(tag)
+    imported >> tag
+    image = containerize(tag, imported)
+    export(tag) >> image
+    smoke_check(rollout(imported, image))
 
 
 fraud_build_deploy()

@@ -39,6 +39,17 @@ def test_bentoml_build(champion) -> None:
     }
     assert "src/service.py" in files and "src/data/sample/transactions.json" in files
     assert not any(f.startswith("src/tests/") for f in files)
+    dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in dockerfile  # BentoML's default base
+    assert "--mount=" not in dockerfile  # the classic builder (Engine API) can build it
+
+
+def test_bentoml_build_on_a_local_base_image(champion) -> None:
+    """What the no-registry stack does: the Bento's Dockerfile starts from a local image."""
+    tag = deploy.build_bento(PROJECT, base_image="fraud-local/python:3.11")
+    dockerfile = (deploy.bento_path(tag) / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM fraud-local/python:3.11 " in dockerfile
+    assert "uv venv --python 3.11" in dockerfile  # the base's own python3.11 is used
 
 
 def test_bentofile_pins_match_lock() -> None:

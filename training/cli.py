@@ -403,6 +403,38 @@ def import_bento() -> None:
 
 
 @app.command()
+def containerize(
+    data: DataOpt = None,
+    grid: str = typer.Option("standard", help="Search grid if a first model must be trained."),
+) -> None:
+    """The champion as a container image: train it first if there is none, import it, build
+    the Bento and its image `<FRAUD_API_IMAGE>:v<N>`, and point `:champion` at it (what the
+    Compose stack's fraud-api runs). Needs a Docker engine (DOCKER_HOST).
+
+    Example: `docker compose run --rm fraud-bootstrap` (runs `fraudops containerize`)
+    """
+    from training import deploy, registry, rollout
+
+    settings = get_settings()
+    if not deploy.docker_reachable():
+        console.print("[red]no Docker engine answers (DOCKER_HOST / /var/run/docker.sock)[/red]")
+        raise typer.Exit(2)
+    run(data=data, grid=grid, customers=2_500, terminals=5_000, days=100, serve_after=False)
+    client = registry.configure(settings)
+    version = str(registry.champion_version(client, settings.registered_model))
+    image = rollout.image_for(settings, version)
+    if rollout.has_image(image):
+        console.print(f"{image.ref} already built")
+    else:
+        with step("bentoml build"):
+            tag = deploy.build_bento(PROJECT, settings.bento_base_image)
+        console.print(f"built Bento {tag}; building {image.ref} (the first build downloads ~1 GB)")
+        deploy.containerize(settings, tag, version)
+    rollout.point_champion(image)
+    console.print(f"{image.name}:{rollout.CHAMPION_TAG} -> {image.ref}")
+
+
+@app.command()
 def status() -> None:
     """Show the dataset, the registered versions, aliases and the Bento store.
 

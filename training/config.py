@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +45,21 @@ class Settings(BaseSettings):
         "standard", description="Default search grid of the daily retraining (quick/standard/full)"
     )
     bentos_dir: Path = Field(Path("bentos"), description="Where exported .bento archives go")
+    api_image: str = Field(
+        "fraud-detector", description="Image repository of the containerized Bento (tags v<N>)"
+    )
+    bento_base_image: str | None = Field(
+        None, description="docker.base_image for `bentoml build` (default: BentoML's own)"
+    )
+    deploy_target: Literal["service", "compose"] = Field(
+        "service",
+        description="How a new champion goes live: hot swap of the running service, or a new "
+        "image and a recreated fraud-api container in the Compose stack",
+    )
+    compose_project: str = "fraud-mlops"
+    compose_files: str = Field("compose.yaml", description="Compose files, os.pathsep-separated")
+    compose_project_dir: Path | None = None
+    compose_env_file: Path | None = None
     api_url: str = Field(
         "http://127.0.0.1:8080", description="The running fraud API the roll-out switches"
     )
@@ -58,6 +74,11 @@ class Settings(BaseSettings):
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
+
+    @field_validator("bento_base_image", "compose_project_dir", "compose_env_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 @lru_cache

@@ -126,10 +126,32 @@ def _bentoml(*args: str, timeout: float, cwd: Path | None = None) -> str:
     return run.stdout
 
 
-def build_bento(project_dir: Path) -> str:
-    """``bentoml build`` of the project; returns the Bento tag."""
-    out = _bentoml("build", "--output", "tag", timeout=600, cwd=project_dir)
+def build_bento(project_dir: Path, base_image: str | None = None) -> str:
+    """``bentoml build`` of the project; returns the Bento tag.
+
+    ``base_image`` replaces the Docker base of the Bento's generated Dockerfile (the stack
+    without registry access builds on a local Debian image)."""
+    if not base_image:
+        out = _bentoml("build", "--output", "tag", timeout=600, cwd=project_dir)
+    else:
+        import tempfile
+
+        import yaml
+
+        spec = yaml.safe_load((project_dir / "bentofile.yaml").read_text())
+        spec["docker"] = {"base_image": base_image}
+        with tempfile.TemporaryDirectory(prefix="bentofile-") as tmp:
+            bentofile = Path(tmp) / "bentofile.yaml"
+            bentofile.write_text(yaml.safe_dump(spec, sort_keys=False))
+            out = _bentoml(
+                "build", "--bentofile", str(bentofile), "--output", "tag",
+                timeout=600, cwd=project_dir,
+            )  # fmt: skip
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+def bento_path(tag: str) -> Path:
+    return Path(bentoml.bentos.get(tag).path)
 
 
 class RolloutError(RuntimeError):
@@ -145,19 +167,23 @@ def export_bento(tag: str, out_dir: Path) -> Path:
 
 
 def docker_reachable() -> bool:
-    """A Docker engine answers ``docker info`` (the CLI honours DOCKER_HOST)."""
-    if shutil.which("docker") is None:
-        return False
+    """A Docker engine answers on DOCKER_HOST (or the default socket)."""
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        import docker
+
+        return bool(docker.from_env(timeout=10).ping())
+    except Exception:
         return False
 
 
-def containerize(tag: str, image: str) -> str:
-    """``bentoml containerize`` into a local image; returns the image tag."""
-    _bentoml("containerize", tag, "-t", image, timeout=3600)
-    return image
+def containerize(settings: Settings, bento_tag: str, version: str) -> str:
+    """The Bento as image ``<api_image>:v<version>`` (kept when it already exists)."""
+    from training import rollout
+
+    image = rollout.image_for(settings, version)
+    if not rollout.has_image(image):
+        rollout.build_image(bento_path(bento_tag), image, log=log.info)
+    return image.ref
 
 
 def _admin_headers(settings: Settings) -> dict[str, str]:
@@ -200,8 +226,36 @@ def smoke_prediction(settings: Settings, version: str) -> dict[str, Any]:
     return body
 
 
+def served_version(settings: Settings) -> str | None:
+    """The model version the running service answers with (None when nothing answers)."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"{settings.api_url}/health", timeout=30)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    return str(resp.json().get("model", {}).get("version"))
+
+
+def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
+    """Make the service answer with ``version``: a hot swap of the running service, or (target
+    ``compose``) its image as ``champion`` and a recreated fraud-api container.
+
+    Returns what happened, with ``previous_version`` for a roll-back; None when no service
+    runs (local target only)."""
+    if settings.deploy_target == "compose":
+        from training import rollout
+
+        previous = served_version(settings)
+        done = rollout.roll_out(settings, version)
+        return {"model_version": version, "previous_version": previous, **done}
+    return reload_service(settings, version)
+
+
 def rollback(settings: Settings, previous: str) -> dict[str, Any] | None:
     """Give ``champion`` back to ``previous`` and switch the service back to it."""
     client = registry.configure(settings)
     client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, previous)
-    return reload_service(settings, previous)
+    return roll_out(settings, previous)

@@ -27,7 +27,9 @@ def test_owners_retries_tags_and_limits(dagbag, dag_id: str) -> None:
     for task in dag.tasks:
         assert task.owner == "fraud-ml", task.task_id
         assert task.retries >= 0 and task.execution_timeout is not None, task.task_id
-    assert sum(t.retries > 0 for t in dag.tasks) >= len(dag.tasks) - 1  # smoke_check: none
+    # switching the service is not retried blindly: a failure rolls back instead
+    no_retry = {t.task_id for t in dag.tasks if t.retries == 0}
+    assert no_retry <= {"rollout", "smoke_check"}, no_retry
 
 
 def edges(dag) -> set[tuple[str, str]]:
@@ -53,12 +55,14 @@ def test_retrain_graph(dagbag) -> None:
 def test_build_deploy_is_scheduled_on_the_champion_asset(dagbag) -> None:
     dag = dagbag.get_dag("fraud_build_deploy")
     assert edges(dag) == {
+        ("import_model", "build"),
+        ("import_model", "containerize"),
         ("import_model", "rollout"),
-        ("rollout", "smoke_check"),
-        ("smoke_check", "build"),
         ("build", "export"),
         ("build", "containerize"),
         ("export", "containerize"),
+        ("containerize", "rollout"),
+        ("rollout", "smoke_check"),
     }
     assert [a.name for a in dag.schedule] == ["fraud_champion"]
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"

@@ -421,7 +421,7 @@ def render(report: dict[str, Any]) -> str:
         )
     if "fraud-api" in s and "mlflow-serve" in s:
         ratio = s["fraud-api"]["peak"]["rps"] / s["mlflow-serve"]["peak"]["rps"]
-        lines.append(f"fraud-api / mlflow-serve peak = {ratio:.0f}x")
+        lines.append(f"fraud-api / mlflow-serve peak = {ratio:.1f}x")
     m = report["method"]
     lines.append(
         f"Measured on {report['machine']['cpus']} CPUs: server pinned to CPU {m['server_cpu']}, "

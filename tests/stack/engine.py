@@ -96,6 +96,11 @@ def dockerd() -> Iterator[None]:
         log("dockerd stopped, bridge removed")
 
 
+def socket_gid() -> int:
+    """The group owning dockerd's socket: containers that drive the engine join it."""
+    return SOCKET.stat().st_gid
+
+
 def has_image(tag: str) -> bool:
     return (
         subprocess.run(

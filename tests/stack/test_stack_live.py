@@ -1,10 +1,12 @@
 """The whole Compose stack on a local Docker engine (`make stack-test`; not part of `make test`).
 
-Builds every image from a debootstrap Debian base (no registry), brings the stack up with
-`--wait`, checks every service is healthy, lets fraud-api train and register its first model
-through the stack's MLflow, triggers `fraud_retrain` through the Airflow REST API, scores
-transactions through fraud-api and finds them in Prometheus. Tears everything down (containers,
-volumes, networks, the bridge, dockerd) even when a step fails; the images stay cached.
+Builds every image from a debootstrap Debian base (no registry); `fraud-bootstrap` trains and
+registers the first model through the stack's MLflow and containerizes its Bento; the stack
+comes up with `--wait` (fraud-api is that image) and every service is healthy; `fraud_retrain`
+runs through the Airflow REST API; a promotion makes `fraud_build_deploy` build the new image
+and recreate fraud-api with it; transactions scored through fraud-api reach Prometheus. Tears
+everything down (containers, volumes, networks, the bridge, dockerd) even when a step fails;
+the images stay cached.
 """
 
 from __future__ import annotations
@@ -65,18 +67,30 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         )
     }  # fmt: skip
     values.update(
+        DOCKER_SOCKET=str(engine.SOCKET),
+        FRAUD_COMPOSE_ENV_FILE="/run/fraud-stack.env",  # mounted by the test's override below
         SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused",
         FRAUD_FIRST_GRID="quick",
         FRAUD_RETRAIN_GRID="quick",  # unpausing also starts the latest scheduled run
     )
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    override = work / "compose.test.yaml"
+    override.write_text(
+        "services:\n  airflow-scheduler:\n    volumes:\n"
+        f"      - {env_file}:/run/fraud-stack.env:ro\n"
+    )
+    FILES.extend(["-f", str(override)])
     t0 = time.monotonic()
     with engine.dockerd():
         try:
+            env_file.write_text("".join(f"{k}={v}\n" for k, v in {
+                **values, "DOCKER_GID": str(engine.socket_gid())}.items()))  # fmt: skip
             engine.base_images()
             t_build = time.monotonic()
             engine.stack_images()
             engine.log(f"stack images built in {time.monotonic() - t_build:.0f}s")
+            t_boot = time.monotonic()
+            compose(env_file, "run", "--rm", "fraud-bootstrap", timeout=2400)
+            engine.log(f"first model trained and containerized in {time.monotonic() - t_boot:.0f}s")
             t_up = time.monotonic()
             compose(
                 env_file, "up", "-d", "--no-build", "--wait", "--wait-timeout", "1200", timeout=1500
@@ -144,17 +158,56 @@ def test_retraining_runs_through_the_airflow_rest_api(stack) -> None:
         timeout=30,
     )
     assert r.status_code in (200, 201), r.text
-    run_id = r.json()["dag_run_id"]
+    t0 = time.monotonic()
+    state, summary = wait_run(api, r.json()["dag_run_id"], headers, 1200)
+    engine.log(f"fraud_retrain {state} in {time.monotonic() - t0:.0f}s: {summary}")
+    assert state == "success", summary
+    assert summary["notification"][0] == "success"
+
+
+def image_id(ref: str) -> str:
+    return engine.docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
+
+
+def test_first_champion_is_served_from_its_containerized_bento(stack) -> None:
+    api = engine.docker("ps", "--filter", "label=com.docker.compose.service=fraud-api",
+                        "--format", "{{.Image}}").split()  # fmt: skip
+    assert api == ["fraud-detector:champion"], api
+    assert image_id("fraud-detector:champion") == image_id("fraud-detector:v1")
+    env = engine.docker("image", "inspect", "--format", "{{json .Config.Env}}", "fraud-detector:v1")
+    assert "BENTOML_CONTAINERIZED=true" in env  # BentoML's own Dockerfile built it
+
+
+def wait_run(api: str, run_id: str, headers: dict[str, str], limit_s: float) -> tuple[str, dict]:
     t0 = time.monotonic()
     state = "queued"
-    while state in ("queued", "running") and time.monotonic() - t0 < 1200:
+    while state in ("queued", "running") and time.monotonic() - t0 < limit_s:
         time.sleep(10)
         state = httpx.get(f"{api}/dagRuns/{run_id}", headers=headers, timeout=30).json()["state"]
     tasks = httpx.get(f"{api}/dagRuns/{run_id}/taskInstances", headers=headers, timeout=30)
     summary = {t["task_id"]: (t["state"], t["duration"]) for t in tasks.json()["task_instances"]}
-    engine.log(f"fraud_retrain {state} in {time.monotonic() - t0:.0f}s: {summary}")
+    return state, summary
+
+
+def test_promotion_rolls_out_a_new_image_through_fraud_build_deploy(stack) -> None:
+    """v2 (registered by the retraining above) is promoted; fraud_build_deploy builds
+    fraud-detector:v2 and Compose recreates fraud-api from it, from inside the scheduler."""
+    out = compose(stack["env"], "exec", "-T", "airflow-scheduler", "fraudops", "promote", "2",
+                  "--force")  # fmt: skip
+    assert "champion" in out, out
+    headers = {"Authorization": f"Bearer {airflow_token(stack)}"}
+    api = "http://127.0.0.1:8081/api/v2/dags/fraud_build_deploy"
+    httpx.patch(api, headers=headers, json={"is_paused": False}, timeout=30)
+    r = httpx.post(f"{api}/dagRuns", headers=headers, json={"logical_date": None}, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    t0 = time.monotonic()
+    state, summary = wait_run(api, r.json()["dag_run_id"], headers, 1500)
+    engine.log(f"fraud_build_deploy {state} in {time.monotonic() - t0:.0f}s: {summary}")
     assert state == "success", summary
-    assert summary["notification"][0] == "success"
+    assert image_id("fraud-detector:champion") == image_id("fraud-detector:v2")
+    health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()
+    assert health["model"]["version"] == "2", health
+    assert httpx.get("http://127.0.0.1:8080/test", timeout=30).json()["status"] == "ok"
 
 
 def test_scored_transactions_reach_prometheus(stack) -> None:
