@@ -182,7 +182,7 @@ def containerize(settings: Settings, bento_tag: str, version: str) -> str:
 
     image = rollout.image_for(settings, version)
     if not rollout.has_image(image):
-        rollout.build_image(bento_path(bento_tag), image, log=log.info)
+        rollout.build_image(bento_tag, image, log=log.info)
     return image.ref
 
 

@@ -1,7 +1,8 @@
 """Ship a champion as a container image and roll it out in the Compose stack.
 
-The Bento's own Dockerfile (written by ``bentoml build``) is built through the Docker Engine
-API (the ``docker`` SDK: no Docker CLI or buildx needed in the calling container). Each
+The Bento is built into an image as ``bentoml containerize`` would (same build context and
+Dockerfile), but through the Docker Engine API (the ``docker`` SDK: no Docker CLI or buildx
+needed in the calling container). Each
 champion becomes ``<api_image>:v<version>``; ``<api_image>:champion`` names the one the stack
 serves. A roll-out re-points ``champion`` and lets Compose recreate the ``fraud-api`` container
 (``up --no-deps --force-recreate --wait``); a roll-back does the same with the previous tag.
@@ -46,34 +47,40 @@ def _client() -> Any:
     return docker.from_env(timeout=600)  # honours DOCKER_HOST
 
 
-def build_image(bento_path: Path, image: Image, log: Any = print) -> str:
-    """``docker build`` of a built Bento (its env/docker/Dockerfile); returns the image id."""
+def build_image(bento_tag: str, image: Image, log: Any = print) -> str:
+    """``docker build`` of a built Bento, as ``bentoml containerize`` does it; returns the id.
+
+    The build context is BentoML's own (``construct_containerfile``: the Bento plus its models
+    copied from the model store, and the Dockerfile for the classic builder, so the Engine API
+    can build it without BuildKit)."""
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+
     client = _client()
     t0 = time.monotonic()
-    dockerfile = bento_path / "env" / "docker" / "Dockerfile"
-    if not dockerfile.exists():
-        raise ImageError(f"{dockerfile} missing: is {bento_path} a built Bento?")
+    bento = bentoml.bentos.get(bento_tag)
     last: list[str] = []
-    stream = client.api.build(
-        path=str(bento_path),
-        dockerfile="env/docker/Dockerfile",
-        tag=image.ref,
-        rm=True,
-        forcerm=True,
-        decode=True,
-    )
     image_id = None
-    for chunk in stream:
-        if "error" in chunk:
-            tail = "".join(last)
-            raise ImageError(f"docker build of {image.ref} failed: {chunk['error']}\n{tail}")
-        text = chunk.get("stream", "")
-        if text:
-            last = [*last, text][-30:]
-            if text.startswith("Step "):
-                log(text.strip())
-        if "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
+    with construct_containerfile(bento, enable_buildkit=False) as (context, _):
+        stream = client.api.build(
+            path=context,
+            dockerfile="env/docker/Dockerfile",
+            tag=image.ref,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                tail = "".join(last)
+                raise ImageError(f"docker build of {image.ref} failed: {chunk['error']}\n{tail}")
+            text = chunk.get("stream", "")
+            if text:
+                last = [*last, text][-30:]
+                if text.startswith("Step "):
+                    log(text.strip())
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
     log(f"built {image.ref} in {time.monotonic() - t0:.0f}s")
     return str(image_id or client.images.get(image.ref).id)
 
