@@ -1,5 +1,7 @@
-# The project image: the fraud API (`fraudops serve` / `fraudops run`), the MLflow server and
-# one-off training jobs. Locked dependencies (uv.lock), no dev tools, no Airflow.
+# The project image: the MLflow server, one-off jobs (`fraud-bootstrap`: `fraudops containerize`,
+# training) and, outside Compose, the fraud API itself (`fraudops run`). In the Compose stack
+# fraud-api runs the containerized Bento instead. Locked dependencies (uv.lock), no dev tools,
+# no Airflow.
 #   docker build -t fraud-mlops:latest .
 # BASE_IMAGE must provide python3.11 (the local-engine run passes a Debian base built with
 # debootstrap, see compose.local.yaml).

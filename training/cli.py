@@ -423,7 +423,7 @@ def containerize(
     client = registry.configure(settings)
     version = str(registry.champion_version(client, settings.registered_model))
     image = rollout.image_for(settings, version)
-    if rollout.has_image(image):
+    if deploy.image_is_current(settings, version):
         console.print(f"{image.ref} already built")
     else:
         with step("bentoml build"):

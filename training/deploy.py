@@ -176,13 +176,28 @@ def docker_reachable() -> bool:
         return False
 
 
+def image_is_current(settings: Settings, version: str) -> bool:
+    """``<api_image>:v<version>`` exists and serves the model imported for that version (a
+    ``v1`` left by an earlier stack holds another model)."""
+    from training import rollout
+
+    model = find_imported(settings, version)
+    label = rollout.image_label(rollout.image_for(settings, version))
+    return model is not None and label == str(model.tag)
+
+
 def containerize(settings: Settings, bento_tag: str, version: str) -> str:
-    """The Bento as image ``<api_image>:v<version>`` (kept when it already exists)."""
+    """The Bento as image ``<api_image>:v<version>`` (kept when it is current)."""
     from training import rollout
 
     image = rollout.image_for(settings, version)
-    if not rollout.has_image(image):
-        rollout.build_image(bento_tag, image, log=log.info)
+    if not image_is_current(settings, version):
+        model = find_imported(settings, version)
+        labels = {
+            rollout.MODEL_LABEL: str(model.tag) if model else "",
+            "org.fraud-mlops.version": version,
+        }
+        rollout.build_image(bento_tag, image, labels=labels, log=log.info)
     return image.ref
 
 

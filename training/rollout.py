@@ -21,6 +21,7 @@ from training.config import Settings
 
 SERVICE = "fraud-api"
 CHAMPION_TAG = "champion"
+MODEL_LABEL = "org.fraud-mlops.model"  # the Bento-store model an image serves
 
 
 class ImageError(RuntimeError):
@@ -47,7 +48,9 @@ def _client() -> Any:
     return docker.from_env(timeout=600)  # honours DOCKER_HOST
 
 
-def build_image(bento_tag: str, image: Image, log: Any = print) -> str:
+def build_image(
+    bento_tag: str, image: Image, labels: dict[str, str] | None = None, log: Any = print
+) -> str:
     """``docker build`` of a built Bento, as ``bentoml containerize`` does it; returns the id.
 
     The build context is BentoML's own (``construct_containerfile``: the Bento plus its models
@@ -69,6 +72,7 @@ def build_image(bento_tag: str, image: Image, log: Any = print) -> str:
             rm=True,
             forcerm=True,
             decode=True,
+            labels=labels or {},
         )
         for chunk in stream:
             if "error" in chunk:
@@ -85,14 +89,15 @@ def build_image(bento_tag: str, image: Image, log: Any = print) -> str:
     return str(image_id or client.images.get(image.ref).id)
 
 
-def has_image(image: Image) -> bool:
+def image_label(image: Image, key: str = MODEL_LABEL) -> str | None:
+    """A label of a local image (None when the image or the label is missing)."""
     import docker
 
     try:
-        _client().images.get(image.ref)
+        labels = _client().images.get(image.ref).labels or {}
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
+    return labels.get(key)
 
 
 def point_champion(image: Image) -> None:
