@@ -2,10 +2,10 @@
 
 The Bento is built into an image as ``bentoml containerize`` would (same build context and
 Dockerfile), but through the Docker Engine API (the ``docker`` SDK: no Docker CLI or buildx
-needed in the calling container). Each
-champion becomes ``<api_image>:v<version>``; ``<api_image>:champion`` names the one the stack
-serves. A roll-out re-points ``champion`` and lets Compose recreate the ``fraud-api`` container
-(``up --no-deps --force-recreate --wait``); a roll-back does the same with the previous tag.
+needed in the calling container). Each champion becomes ``<api_image>:v<version>`` (labelled
+with the Bento-store model it serves); ``<api_image>:champion`` names the one the stack serves.
+A roll-out re-points ``champion`` and lets Compose recreate the ``fraud-api`` container (``up
+--no-deps --force-recreate --wait``); a roll-back does the same with the previous tag.
 """
 
 from __future__ import annotations
