@@ -48,8 +48,6 @@ from training.serving import (
 # how our lines (model ready, hot swaps) reach the server log.
 log = logging.getLogger("bentoml.fraud_service")
 SETTINGS = get_settings()
-if SETTINGS.bentoml_patches:
-    bentoml_patches.apply()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 
@@ -71,6 +69,8 @@ class FraudDetector:
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
+        if SETTINGS.bentoml_patches:  # in the worker, before its first request
+            log.info("BentoML request-path fixes applied: %s", bentoml_patches.apply())
         quiet_client_errors()
         bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
         self.scorer = FraudScorer(bundle, drift_window=SETTINGS.drift_window)

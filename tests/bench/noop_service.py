@@ -22,13 +22,13 @@ from training.serving import BATCHING, MAX_BATCH, service_config
 # The same request-path fixes and GC setting as the real service, unless asked to run BentoML
 # as shipped (`make bench` runs it both ways: the framework's ceiling, stock and lifted).
 STOCK = os.environ.get("NOOP_STOCK") == "1"
-if get_settings().bentoml_patches and not STOCK:
-    bentoml_patches.apply()
 
 
 @bentoml.service(name="noop_fraud_detector", **service_config(get_settings()))
 class NoopFraudService:
     def __init__(self) -> None:
+        if get_settings().bentoml_patches and not STOCK:
+            bentoml_patches.apply()
         if not STOCK:  # as the real service does after start-up: GC passes skip the import heap
             gc.collect()
             gc.freeze()

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from training import rollout
+
 from . import engine
 
 pytestmark = pytest.mark.stack
@@ -37,14 +39,8 @@ SERVICES = {
 }  # fmt: skip
 
 
-def compose_binary() -> str:
-    import compose
-
-    return str(Path(compose.__file__).parent / "docker-compose")
-
-
 def compose(env_file: Path, *args: str, timeout: float = 1800, check: bool = True) -> str:
-    cmd = [compose_binary(), "--project-directory", str(engine.PROJECT), "--env-file",
+    cmd = [rollout.compose_binary(), "--project-directory", str(engine.PROJECT), "--env-file",
            str(env_file), *FILES, *args]  # fmt: skip
     out = subprocess.run(
         cmd, env=engine.docker_env(), capture_output=True, text=True, timeout=timeout
