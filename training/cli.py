@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 PROJECT = Path(__file__).resolve().parent.parent
+DEMO = {"customers": 2_500, "terminals": 5_000, "days": 100}  # the demo data of `fraudops run`
 
 
 @app.callback()
@@ -419,7 +420,7 @@ def containerize(
     if not deploy.docker_reachable():
         console.print("[red]no Docker engine answers (DOCKER_HOST / /var/run/docker.sock)[/red]")
         raise typer.Exit(2)
-    run(data=data, grid=grid, customers=2_500, terminals=5_000, days=100, serve_after=False)
+    run(data=data, grid=grid, serve_after=False, **DEMO)
     client = registry.configure(settings)
     version = str(registry.champion_version(client, settings.registered_model))
     image = rollout.image_for(settings, version)
@@ -495,9 +496,9 @@ def serve(
 def run(
     data: DataOpt = None,
     grid: str = typer.Option("standard", help="Search grid for the first training."),
-    customers: int = typer.Option(2_500, help="Demo data: customers."),
-    terminals: int = typer.Option(5_000, help="Demo data: terminals."),
-    days: int = typer.Option(100, help="Demo data: days."),
+    customers: int = typer.Option(DEMO["customers"], help="Demo data: customers."),
+    terminals: int = typer.Option(DEMO["terminals"], help="Demo data: terminals."),
+    days: int = typer.Option(DEMO["days"], help="Demo data: days."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve"),
 ) -> None:
     """The main job: simulate demo data if none, train if no champion, import, serve.
