@@ -25,10 +25,24 @@ from airflow.sdk import dag, task
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, settings
 
 from training import deploy
+from training.config import Settings
 from training.notify import send
 
 log = logging.getLogger(__name__)
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _back_to_previous(
+    cfg: Settings, version: str, previous: str | None, exc: Exception, outcome: str
+) -> None:
+    """Champion and the service back on the version that was serving; the team is told why."""
+    if previous and previous != version:
+        deploy.rollback(cfg, previous)
+    send(
+        channels(cfg),
+        f"[fraud-mlops] roll-out of v{version} {outcome}",
+        f"{exc}\nchampion and the service are back on v{previous}.",
+    )
 
 
 @dag(
@@ -79,13 +93,7 @@ def fraud_build_deploy() -> None:
         try:
             answer = deploy.roll_out(cfg, version)
         except Exception as exc:
-            if previous and previous != version:
-                deploy.rollback(cfg, previous)
-            send(
-                channels(cfg),
-                f"[fraud-mlops] roll-out of v{version} failed",
-                f"{exc}\nchampion and the service are back on v{previous}.",
-            )
+            _back_to_previous(cfg, version, previous, exc, "failed")
             raise
         if answer is None:
             log.info("no fraud API at %s: nothing to roll out locally", cfg.api_url)
@@ -101,13 +109,8 @@ def fraud_build_deploy() -> None:
         try:
             return deploy.smoke_prediction(cfg, rolled["model_version"])
         except Exception as exc:
-            previous = rolled.get("previous_version")
-            if previous:
-                deploy.rollback(cfg, previous)
-            send(
-                channels(cfg),
-                f"[fraud-mlops] roll-out of v{rolled['model_version']} rolled back",
-                f"{exc}\nchampion and the service are back on v{previous}.",
+            _back_to_previous(
+                cfg, rolled["model_version"], rolled.get("previous_version"), exc, "rolled back"
             )
             raise
 

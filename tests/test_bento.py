@@ -47,7 +47,7 @@ def test_bentoml_build(champion) -> None:
 def test_bentoml_build_on_a_local_base_image(champion) -> None:
     """What the no-registry stack does: the Bento's Dockerfile starts from a local image."""
     tag = deploy.build_bento(PROJECT, base_image="fraud-local/python:3.11")
-    dockerfile = (deploy.bento_path(tag) / "env" / "docker" / "Dockerfile").read_text()
+    dockerfile = (Path(bentoml.get(tag).path) / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM fraud-local/python:3.11 " in dockerfile
     assert "uv venv --python 3.11" in dockerfile  # the base's own python3.11 is used
 

@@ -150,10 +150,6 @@ def build_bento(project_dir: Path, base_image: str | None = None) -> str:
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
-def bento_path(tag: str) -> Path:
-    return Path(bentoml.bentos.get(tag).path)
-
-
 class RolloutError(RuntimeError):
     """The running service did not take the new model (or failed its smoke check)."""
 
