@@ -145,3 +145,75 @@ def test_labels_count_decisions_once(stream: pd.DataFrame) -> None:
     assert update.confusion == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
     again = online.feedback({ids[2]: 1, ids[3]: 0})
     assert again.confusion == {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+
+
+def test_running_totals_survive_late_events_label_changes_and_expiry() -> None:
+    """The state's running totals (window sums as differences) equal sums recomputed from the
+    raw events after out-of-order arrivals, fraud labels set and withdrawn, and expiry."""
+    from training.online_state import Event, InMemoryFeatureState
+
+    rng = np.random.default_rng(11)
+    day = features.MS_PER_DAY
+    state = InMemoryFeatureState(3 * day, 5 * day, sweep_every=10**9)
+    events: dict[str, list] = {}  # id -> [customer, terminal, time, cents, label]
+    clock = 0
+    for i in range(3_000):
+        clock += int(rng.integers(0, 600_000))
+        late = rng.random() < 0.1  # one in ten arrives up to a day late
+        t = clock - int(rng.integers(0, day)) if late else clock
+        tx = f"t{i}"
+        ev = [f"c{rng.integers(20)}", f"m{rng.integers(15)}", t, int(rng.integers(1, 10**5)), -1]
+        ev[4] = int(rng.choice([-1, 0, 1], p=[0.6, 0.3, 0.1]))
+        events[tx] = ev
+        state.append([Event(tx, ev[0], ev[1], t, ev[3], ev[4])])
+        if i % 50 == 49:  # labels: new ones, and some frauds withdrawn (chargeback reversed)
+            ids = rng.choice(list(events), size=10, replace=False).tolist()
+            labels = {tx_id: int(rng.integers(0, 2)) for tx_id in ids}
+            state.set_labels(labels)
+            for tx_id, lab in labels.items():
+                events[tx_id][4] = lab
+        if i % 1_000 == 999:
+            state.expire()
+    state.expire()
+    cut_c = state.watermark_ms - state.customer_retention_ms
+    cut_t = state.watermark_ms - state.terminal_retention_ms
+    for cid, (times, cum) in state.customer_histories([f"c{k}" for k in range(20)]).items():
+        raw = sorted((e[2], e[3]) for e in events.values() if e[0] == cid and e[2] > cut_c)
+        assert times == [t for t, _ in raw]
+        assert len(cum) == len(times) + 1
+        for lo in range(len(times)):  # every window sum, from its left edge to the newest
+            assert cum[-1] - cum[lo] == sum(c for _, c in raw[lo:])
+    for term, (times, frauds) in state.terminal_histories([f"m{k}" for k in range(15)]).items():
+        raw = sorted((e[2], e[4]) for e in events.values() if e[1] == term and e[2] > cut_t)
+        assert times == [t for t, _ in raw]
+        for lo in range(len(times)):
+            assert frauds[-1] - frauds[lo] == sum(1 for _, lab in raw[lo:] if lab == 1)
+
+
+def test_batch_sees_its_own_earlier_transactions_in_any_time_order() -> None:
+    """Within one batch, a customer's later rows see its earlier rows (by batch position) whose
+    time falls in the window, also when the batch is not in time order."""
+    from training.online import TxRecord
+
+    rng = np.random.default_rng(5)
+    day = features.MS_PER_DAY
+    online = OnlineFeatures(new_state(CFG), CFG, categorical=False)
+    base = 100 * day
+    seen: list[TxRecord] = []
+    for i in range(400):
+        t = base - int(rng.integers(0, 40 * day))
+        seen.append(TxRecord(f"h{i}", f"c{i % 7}", f"m{i % 5}", t, int(rng.integers(1, 9_999))))
+    online.record(seen)
+    batch = [
+        TxRecord(f"b{i}", f"c{rng.integers(3)}", "m0", base + int(rng.integers(-day, day)), 100 + i)
+        for i in range(30)
+    ]
+    cols = online.compute_columns(batch, record=False)
+    for k, r in enumerate(batch):
+        prior = [e for e in [*seen, *batch[:k]] if e.customer_id == r.customer_id]
+        for w in CFG.windows:
+            win = [e for e in prior if r.time_ms - w * day < e.time_ms <= r.time_ms]
+            count = len(win) + 1
+            avg = (sum(e.amount_cents for e in win) + r.amount_cents) / count / 100
+            assert cols[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"][k] == count
+            assert cols[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"][k] == pytest.approx(avg)

@@ -19,11 +19,13 @@ Identifier = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
+
+
 def epoch_ms(ts: datetime) -> int:
     """Milliseconds since the epoch; naive datetimes are taken as UTC."""
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return int((ts - datetime(1970, 1, 1)) // _MS)
+    return (ts - (_EPOCH if ts.utcoffset() is None else _EPOCH_UTC)) // _MS
 
 
 class Transaction(BaseModel):

@@ -108,13 +108,13 @@ class CompiledModel:
         n = len(next(iter(columns.values()))) if len(columns) else 0
         X = np.zeros((n, self.spec.n_inputs), dtype=np.float32)
         for col, (start, index) in self._offsets.items():
-            values = np.asarray(columns[col], dtype=object)
-            for row, value in enumerate(values):
+            for row, value in enumerate(np.asarray(columns[col], dtype=object).tolist()):
                 k = index.get(value)
                 if k is not None:  # unknown category: all zeros, like handle_unknown="ignore"
                     X[row, start + k] = 1.0
-        for j, col in enumerate(self.spec.numeric, start=self._numeric_start):
-            X[:, j] = np.asarray(columns[col], dtype=np.float64)
+        if self.spec.numeric:  # one conversion for the whole numeric block (float64 -> float32)
+            block = [np.asarray(columns[c], dtype=np.float64) for c in self.spec.numeric]
+            X[:, self._numeric_start :] = np.array(block, dtype=np.float32).T
         return X
 
     def predict_proba(self, columns: Mapping[str, Any]) -> np.ndarray:

@@ -13,7 +13,7 @@ known (the label delay) count.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -57,15 +57,18 @@ class FeatureConfig:
 
 @dataclass
 class Aggregates:
-    """Raw window aggregates for a batch of transactions (arrays aligned with the batch)."""
+    """Raw window aggregates for a batch of n transactions: 1-D arrays of n, and per-window
+    blocks of shape (len(cfg.windows), n), one row per window in the configured order (so the
+    feature definitions run once over all windows: a batch of one is a few dozen numpy calls,
+    not one per window and feature)."""
 
     time_ms: np.ndarray
     amount_cents: np.ndarray
-    cust_count: dict[int, np.ndarray] = field(default_factory=dict)
-    cust_cents: dict[int, np.ndarray] = field(default_factory=dict)
-    term_count: dict[int, np.ndarray] = field(default_factory=dict)
-    term_frauds: dict[int, np.ndarray] = field(default_factory=dict)
-    gap_ms: np.ndarray | None = None  # -1 when the customer has no earlier transaction
+    cust_count: np.ndarray
+    cust_cents: np.ndarray
+    term_count: np.ndarray
+    term_frauds: np.ndarray
+    gap_ms: np.ndarray  # -1 when the customer has no earlier transaction
 
 
 def to_ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -114,20 +117,21 @@ def feature_columns(
         "TX_DURING_WEEKEND": (weekday >= 5).astype(np.float64),
         "TX_DURING_NIGHT": (hour <= 6).astype(np.float64),
     }
-    for w in cfg.windows:
-        count = agg.cust_count[w]
-        out[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = count.astype(np.float64)
-        out[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = np.where(
-            count > 0, agg.cust_cents[w] / np.maximum(count, 1) / 100.0, 0.0
-        )
-    for w in cfg.windows:
-        count = agg.term_count[w]
-        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = count.astype(np.float64)
-        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = fraud_rate(agg.term_frauds[w], count)
+    count = agg.cust_count  # all windows at once: one row per window
+    cust_nb = count.astype(np.float64)
+    cust_avg = np.where(count > 0, agg.cust_cents / np.maximum(count, 1) / 100.0, 0.0)
+    for i, w in enumerate(cfg.windows):
+        out[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = cust_nb[i]
+        out[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = cust_avg[i]
+    term_nb = agg.term_count.astype(np.float64)
+    risk = fraud_rate(agg.term_frauds, agg.term_count)
+    for i, w in enumerate(cfg.windows):
+        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = term_nb[i]
+        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = risk[i]
     if cfg.extras:
-        avg30 = agg.cust_cents[30] / np.maximum(agg.cust_count[30], 1)
+        i30 = cfg.windows.index(30)
+        avg30 = agg.cust_cents[i30] / np.maximum(agg.cust_count[i30], 1)
         out["AMOUNT_TO_CUSTOMER_AVG_30DAY"] = agg.amount_cents / np.maximum(avg30, 1.0)
-        assert agg.gap_ms is not None
         cap = cfg.gap_cap_days * MS_PER_DAY
         gap = np.where((agg.gap_ms < 0) | (agg.gap_ms > cap), cap, agg.gap_ms)
         out["SECONDS_SINCE_PREVIOUS_TX"] = gap / 1000.0
@@ -164,13 +168,17 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
     fraud = df[schema.TX_FRAUD].to_numpy(dtype=np.int64)
     n = len(df)
     pos = np.arange(n)
-    agg = Aggregates(time_ms=t, amount_cents=cents)
+    block = (len(cfg.windows), n)
+    agg = Aggregates(
+        time_ms=t,
+        amount_cents=cents,
+        cust_count=np.zeros(block, dtype=np.int64),
+        cust_cents=np.zeros(block, dtype=np.int64),
+        term_count=np.zeros(block, dtype=np.int64),
+        term_frauds=np.zeros(block, dtype=np.int64),
+        gap_ms=np.zeros(n, dtype=np.int64),
+    )
     if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        for w in cfg.windows:
-            agg.cust_count[w] = agg.cust_cents[w] = empty
-            agg.term_count[w] = agg.term_frauds[w] = empty
-        agg.gap_ms = empty
         return agg
     t0 = t - t.min()
     span = int(t0.max()) + cfg.terminal_retention_ms + cfg.customer_retention_ms + 1
@@ -180,33 +188,25 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
     key = cust[order] * span + t0[order]
     csum = np.concatenate([[0], np.cumsum(cents[order])])
     idx = np.arange(n)
-    for w in cfg.windows:
+    for i, w in enumerate(cfg.windows):
         left = np.searchsorted(key, key - w * MS_PER_DAY, side="right")
-        count = np.empty(n, dtype=np.int64)
-        total = np.empty(n, dtype=np.int64)
-        count[order] = idx - left + 1
-        total[order] = csum[idx + 1] - csum[left]
-        agg.cust_count[w], agg.cust_cents[w] = count, total
+        agg.cust_count[i, order] = idx - left + 1
+        agg.cust_cents[i, order] = csum[idx + 1] - csum[left]
     same = np.zeros(n, dtype=bool)
     same[1:] = cust[order][1:] == cust[order][:-1]
     gap_sorted = np.full(n, -1, dtype=np.int64)
     gap_sorted[1:] = np.where(same[1:], t0[order][1:] - t0[order][:-1], -1)
-    gap = np.empty(n, dtype=np.int64)
-    gap[order] = gap_sorted
-    agg.gap_ms = gap
+    agg.gap_ms[order] = gap_sorted
 
     term = _group_codes(df[schema.TERMINAL_ID])
     order = np.lexsort((pos, t0, term))
     key = term[order] * span + t0[order]
     fsum = np.concatenate([[0], np.cumsum(fraud[order])])
     hi = np.searchsorted(key, key - cfg.delay_ms, side="right")
-    for w in cfg.windows:
+    for i, w in enumerate(cfg.windows):
         lo = np.searchsorted(key, key - cfg.delay_ms - w * MS_PER_DAY, side="right")
-        count = np.empty(n, dtype=np.int64)
-        frauds = np.empty(n, dtype=np.int64)
-        count[order] = hi - lo
-        frauds[order] = fsum[hi] - fsum[lo]
-        agg.term_count[w], agg.term_frauds[w] = count, frauds
+        agg.term_count[i, order] = hi - lo
+        agg.term_frauds[i, order] = fsum[hi] - fsum[lo]
     return agg
 
 

@@ -28,8 +28,9 @@ class JsonOnly:
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            headers = dict(scope.get("headers") or [])
-            ctype = headers.get(b"content-type", b"").decode("latin-1")
+            ctype = next(
+                (v for k, v in scope.get("headers") or () if k == b"content-type"), b""
+            ).decode("latin-1")
             media = ctype.split(";")[0].strip().lower()
             if media not in JSON_TYPES:
                 body = json.dumps(

@@ -65,61 +65,55 @@ class OnlineFeatures:
         remaining = Counter(r.customer_id for r in batch)
         copied: set[str] = set()
         term_hist = self.state.terminal_histories(list({r.terminal_id for r in batch}))
-        agg = Aggregates(
-            time_ms=np.fromiter((r.time_ms for r in batch), np.int64, n),
-            amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
-        )
-        wins = cfg.windows
-        # Windows nest, so each transaction bisects widest-first inside the previous bounds and
-        # sums narrowest-first, adding only each window's extra slice.
-        widest = sorted(wins, reverse=True)
-        spans = [(w, w * MS_PER_DAY) for w in widest]
-        narrow = widest[::-1]
+        # Windows nest, so each transaction bisects widest-first inside the previous bounds;
+        # window sums are differences of the histories' running totals.
+        widest = sorted(cfg.windows, reverse=True)
+        spans = [w * MS_PER_DAY for w in widest]
         delay = cfg.delay_ms
-        cc: dict[int, list[int]] = {w: [] for w in wins}
-        cs: dict[int, list[int]] = {w: [] for w in wins}
-        tc: dict[int, list[int]] = {w: [] for w in wins}
-        tf: dict[int, list[int]] = {w: [] for w in wins}
-        gap: list[int] = []
         right_of = bisect.bisect_right
-        left: dict[int, int] = {}
+        # One row of ints per transaction: gap, then per window (widest first) customer
+        # count and cents, terminal count and frauds.
+        flat: list[int] = []
+        add = flat.extend
         for r in batch:
             t, cid, amount = r.time_ms, r.customer_id, r.amount_cents
-            times, cents = cust_hist[cid]
+            times, cum = cust_hist[cid]
             right = right_of(times, t)
-            gap.append(t - times[right - 1] if right else -1)
-            lo = 0
-            for w, span in spans:
-                lo = left[w] = right_of(times, t - span, lo, right)
-            total, edge = amount, right
-            for w in narrow:
-                total += sum(cents[left[w] : edge])
-                edge = left[w]
-                cc[w].append(right - edge + 1)
-                cs[w].append(total)
+            add((t - times[right - 1] if right else -1,))
+            lo, top = 0, cum[right]
+            for span in spans:
+                lo = right_of(times, t - span, lo, right)
+                add((right - lo + 1, top - cum[lo] + amount))
             remaining[cid] -= 1
             if remaining[cid]:  # seen again later in this batch: keep it, on a copy
                 if cid not in copied:
-                    times, cents = list(times), list(cents)
-                    cust_hist[cid] = (times, cents)
+                    times, cum = list(times), list(cum)
+                    cust_hist[cid] = (times, cum)
                     copied.add(cid)
                 times.insert(right, t)
-                cents.insert(right, amount)
-            ttimes, labels = term_hist[r.terminal_id]
+                cum.insert(right + 1, top + amount)
+                for j in range(right + 2, len(cum)):
+                    cum[j] += amount
+            ttimes, frauds = term_hist[r.terminal_id]
             hi = right_of(ttimes, t - delay)
-            lo = 0
-            for w, span in spans:
-                lo = left[w] = right_of(ttimes, t - delay - span, lo, hi)
-            frauds, edge = 0, hi
-            for w in narrow:
-                frauds += labels[left[w] : edge].count(1)
-                edge = left[w]
-                tc[w].append(hi - edge)
-                tf[w].append(frauds)
-        as_array = lambda d: {w: np.array(v, dtype=np.int64) for w, v in d.items()}  # noqa: E731
-        agg.cust_count, agg.cust_cents = as_array(cc), as_array(cs)
-        agg.term_count, agg.term_frauds = as_array(tc), as_array(tf)
-        agg.gap_ms = np.array(gap, dtype=np.int64)
+            lo, top = 0, frauds[hi]
+            for span in spans:
+                lo = right_of(ttimes, t - delay - span, lo, hi)
+                add((hi - lo, top - frauds[lo]))
+        k = len(widest)
+        block = np.array(flat, dtype=np.int64).reshape(n, 1 + 4 * k).T
+        order = [widest.index(w) for w in cfg.windows]  # back to the configured order
+        cust = block[1 : 1 + 2 * k].reshape(k, 2, n)[order]
+        term = block[1 + 2 * k :].reshape(k, 2, n)[order]
+        agg = Aggregates(
+            time_ms=np.fromiter((r.time_ms for r in batch), np.int64, n),
+            amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
+            cust_count=cust[:, 0],
+            cust_cents=cust[:, 1],
+            term_count=term[:, 0],
+            term_frauds=term[:, 1],
+            gap_ms=block[0],
+        )
         cats = None
         if self.categorical:
             cats = {
@@ -171,14 +165,15 @@ class OnlineFeatures:
 
 
 def terminal_windows(
-    times: Sequence[int], labels: list[int], t: int, cfg: FeatureConfig
+    times: Sequence[int], frauds: Sequence[int], t: int, cfg: FeatureConfig
 ) -> dict[int, tuple[int, int]]:
-    """Per window: (transactions, known frauds) of a terminal in ``(t-delay-w, t-delay]``."""
+    """Per window: (transactions, known frauds) of a terminal in ``(t-delay-w, t-delay]``,
+    from its history (times and running fraud count)."""
     hi = bisect.bisect_right(times, t - cfg.delay_ms)
     out = {}
     for w in cfg.windows:
         lo = bisect.bisect_right(times, t - cfg.delay_ms - w * MS_PER_DAY, 0, hi)
-        out[w] = (hi - lo, labels[lo:hi].count(1))
+        out[w] = (hi - lo, frauds[hi] - frauds[lo])
     return out
 
 

@@ -238,8 +238,8 @@ class FraudScorer:
 
     def terminal_risk(self, terminal_id: str, at_ms: int) -> dict[str, float]:
         """Terminal window counts and fraud rates as a transaction at ``at_ms`` would see them."""
-        times, labels = self.features.state.terminal_histories([terminal_id])[terminal_id]
-        windows = online.terminal_windows(times, labels, at_ms, self.cfg)
+        times, frauds = self.features.state.terminal_histories([terminal_id])[terminal_id]
+        windows = online.terminal_windows(times, frauds, at_ms, self.cfg)
         return {
             f"risk_{w}d": float(features.fraud_rate(np.array(frauds), np.array(count)))
             for w, (count, frauds) in windows.items()

@@ -148,13 +148,16 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, routes: Iterable[str] = API_ROUTES) -> None:
         self.app = app
-        self.routes = set(routes)
+        # One histogram child per route, resolved once (``labels()`` per request showed up at
+        # ~1.5 % of the worker's CPU under load).
+        self.latency = {route: REQUEST_SECONDS.labels(route) for route in routes}
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path not in self.routes:
+        latency = self.latency.get(scope.get("path", ""))
+        if latency is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
         start = time.perf_counter()
         status = 500
 
@@ -167,7 +170,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            REQUEST_SECONDS.labels(path).observe(time.perf_counter() - start)
+            latency.observe(time.perf_counter() - start)
             kind = error_kind(status)
             if kind is not None:
                 ERRORS.labels(path, kind).inc()
