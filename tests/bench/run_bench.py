@@ -203,6 +203,39 @@ def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, fl
     return out
 
 
+def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]:
+    """Microseconds per transaction of the whole scorer (online features + compiled model +
+    recording) on the warmed champion state, per batch size: warm caches (batch after batch)
+    and cold (64 MB written between batches, as a busy server's other work and neighbours
+    leave the CPU caches; in the server a batch costs about the cold figure)."""
+    import gc
+
+    from training.api_models import Transaction
+    from training.serving import FraudScorer, ModelBundle
+
+    bundle = ModelBundle.load(model_path, meta)
+    with bodies.open() as f:
+        recs = [Transaction.model_validate(json.loads(line)["transactions"][0]) for line in f]
+    records = [t.to_record() for t in recs]
+    flush = np.ones(64 * 2**20 // 8)
+    out: dict[str, float] = {}
+    for cold in (False, True):
+        for n in (1, 12, 100):
+            scorer = FraudScorer(bundle)
+            scorer.warm()
+            gc.collect()
+            times = []
+            for k in range(min(200, len(records) // n)):
+                batch = records[k * n : (k + 1) * n]
+                if cold:
+                    flush += 1.0
+                t0 = time.perf_counter()
+                scorer.score(batch)
+                times.append(time.perf_counter() - t0)
+            out[f"{'cold' if cold else 'warm'}_{n}"] = float(np.median(times)) / n * 1e6
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "15")))
@@ -237,6 +270,7 @@ def main() -> None:
     print(f"champion {model.tag} (MLflow v{model.info.metadata.get('mlflow_model_version')})")
     bodies = make_bodies(work, model_path, columns)
     cost = model_cost(model_path, columns, model.info.metadata)
+    scoring = scoring_cost(model_path, model.info.metadata, bodies["single"])
 
     env = {
         **os.environ,
@@ -374,6 +408,7 @@ def main() -> None:
             "rate": "500 req/s offered (hey -c 50 -q 10)",
         },
         "model_us_per_tx": cost,
+        "scorer_us_per_tx": scoring,
         "servers": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -405,6 +440,15 @@ def render(report: dict[str, Any]) -> str:
         "Model cost, µs per transaction (in process, median): "
         + ", ".join(f"{k.replace('_', ' @ ')} rows: {v:.1f}" for k, v in c.items()),
     ]
+    if "scorer_us_per_tx" in report:
+        sc = report["scorer_us_per_tx"]
+        lines.append(
+            "Whole scorer (features + model + state), µs per transaction (in process, median), "
+            "warm caches / caches flushed between batches: "
+            + ", ".join(
+                f"{n} tx: {sc[f'warm_{n}']:.1f} / {sc[f'cold_{n}']:.1f}" for n in (1, 12, 100)
+            )
+        )
     if "fraud-api" in s and "bentoml-noop" in s:
         a, n = s["fraud-api"], s["bentoml-noop"]
         lines.append(
