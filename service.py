@@ -6,7 +6,6 @@ Thin on purpose: feature logic lives in ``training.online``/``training.features`
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import threading
@@ -42,6 +41,7 @@ from training.serving import (
     SwapError,
     find_bento_model,
     service_config,
+    settle_gc,
 )
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
@@ -75,10 +75,7 @@ class FraudDetector:
         bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
         self.scorer = FraudScorer(bundle, drift_window=SETTINGS.drift_window)
         warmed = self.scorer.warm()
-        # The warmed state is ~10^5-10^6 long-lived objects; without this, every full GC
-        # pass walks them and stalls the event loop for ~0.3 s (seen as a p99 cliff).
-        gc.collect()
-        gc.freeze()
+        settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
         tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
         self.flagged = tm.PREDICTIONS.labels("fraud")

@@ -23,6 +23,7 @@ from training.online_state import (
     FeatureState,
     InMemoryFeatureState,
     LabelUpdate,
+    insert_sorted,
 )
 
 
@@ -90,10 +91,7 @@ class OnlineFeatures:
                     times, cum = list(times), list(cum)
                     cust_hist[cid] = (times, cum)
                     copied.add(cid)
-                times.insert(right, t)
-                cum.insert(right + 1, top + amount)
-                for j in range(right + 2, len(cum)):
-                    cum[j] += amount
+                insert_sorted(times, cum, t, amount, ())
             ttimes, frauds = term_hist[r.terminal_id]
             hi = right_of(ttimes, t - delay)
             lo, top = 0, frauds[hi]

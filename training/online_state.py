@@ -118,7 +118,7 @@ class InMemoryFeatureState(FeatureState):
                 times.append(t)
                 cum.append(cum[-1] + ev.amount_cents)
             else:
-                _insert(times, cum, t, ev.amount_cents, ())
+                insert_sorted(times, cum, t, ev.amount_cents, ())
             tentry = term.get(ev.terminal_id)
             if tentry is None:
                 tentry = term[ev.terminal_id] = ([], [0], [], [], [])
@@ -131,7 +131,7 @@ class InMemoryFeatureState(FeatureState):
                 labels.append(ev.label)
                 decisions.append(ev.decision)
             else:
-                _insert(
+                insert_sorted(
                     ttimes,
                     frauds,
                     t,
@@ -201,15 +201,15 @@ class InMemoryFeatureState(FeatureState):
 _OUTCOME = {(1, 1): "tp", (1, 0): "fp", (0, 1): "fn", (0, 0): "tn"}
 
 
-def _insert(
+def insert_sorted(
     times: list[int],
     cum: list[int],
     time_ms: int,
     value: int,
     columns: Iterable[tuple[list, object]],
 ) -> None:
-    """Insert an event that arrived late, keeping ``times``, the running totals ``cum`` and
-    the parallel columns sorted by time."""
+    """Insert an event by time (after any equal times), keeping the running totals ``cum``
+    and the parallel columns in step."""
     k = bisect.bisect_right(times, time_ms)
     times.insert(k, time_ms)
     cum.insert(k + 1, cum[k] + value)

@@ -6,6 +6,7 @@ tested in process and reused by other front ends.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -34,6 +35,22 @@ from training.online_state import FeatureState, LabelUpdate
 MAX_BATCH = 1000
 MAX_LATENCY_MS = 1000
 BATCHING = {"max_batch_size": MAX_BATCH, "max_latency_ms": MAX_LATENCY_MS}
+
+
+# Young-generation collections: every 50,000 net allocations instead of 700. A request makes a
+# few hundred short-lived objects, nearly all freed by reference counting, so the default ran a
+# collection every couple of requests. Measured on the worker under wrk -c32: CPU per
+# single-transaction request 419 -> 381 and 420 -> 405 µs in two interleaved A/B runs.
+GC_THRESHOLDS = (50_000, 50, 1_000)
+
+
+def settle_gc() -> None:
+    """Once start-up (model load, state warm-up) is done: collect, freeze what survived so full
+    passes never walk it again (they stalled the loop ~0.3 s over the warmed state), and collect
+    the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def service_config(settings: Settings) -> dict[str, Any]:

@@ -6,7 +6,6 @@ real service with it.
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from pydantic import Field
 from training import bentoml_patches
 from training.api_models import Prediction, Transaction
 from training.config import get_settings
-from training.serving import BATCHING, MAX_BATCH, service_config
+from training.serving import BATCHING, MAX_BATCH, service_config, settle_gc
 
 # The same request-path fixes and GC setting as the real service, unless asked to run BentoML
 # as shipped (`make bench` runs it both ways: the framework's ceiling, stock and lifted).
@@ -29,9 +28,8 @@ class NoopFraudService:
     def __init__(self) -> None:
         if get_settings().bentoml_patches and not STOCK:
             bentoml_patches.apply()
-        if not STOCK:  # as the real service does after start-up: GC passes skip the import heap
-            gc.collect()
-            gc.freeze()
+        if not STOCK:  # the real service's GC setting after start-up
+            settle_gc()
 
     @bentoml.api(batchable=True, **BATCHING)
     async def predict(

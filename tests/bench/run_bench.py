@@ -3,8 +3,9 @@
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api     `bentoml serve service:FraudDetector` (this project)
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
-                with the same request-path fixes (training/bentoml_patches.py) and GC freeze
-  bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, no GC freeze)
+                with the same request-path fixes (training/bentoml_patches.py) and GC
+                setting (training.serving.settle_gc)
+  bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, default GC)
   fastapi-seed  FastAPI + uvicorn + the scikit-learn pipeline, one request at a time
   mlflow-serve  `mlflow models serve` of the same champion (input: the feature row)
 Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
