@@ -26,9 +26,10 @@ from training.features import FeatureConfig
 from training.online import OnlineFeatures, TxRecord, new_state
 from training.online_state import FeatureState, LabelUpdate
 
-# Adaptive batching. Measured here (2 cores, compiled 100-tree forest): a batch costs about
-# 0.2 ms + 20 us per transaction (features ~10 us, model ~3 us, validation and response the
-# rest), so even the largest batch (1,000 transactions, the request limit) takes ~20 ms.
+# Adaptive batching. Measured here (2 cores, compiled 100-tree forest): inside the busy server,
+# where a batch meets cold CPU caches, scoring costs about 0.4 ms + 30 us per transaction
+# (`make bench`, last lines), so even the largest batch (1,000 transactions, the request
+# limit) takes ~30 ms.
 # max_batch_size=1000 lets one call absorb many concurrent requests; max_latency_ms is a hard
 # deadline in BentoML (requests that would miss it get 503), so it is set well above the
 # worst measured batch cost plus queueing at peak load (p99 < 0.15 s at 1,300 req/s).
