@@ -237,6 +237,24 @@ def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]
     return out
 
 
+def own_bentoml_home(work: Path, name: str) -> Path:
+    """A BentoML home per bench server sharing the real model store: BentoML keeps its
+    Prometheus multiprocess files in the home and empties that folder at start, so servers run
+    side by side on one home would each show the others' metrics on /metrics and lose their own.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    real = Path(BentoMLContainer.bentoml_home.get())
+    home = work / "homes" / name
+    home.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        link = home / store
+        if not link.is_symlink():
+            (real / store).mkdir(parents=True, exist_ok=True)
+            link.symlink_to(real / store)
+    return home
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "15")))
@@ -346,7 +364,11 @@ def main() -> None:
                 proc = subprocess.Popen(
                     ["taskset", "-c", SERVER_CPU, *argv],
                     cwd=PROJECT,
-                    env={**env, "NOOP_STOCK": "1"} if name.endswith("-stock") else env,
+                    env={
+                        **env,
+                        "BENTOML_HOME": str(own_bentoml_home(work, name)),
+                        **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
+                    },
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
