@@ -39,9 +39,11 @@ from training.serving import (
     FraudScorer,
     ModelBundle,
     SwapError,
+    feature_config,
     find_bento_model,
     service_config,
     settle_gc,
+    state_for,
 )
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
@@ -73,7 +75,11 @@ class FraudDetector:
             log.info("BentoML request-path fixes applied: %s", bentoml_patches.apply())
         quiet_client_errors()
         bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
-        self.scorer = FraudScorer(bundle, drift_window=SETTINGS.drift_window)
+        self.scorer = FraudScorer(
+            bundle,
+            state=state_for(SETTINGS, feature_config(bundle.info)),
+            drift_window=SETTINGS.drift_window,
+        )
         warmed = self.scorer.warm()
         settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
         tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
@@ -124,8 +130,12 @@ class FraudDetector:
         return out
 
     def publish_gauges(self) -> None:
-        """Feature-state size and live drift (a few ms at most, every GAUGE_EVERY_S)."""
+        """Feature-state size and live drift (a few ms at most, every GAUGE_EVERY_S); with
+        several workers, follows a hot swap another worker announced."""
         self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
+        wanted = self.scorer.announced_model()
+        if wanted and wanted != self.scorer.model_version and not self.reload_lock.locked():
+            threading.Thread(target=self._follow, args=(wanted,), daemon=True).start()
         window = self.scorer.drift
         tm.publish_state(
             self.scorer.features.state.stats(),
@@ -199,7 +209,15 @@ class FraudDetector:
         )
         if status != 200:
             raise HTTPException(status, "admin call not allowed: send the FRAUD_ADMIN_TOKEN")
-        version = body.version if body else None
+        try:
+            return self._swap_to(body.version if body else None)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except SwapError as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    def _swap_to(self, version: str | None) -> dict[str, Any]:
+        """Load a Bento-store model (MLflow ``version``; default the latest) and swap to it."""
         t0 = time.perf_counter()
         with self.reload_lock:
             try:
@@ -207,12 +225,9 @@ class FraudDetector:
                 bundle = ModelBundle.load(Path(model.path), model.info.metadata)
                 old_meta = self.scorer.bundle.metadata
                 previous = self.scorer.swap(bundle)
-            except LookupError as exc:
+            except (LookupError, SwapError):
                 tm.MODEL_SWAPS.labels("failed").inc()
-                raise HTTPException(404, str(exc)) from exc
-            except SwapError as exc:
-                tm.MODEL_SWAPS.labels("failed").inc()
-                raise HTTPException(409, str(exc)) from exc
+                raise
             tm.retire_model(old_meta, previous)
             tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
             tm.MODEL_SWAPS.labels("ok").inc()
@@ -224,6 +239,13 @@ class FraudDetector:
             "bento_model": str(model.tag),
             "swap_seconds": round(seconds, 3),
         }
+
+    def _follow(self, version: str) -> None:
+        """Swap to the version another worker switched to (a failure is logged and counted)."""
+        try:
+            self._swap_to(version)
+        except (LookupError, SwapError) as exc:
+            log.warning("could not follow the hot swap to model %s: %s", version, exc)
 
     @ops.api_route("/test", methods=["GET", "POST"])
     def test(self) -> dict[str, Any]:

@@ -26,6 +26,35 @@ PROJECT = Path(__file__).resolve().parent.parent
 SMALL = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=7)
 
 
+# The tests' Redis (the machine's, started before the session): database 15, one key prefix per
+# test, every key deleted afterwards.
+REDIS_URL = os.environ.get("FRAUD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_state(request: pytest.FixtureRequest):
+    """A factory of empty online states of each kind: in memory, and in a real Redis."""
+    from uuid import uuid4
+
+    from training.online_state import InMemoryFeatureState
+    from training.redis_state import RedisFeatureState
+
+    made: list[RedisFeatureState] = []
+
+    def make(customer_retention_ms: int, terminal_retention_ms: int):
+        if request.param == "memory":
+            return InMemoryFeatureState(customer_retention_ms, terminal_retention_ms)
+        state = RedisFeatureState.from_url(
+            REDIS_URL, customer_retention_ms, terminal_retention_ms, f"test-{uuid4().hex[:12]}"
+        )
+        made.append(state)
+        return state
+
+    yield make
+    for state in made:
+        state.clear()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

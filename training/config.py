@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     drift_min_transactions: int = Field(
         1_000, ge=1, description="Transactions in the window before drift is reported"
     )
+    state_backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Online feature state: in the serving process (one worker), or in Redis "
+        "(shared by several workers and replicas)",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the shared state")
+    state_prefix: str = Field(
+        "fraud", pattern=r"^[A-Za-z0-9_.-]+$", description="Key prefix of the state in Redis"
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Serving worker processes (more than 1 needs the Redis state)"
+    )
     retrain_grid: str = Field(
         "standard", description="Default search grid of the daily retraining (quick/standard/full)"
     )
@@ -74,6 +86,15 @@ class Settings(BaseSettings):
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
+
+    @model_validator(mode="after")
+    def _workers_share_state(self) -> Settings:
+        if self.workers > 1 and self.state_backend != "redis":
+            raise ValueError(
+                "FRAUD_WORKERS > 1 needs FRAUD_STATE_BACKEND=redis: each worker would otherwise "
+                "keep its own feature state and see only its share of the transactions"
+            )
+        return self
 
     @field_validator("bento_base_image", "compose_project_dir", "compose_env_file", mode="before")
     @classmethod

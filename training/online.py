@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -23,21 +22,11 @@ from training.online_state import (
     FeatureState,
     InMemoryFeatureState,
     LabelUpdate,
+    TxRecord,
     insert_sorted,
 )
 
-
-class TxRecord(NamedTuple):
-    """A normalised transaction as the online path sees it (a NamedTuple: built per
-    transaction on the hot path, ~3x cheaper than a frozen dataclass)."""
-
-    transaction_id: str
-    customer_id: str
-    terminal_id: str
-    time_ms: int
-    amount_cents: int
-    channel: str = schema.UNKNOWN
-    merchant_category: str = schema.UNKNOWN
+__all__ = ["OnlineFeatures", "TxRecord", "new_state", "records_from_frame", "replay"]
 
 
 def new_state(cfg: FeatureConfig) -> InMemoryFeatureState:
@@ -57,15 +46,17 @@ class OnlineFeatures:
         return pd.DataFrame(self.compute_columns(batch, record))
 
     def compute_columns(
-        self, batch: Sequence[TxRecord], record: bool = True
+        self, batch: Sequence[TxRecord], record: bool = True, *, decided_later: bool = False
     ) -> dict[str, np.ndarray]:
-        """Features for ``batch`` in order, as named arrays (the serving hot path)."""
+        """Features for ``batch`` in order, as named arrays (the serving hot path).
+
+        With ``record`` the batch is recorded in the state; with ``decided_later`` too, the
+        caller completes that with :meth:`record` and the decisions it took (scoring)."""
         cfg = self.cfg
         n = len(batch)
-        cust_hist = self.state.customer_histories(list({r.customer_id for r in batch}))
+        cust_hist, term_hist = self.state.histories(batch, record)
         remaining = Counter(r.customer_id for r in batch)
         copied: set[str] = set()
-        term_hist = self.state.terminal_histories(list({r.terminal_id for r in batch}))
         # Windows nest, so each transaction bisects widest-first inside the previous bounds;
         # window sums are differences of the histories' running totals.
         widest = sorted(cfg.windows, reverse=True)
@@ -120,25 +111,14 @@ class OnlineFeatures:
                     [r.merchant_category for r in batch], dtype=object
                 ),
             }
-        if record:
+        if record and not decided_later:
             self.record(batch)
         return features.feature_columns(agg, cfg, cats)
 
     def record(self, batch: Sequence[TxRecord], decisions: Sequence[int] | None = None) -> None:
-        """Record scored transactions (with the decision taken, for live precision/recall)."""
-        flags = decisions if decisions is not None else [NOT_SCORED] * len(batch)
-        self.state.append(
-            Event(
-                r.transaction_id,
-                r.customer_id,
-                r.terminal_id,
-                r.time_ms,
-                r.amount_cents,
-                UNKNOWN_LABEL,
-                d,
-            )
-            for r, d in zip(batch, flags, strict=True)
-        )
+        """Record a batch whose features were computed with ``record`` on, with the decisions
+        taken (for live precision/recall)."""
+        self.state.decide(batch, decisions if decisions is not None else [NOT_SCORED] * len(batch))
 
     def feedback(self, labels: dict[str, int]) -> LabelUpdate:
         """Labels for transactions the state knows: unknown ids and confusion counts."""

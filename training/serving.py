@@ -7,6 +7,7 @@ tested in process and reused by other front ends.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import threading
 import time
@@ -25,6 +26,7 @@ from training.config import Settings
 from training.features import FeatureConfig
 from training.online import OnlineFeatures, TxRecord, new_state
 from training.online_state import FeatureState, LabelUpdate
+from training.redis_state import RedisFeatureState
 
 # Adaptive batching. Measured here (2 cores, compiled 100-tree forest): inside the busy server,
 # where a batch meets cold CPU caches, scoring costs about 0.4 ms + 30 us per transaction
@@ -58,8 +60,8 @@ def settle_gc() -> None:
 def service_config(settings: Settings) -> dict[str, Any]:
     """``@bentoml.service`` settings shared by the service and its benchmark baselines."""
     return {
-        # The in-memory feature state is per process: one worker keeps it consistent.
-        "workers": 1,
+        # The in-memory feature state is per process: one worker unless the state is in Redis.
+        "workers": settings.workers,
         "traffic": {"timeout": 30},
         # Per-request work we do not use (py-spy under load, see README "Performance"): no
         # tracing spans on the scoring routes, no access-log line per request by default.
@@ -139,6 +141,18 @@ def feature_config(info: dict[str, Any]) -> FeatureConfig:
     return FeatureConfig(**cfg)
 
 
+def state_for(settings: Settings, cfg: FeatureConfig) -> FeatureState:
+    """The online feature state the settings ask for (Redis: connected and checked)."""
+    if settings.state_backend == "redis":
+        return RedisFeatureState.from_url(
+            settings.redis_url,
+            cfg.customer_retention_ms,
+            cfg.terminal_retention_ms,
+            settings.state_prefix,
+        )
+    return new_state(cfg)
+
+
 class Scored(NamedTuple):
     proba: np.ndarray
     flagged: np.ndarray
@@ -199,7 +213,14 @@ class FraudScorer:
         previous = self.model_version
         with self.lock:
             self._install(bundle)
+        if isinstance(self.features.state, RedisFeatureState):  # the other workers follow
+            self.features.state.announce_model(self.model_version)
         return previous
+
+    def announced_model(self) -> str | None:
+        """The version a hot swap in another worker switched to (shared state only)."""
+        state = self.features.state
+        return state.announced_model() if isinstance(state, RedisFeatureState) else None
 
     @property
     def model_version(self) -> str:
@@ -209,10 +230,23 @@ class FraudScorer:
         """Materialise the state from the history shipped with the model."""
         if self.bundle.warmup_path is None:
             return 0
-        history = schema.normalize(pd.read_parquet(self.bundle.warmup_path))
-        with self.lock:
-            self.warmed = self.features.warm(history)
+        state = self.features.state
+        if isinstance(state, RedisFeatureState):  # shared: the first worker warms it for all
+            token = hashlib.sha1(self.bundle.warmup_path.read_bytes()).hexdigest()[:16]
+            done = state.claim_warmup(token)
+            if done is not None:
+                self.warmed = done
+                return done
+            self.warmed = self._warm_from(self.bundle.warmup_path)
+            state.warmup_done(token, self.warmed)
+            return self.warmed
+        self.warmed = self._warm_from(self.bundle.warmup_path)
         return self.warmed
+
+    def _warm_from(self, path: Path) -> int:
+        history = schema.normalize(pd.read_parquet(path))
+        with self.lock:
+            return self.features.warm(history)
 
     def score(self, batch: Sequence[TxRecord], record: bool = True) -> Scored:
         """Fraud probabilities, decisions and the model version that produced them (read under
@@ -221,7 +255,7 @@ class FraudScorer:
         if not batch:
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), self.model_version)
         with self.lock:
-            cols = self.features.compute_columns(batch, record=False)
+            cols = self.features.compute_columns(batch, record, decided_later=True)
             if self.bundle.compiled is not None:
                 proba = self.bundle.compiled.predict_proba(cols)
             else:

@@ -1,0 +1,435 @@
+"""The online feature state in Redis: one state shared by several workers or replicas.
+
+Layout (``P`` is the key prefix; every value is packed little-endian int64s, appended with
+``APPEND`` so a write never reads or rewrites a history):
+
+- ``P:c:<customer>``  (time ms, amount cents) per transaction
+- ``P:t:<terminal>``  time ms per transaction
+- ``P:f:<terminal>``  (time ms of the transaction, +1/-1) per fraud label set / withdrawn
+- ``P:x:<tx id>``     time ms, decision (int8), label (int8), terminal id: dedup + labels
+
+A scoring batch is one script call (``RECORD``): it reads the histories of the batch's
+customers and terminals and appends the batch, atomically, so concurrent workers see each other's
+transactions as in some serial order; a second call attaches the decisions (``DECIDE``).
+Histories are returned as the in-memory state returns them (sorted times and running totals), so
+the feature computation is the same code for both states. Events older than the retention are
+trimmed from the front of a history when a batch touches it; keys also carry a wall-clock TTL of
+the longest retention plus a day, so customers and terminals that go quiet disappear.
+
+Single Redis instance (or a primary): the scripts build some key names themselves, which a Redis
+Cluster would not route.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.online_state import (
+    _OUTCOME,
+    NOT_SCORED,
+    UNKNOWN_LABEL,
+    Event,
+    FeatureState,
+    History,
+    LabelUpdate,
+    TxRecord,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+MS_PER_DAY = 86_400_000
+
+# KEYS: nc customer keys, nt terminal keys, nt fraud keys, n transaction keys.
+# ARGV: nc, nt, n, ttl s, customer cut ms, terminal cut ms, read (0/1),
+#       per-tx (customer index, terminal index) as uint16 pairs, customer records (16 B each),
+#       terminal records (8 B each), transaction values (time, decision, label: 10 B each),
+#       fraud records (16 B each, delta 0 = none).
+# Returns [customer blobs..., terminal blobs..., fraud blobs..., new flags] (blobs only with read),
+# the histories as they were before the batch.
+RECORD = """
+local nc, nt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, ccut, tcut, read = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local idx, crec, trec, xval, frec = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local nk = nc + 2 * nt
+local blobs = redis.call('MGET', unpack(KEYS, 1, nk))
+local function trim(i, width, cut)  -- drop the events no window can reach any more
+  local v = blobs[i]
+  if not v then blobs[i] = ''; return end
+  local m, k = #v / width, 0
+  while k < m and struct.unpack('<i8', v, k * width + 1) <= cut do k = k + 1 end
+  if k > 0 then
+    v = string.sub(v, k * width + 1)
+    if #v == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], v, 'EX', ttl) end
+    blobs[i] = v
+  end
+end
+for i = 1, nc do trim(i, 16, ccut) end
+for i = nc + 1, nc + nt do trim(i, 8, tcut) end
+for i = nc + nt + 1, nk do trim(i, 16, tcut) end
+-- Append the new transactions, grouped per key; a key's TTL is set when it is created and
+-- renewed when it is trimmed (both at most a retention apart while the key is in use).
+local new, parts, order = {}, {}, {}
+local function add(key, rec, width)
+  local p = parts[key]
+  if not p then p = {width}; parts[key] = p; order[#order + 1] = key end
+  p[#p + 1] = rec
+end
+for i = 1, n do
+  local ci, ti = struct.unpack('<HH', idx, (i - 1) * 4 + 1)
+  local tkey = KEYS[nc + ti]
+  local xv = string.sub(xval, (i - 1) * 10 + 1, i * 10) .. string.sub(tkey, #ARGV[13] + 1)
+  if redis.call('SET', KEYS[nk + i], xv, 'NX', 'EX', ttl) then
+    new[i] = '1'
+    add(KEYS[ci], string.sub(crec, (i - 1) * 16 + 1, i * 16), 16)
+    add(tkey, string.sub(trec, (i - 1) * 8 + 1, i * 8), 8)
+    local f = string.sub(frec, (i - 1) * 16 + 1, i * 16)
+    if struct.unpack('<i8', f, 9) ~= 0 then add(KEYS[nc + nt + ti], f, 16) end
+  else
+    new[i] = '0'
+  end
+end
+for _, key in ipairs(order) do
+  local p = parts[key]
+  local rec = table.concat(p, '', 2)
+  if redis.call('APPEND', key, rec) == #rec then redis.call('EXPIRE', key, ttl) end
+end
+if not read then return {table.concat(new)} end
+blobs[nk + 1] = table.concat(new)
+return blobs
+"""
+
+# KEYS: transaction keys. ARGV: decisions (int8 each). Sets the decision of each transaction
+# that has none yet (a re-sent transaction keeps the decision taken the first time).
+DECIDE = """
+for i = 1, #KEYS do
+  if redis.call('GETRANGE', KEYS[i], 8, 8) == '\\255' then
+    redis.call('SETRANGE', KEYS[i], 8, string.sub(ARGV[1], i, i))
+  end
+end
+return #KEYS
+"""
+
+# KEYS: transaction keys. ARGV: labels (int8 each), fraud key prefix, ttl s.
+# Returns per transaction 3 bytes: found (0/1), decision, previous label.
+LABELS = """
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    out[i] = struct.pack('bbb', 0, 0, 0)
+  else
+    local t, dec, old = struct.unpack('<i8bb', v)
+    local label = struct.unpack('b', ARGV[1], i)
+    local delta = (label == 1 and 1 or 0) - (old == 1 and 1 or 0)
+    if delta ~= 0 then
+      local fkey = ARGV[2] .. string.sub(v, 11)
+      redis.call('APPEND', fkey, struct.pack('<i8i8', t, delta))
+      redis.call('EXPIRE', fkey, ARGV[3])
+    end
+    redis.call('SETRANGE', KEYS[i], 9, struct.pack('b', label))
+    out[i] = struct.pack('bbb', 1, dec, old)
+  end
+end
+return table.concat(out)
+"""
+
+CHUNK = 1_000  # transactions per script call when ingesting (warm-up, back-fill)
+
+
+class RedisFeatureState(FeatureState):
+    """:class:`FeatureState` in Redis; safe to share between processes."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        customer_retention_ms: int,
+        terminal_retention_ms: int,
+        prefix: str = "fraud",
+    ) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.customer_retention_ms = customer_retention_ms
+        self.terminal_retention_ms = terminal_retention_ms
+        # Wall-clock TTL of a history: set at creation, renewed at each trim. A key in use is
+        # trimmed at least once a retention, so twice the retention never drops a live event.
+        self.ttl_s = (2 * max(customer_retention_ms, terminal_retention_ms) + MS_PER_DAY) // 1000
+        self._c, self._t = f"{prefix}:c:", f"{prefix}:t:"
+        self._f, self._x = f"{prefix}:f:", f"{prefix}:x:"
+        self._record = client.register_script(RECORD)
+        self._decide = client.register_script(DECIDE)
+        self._labels = client.register_script(LABELS)
+
+    @classmethod
+    def from_url(
+        cls, url: str, customer_retention_ms: int, terminal_retention_ms: int, prefix: str
+    ) -> RedisFeatureState:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ConnectionError(f"feature state: cannot reach Redis at {url}: {exc}") from exc
+        return cls(client, customer_retention_ms, terminal_retention_ms, prefix)
+
+    # -- scoring path -------------------------------------------------------------------------
+
+    def histories(
+        self, batch: Sequence[TxRecord], record: bool
+    ) -> tuple[dict[str, History], dict[str, History]]:
+        customers = list(dict.fromkeys(r.customer_id for r in batch))
+        terminals = list(dict.fromkeys(r.terminal_id for r in batch))
+        if not record:
+            return self.customer_histories(customers), self.terminal_histories(terminals)
+        labels = [UNKNOWN_LABEL] * len(batch)
+        reply = self._run_record(batch, customers, terminals, labels, read=True)
+        nc, nt = len(customers), len(terminals)
+        return (
+            _customer_histories(customers, reply[:nc]),
+            _terminal_histories(terminals, reply[nc : nc + nt], reply[nc + nt : nc + 2 * nt]),
+        )
+
+    def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
+        if batch:
+            self._decide(
+                keys=[self._x + r.transaction_id for r in batch],
+                args=[struct.pack(f"{len(batch)}b", *decisions)],
+            )
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def customer_histories(self, customers: Sequence[str]) -> dict[str, History]:
+        if not customers:
+            return {}
+        blobs = self.r.mget([self._c + c for c in customers])
+        return _customer_histories(customers, blobs)
+
+    def terminal_histories(self, terminals: Sequence[str]) -> dict[str, History]:
+        if not terminals:
+            return {}
+        blobs = self.r.mget([self._t + t for t in terminals] + [self._f + t for t in terminals])
+        n = len(terminals)
+        return _terminal_histories(terminals, blobs[:n], blobs[n:])
+
+    # -- writes outside scoring -------------------------------------------------------------------
+
+    def append(self, events: Iterable[Event]) -> None:
+        pending: list[Event] = []
+        for ev in events:
+            pending.append(ev)
+            if len(pending) == CHUNK:
+                self._append_chunk(pending)
+                pending = []
+        if pending:
+            self._append_chunk(pending)
+
+    def _append_chunk(self, events: list[Event]) -> None:
+        batch = [
+            TxRecord(e.transaction_id, e.customer_id, e.terminal_id, e.time_ms, e.amount_cents)
+            for e in events
+        ]
+        customers = list(dict.fromkeys(r.customer_id for r in batch))
+        terminals = list(dict.fromkeys(r.terminal_id for r in batch))
+        reply = self._run_record(batch, customers, terminals, [e.label for e in events], read=False)
+        flags = reply[-1]
+        decided = [(e.transaction_id, e.decision) for e in events if e.decision != NOT_SCORED]
+        if decided:
+            self._decide(
+                keys=[self._x + i for i, _ in decided],
+                args=[struct.pack(f"{len(decided)}b", *(d for _, d in decided))],
+            )
+        # Known transactions that arrive again with a label: set it, as the in-memory state does.
+        relabel = {
+            e.transaction_id: e.label
+            for e, new in zip(events, flags, strict=True)
+            if new == ord("0") and e.label != UNKNOWN_LABEL
+        }
+        if relabel:
+            self.set_labels(relabel)
+
+    def _run_record(
+        self,
+        batch: Sequence[TxRecord],
+        customers: list[str],
+        terminals: list[str],
+        labels: Sequence[int],
+        read: bool,
+    ) -> list[Any]:
+        n = len(batch)
+        if len(customers) > 65_535 or len(terminals) > 65_535:
+            raise ValueError("at most 65,535 customers and terminals per batch")
+        cpos = {c: i for i, c in enumerate(customers, start=1)}
+        tpos = {t: i for i, t in enumerate(terminals, start=1)}
+        times = np.fromiter((r.time_ms for r in batch), np.int64, n)
+        cents = np.fromiter((r.amount_cents for r in batch), np.int64, n)
+        lab = np.asarray(labels, dtype=np.int64)
+        idx = np.fromiter(
+            (v for r in batch for v in (cpos[r.customer_id], tpos[r.terminal_id])), np.uint16, 2 * n
+        )
+        crec = np.column_stack([times, cents]).astype("<i8")
+        xval = np.zeros(n, dtype=[("t", "<i8"), ("d", "i1"), ("l", "i1")])
+        xval["t"], xval["d"], xval["l"] = times, NOT_SCORED, lab
+        frec = np.column_stack([times, (lab == 1).astype(np.int64)]).astype("<i8")
+        # Trim what no window of this batch can reach: behind its oldest transaction.
+        oldest = int(times.min())
+        keys = (
+            [self._c + c for c in customers]
+            + [self._t + t for t in terminals]
+            + [self._f + t for t in terminals]
+            + [self._x + r.transaction_id for r in batch]
+        )
+        args = [
+            len(customers),
+            len(terminals),
+            n,
+            self.ttl_s,
+            oldest - self.customer_retention_ms,
+            oldest - self.terminal_retention_ms,
+            1 if read else 0,
+            idx.astype("<u2").tobytes(),
+            crec.tobytes(),
+            times.astype("<i8").tobytes(),
+            xval.tobytes(),
+            frec.tobytes(),
+            self._t,
+        ]
+        return list(self._record(keys=keys, args=args))
+
+    def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:
+        update = LabelUpdate()
+        if not labels:
+            return update
+        ids = list(labels)
+        values = [int(labels[i]) for i in ids]
+        reply = self._labels(
+            keys=[self._x + i for i in ids],
+            args=[struct.pack(f"{len(ids)}b", *values), self._f, self.ttl_s],
+        )
+        confusion = update.confusion
+        for k, (tx_id, label) in enumerate(zip(ids, values, strict=True)):
+            found, decision, previous = struct.unpack_from("bbb", reply, 3 * k)
+            if not found:
+                update.unknown.append(tx_id)
+            elif previous == UNKNOWN_LABEL and decision != NOT_SCORED:  # count each once
+                confusion[_OUTCOME[decision, label]] += 1
+        return update
+
+    def stats(self) -> dict[str, int]:
+        info = self.r.info("memory")
+        return {"redis_keys": int(self.r.dbsize()), "redis_used_memory_bytes": info["used_memory"]}
+
+    def clear(self) -> int:
+        """Delete every key under this state's prefix (tests, a re-warm from scratch)."""
+        deleted = 0
+        for keys in _chunks(self.r.scan_iter(match=f"{self.prefix}:*", count=1_000), 1_000):
+            deleted += self.r.unlink(*keys)
+        return deleted
+
+    def claim_warmup(self, token: str, wait_s: float = 600.0) -> int | None:
+        """None when this process should warm the state from history ``token`` (then call
+        :meth:`warmup_done`); else the transactions another process warmed it with (waits while
+        another one is at it)."""
+        key = f"{self.prefix}:warm:{token}"
+        if self.r.set(key, "running", nx=True, ex=int(wait_s)):
+            return None
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            value = self.r.get(key)
+            if value is None:  # the warming process died: take over
+                return self.claim_warmup(token, wait_s)
+            if value != b"running":
+                return int(value)
+            time.sleep(0.2)
+        raise TimeoutError(f"feature state: another worker has been warming it for {wait_s}s")
+
+    def warmup_done(self, token: str, transactions: int) -> None:
+        self.r.set(f"{self.prefix}:warm:{token}", str(transactions), ex=self.ttl_s)
+
+    def announce_model(self, version: str) -> None:
+        """Tell the other workers which model version to serve (after a hot swap)."""
+        self.r.set(f"{self.prefix}:model", version)
+
+    def announced_model(self) -> str | None:
+        value = self.r.get(f"{self.prefix}:model")
+        return value.decode() if isinstance(value, bytes) else value
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _records(blobs: Sequence[Any], width: int) -> tuple[np.ndarray, list[int]]:
+    """All blobs as one (records, width) int64 array, plus each blob's start row (and the end)."""
+    starts = [0]
+    for b in blobs:
+        starts.append(starts[-1] + (len(b) if b else 0) // (8 * width))
+    joined = b"".join(b for b in blobs if b)
+    return np.frombuffer(joined, dtype="<i8").reshape(-1, width), starts
+
+
+def _sorted_by_key(times: np.ndarray, starts: list[int]) -> np.ndarray | None:
+    """An order sorting each key's rows by time (stable), or None when they already are."""
+    if len(times) < 2:
+        return None
+    down = np.flatnonzero(np.diff(times) < 0) + 1
+    if not len(down):
+        return None
+    if not set(down.tolist()) - set(starts):  # only at key boundaries
+        return None
+    owner = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    return np.lexsort((times, owner))
+
+
+def _customer_histories(customers: Sequence[str], blobs: Sequence[Any]) -> dict[str, History]:
+    rec, starts = _records(blobs, 2)
+    order = _sorted_by_key(rec[:, 0], starts)
+    if order is not None:
+        rec = rec[order]
+    times = rec[:, 0].tolist()
+    cum = np.zeros(len(rec) + 1, dtype=np.int64)
+    np.cumsum(rec[:, 1], out=cum[1:])
+    running = cum.tolist()  # differences are all a window needs: one running total for all keys
+    return {
+        c: (times[starts[i] : starts[i + 1]], running[starts[i] : starts[i + 1] + 1])
+        for i, c in enumerate(customers)
+    }
+
+
+def _terminal_histories(
+    terminals: Sequence[str], blobs: Sequence[Any], fraud_blobs: Sequence[Any]
+) -> dict[str, History]:
+    rec, starts = _records(blobs, 1)
+    t = rec[:, 0]
+    order = _sorted_by_key(t, starts)
+    if order is not None:
+        t = t[order]
+    times = t.tolist()
+    out: dict[str, History] = {}
+    for i, term in enumerate(terminals):
+        s, e = starts[i], starts[i + 1]
+        fb = fraud_blobs[i]
+        if not fb:
+            frauds = [0] * (e - s + 1)
+        else:  # running known frauds: label changes at or before each event's time
+            f = np.frombuffer(fb, dtype="<i8").reshape(-1, 2)
+            f = f[np.argsort(f[:, 0], kind="stable")]
+            running = np.concatenate(([0], np.cumsum(f[:, 1])))
+            own = t[s:e]
+            at = np.searchsorted(f[:, 0], own, side="right")
+            frauds = [int(running[np.searchsorted(f[:, 0], own[0], "left")])] if e > s else [0]
+            frauds += running[at].tolist()
+        out[term] = (times[s:e], frauds)
+    return out
