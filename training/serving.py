@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -317,4 +318,5 @@ class FraudScorer:
                 "filled": self.drift.filled if self.drift else 0,
             },
             "uptime_seconds": round(time.time() - self.started, 3),
+            "process": os.getpid(),  # which worker answered (FRAUD_WORKERS > 1)
         }

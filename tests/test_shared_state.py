@@ -1,0 +1,111 @@
+"""Several serving workers on one Redis feature state: `bentoml serve` with FRAUD_WORKERS=2."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from uuid import uuid4
+
+import bentoml
+import httpx
+import pandas as pd
+import pytest
+
+from training.api_models import request_bodies
+from training.online import records_from_frame
+from training.redis_state import RedisFeatureState
+from training.serving import FraudScorer, ModelBundle
+
+from .conftest import REDIS_URL, free_port
+
+
+def _state(prefix: str) -> RedisFeatureState:
+    day = 86_400_000
+    return RedisFeatureState.from_url(REDIS_URL, 30 * day, 37 * day, prefix)
+
+
+def _stream(small_raw: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` new transactions of three known customers, minutes apart after the history ends."""
+    tail = small_raw.tail(200)
+    customers = tail["CUSTOMER_ID"].drop_duplicates().head(3).tolist()
+    rows = tail[tail["CUSTOMER_ID"].isin(customers)].head(1)
+    start = small_raw["TX_DATETIME"].max()
+    out = pd.concat([rows] * n, ignore_index=True)
+    out["CUSTOMER_ID"] = [customers[i % 3] for i in range(n)]
+    out["TX_DATETIME"] = [start + pd.Timedelta(minutes=3 * (i + 1)) for i in range(n)]
+    out["TX_AMOUNT"] = [12.5 + 7 * i for i in range(n)]
+    out["TRANSACTION_ID"] = [f"shared-{uuid4().hex[:8]}-{i}" for i in range(n)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_workers(champion, session_dir: Path):
+    from .servers import bento_server
+
+    prefix = f"test-{uuid4().hex[:12]}"
+    port = free_port()
+    env = {
+        "FRAUD_PORT": str(port),
+        "FRAUD_STATE_BACKEND": "redis",
+        "FRAUD_REDIS_URL": REDIS_URL,
+        "FRAUD_STATE_PREFIX": prefix,
+        "FRAUD_WORKERS": "2",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    try:
+        with bento_server(port, env, session_dir / "bento-serve-2workers.log") as url:
+            yield url, prefix
+    finally:
+        _state(prefix).clear()
+
+
+def test_two_workers_share_one_warmed_state(two_workers) -> None:
+    url, _ = two_workers
+    seen: dict[int, dict] = {}
+    for _ in range(60):  # a new connection each time: the kernel spreads them over the workers
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        seen[health["process"]] = health["feature_state"]
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "only one worker answered"
+    warmed = {s["warmed_from_history"] for s in seen.values()}
+    assert len(warmed) == 1 and warmed.pop() > 0  # warmed once, by one worker, for both
+
+
+def test_workers_see_each_others_transactions(two_workers, champion, small_raw) -> None:
+    """One transaction per request over new connections (either worker may answer): the served
+    probabilities equal an in-process scorer's that saw the same sequence in one process."""
+    url, prefix = two_workers
+    stream = _stream(small_raw, 24)
+    served = []
+    for body in request_bodies(stream):
+        reply = httpx.post(f"{url}/predict", json={"transactions": [body]}, timeout=10)
+        assert reply.status_code == 200, reply.text
+        served.append(reply.json()[0]["fraud_probability"])
+    model = bentoml.models.get(champion["imported"].tag)
+    scorer = FraudScorer(ModelBundle.load(Path(model.path), model.info.metadata))
+    scorer.warm()
+    expected = [float(scorer.score([r]).proba[0]) for r in records_from_frame(stream)]
+    assert served == pytest.approx(expected, abs=1e-7)
+    # and the shared state holds every one of them, whichever worker scored it
+    hist = _state(prefix).customer_histories(stream["CUSTOMER_ID"].unique().tolist())
+    times = {t for h in hist.values() for t in h[0]}
+    assert all(int(t.value // 1_000_000) in times for t in stream["TX_DATETIME"])
+
+
+def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
+    model = bentoml.models.get(champion["imported"].tag)
+    bundle = ModelBundle.load(Path(model.path), model.info.metadata)
+    prefix = f"test-{uuid4().hex[:12]}"
+    one, other = (
+        FraudScorer(bundle, state=_state(prefix)),
+        FraudScorer(bundle, state=_state(prefix)),
+    )
+    try:
+        assert other.announced_model() is None
+        one.swap(
+            dataclasses.replace(bundle, metadata={**bundle.metadata, "mlflow_model_version": "42"})
+        )
+        assert other.announced_model() == "42" != other.model_version
+    finally:
+        _state(prefix).clear()
