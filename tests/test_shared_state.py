@@ -109,3 +109,18 @@ def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
         assert other.announced_model() == "42" != other.model_version
     finally:
         _state(prefix).clear()
+
+
+def test_more_workers_need_the_shared_state() -> None:
+    from pydantic import ValidationError
+
+    from training.config import Settings
+
+    with pytest.raises(ValidationError, match="FRAUD_STATE_BACKEND=redis"):
+        Settings(workers=2)
+    assert Settings(workers=2, state_backend="redis").workers == 2
+
+
+def test_an_unreachable_redis_is_named_at_start_up() -> None:
+    with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
+        RedisFeatureState.from_url("redis://127.0.0.1:1/0", 1, 1, "x")
