@@ -88,6 +88,7 @@ class FraudDetector:
         self.passed = tm.PREDICTIONS.labels("genuine")
         self.gauges_due = 0.0
         self.reload_lock = threading.Lock()
+        self.following: str | None = None  # the announced version a follow was tried for
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
@@ -134,7 +135,8 @@ class FraudDetector:
         several workers, follows a hot swap another worker announced."""
         self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
         wanted = self.scorer.announced_model()
-        if wanted and wanted != self.scorer.model_version and not self.reload_lock.locked():
+        if wanted and wanted not in (self.scorer.model_version, self.following):
+            self.following = wanted  # one attempt per announcement
             threading.Thread(target=self._follow, args=(wanted,), daemon=True).start()
         window = self.scorer.drift
         tm.publish_state(

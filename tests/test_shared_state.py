@@ -107,6 +107,8 @@ def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
             dataclasses.replace(bundle, metadata={**bundle.metadata, "mlflow_model_version": "42"})
         )
         assert other.announced_model() == "42" != other.model_version
+        late = FraudScorer(bundle, state=_state(prefix))  # started after it: serves its own
+        assert late.announced_model() is None
     finally:
         _state(prefix).clear()
 

@@ -321,8 +321,8 @@ class RedisFeatureState(FeatureState):
         return update
 
     def stats(self) -> dict[str, int]:
-        info = self.r.info("memory")
-        return {"redis_keys": int(self.r.dbsize()), "redis_used_memory_bytes": info["used_memory"]}
+        """Keys in the Redis database (histories, transactions; shared by every worker)."""
+        return {"redis_keys": int(self.r.dbsize())}
 
     def clear(self) -> int:
         """Delete every key under this state's prefix (tests, a re-warm from scratch)."""
@@ -353,11 +353,16 @@ class RedisFeatureState(FeatureState):
 
     def announce_model(self, version: str) -> None:
         """Tell the other workers which model version to serve (after a hot swap)."""
-        self.r.set(f"{self.prefix}:model", version)
+        self.r.set(f"{self.prefix}:model", f"{version} {time.time():.3f}")
 
-    def announced_model(self) -> str | None:
+    def announced_model(self, since: float) -> str | None:
+        """The version announced at or after ``since`` (epoch seconds), if any: a process
+        started later serves its own model, not a swap made before it existed."""
         value = self.r.get(f"{self.prefix}:model")
-        return value.decode() if isinstance(value, bytes) else value
+        if value is None:
+            return None
+        version, _, at = (value.decode() if isinstance(value, bytes) else value).partition(" ")
+        return version if float(at or 0) >= since else None
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -221,7 +221,9 @@ class FraudScorer:
     def announced_model(self) -> str | None:
         """The version a hot swap in another worker switched to (shared state only)."""
         state = self.features.state
-        return state.announced_model() if isinstance(state, RedisFeatureState) else None
+        if not isinstance(state, RedisFeatureState):
+            return None
+        return state.announced_model(since=self.started)
 
     @property
     def model_version(self) -> str:
