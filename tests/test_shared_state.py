@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from training.api_models import request_bodies
+from training.features import FeatureConfig
 from training.online import records_from_frame
 from training.redis_state import RedisFeatureState
 from training.serving import FraudScorer, ModelBundle
@@ -20,8 +21,10 @@ from .conftest import REDIS_URL, free_port
 
 
 def _state(prefix: str) -> RedisFeatureState:
-    day = 86_400_000
-    return RedisFeatureState.from_url(REDIS_URL, 30 * day, 37 * day, prefix)
+    cfg = FeatureConfig()
+    return RedisFeatureState.from_url(
+        REDIS_URL, cfg.customer_retention_ms, cfg.terminal_retention_ms, prefix
+    )
 
 
 def _stream(small_raw: pd.DataFrame, n: int) -> pd.DataFrame:

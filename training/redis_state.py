@@ -14,7 +14,8 @@ transactions as in some serial order; a second call attaches the decisions (``DE
 Histories are returned as the in-memory state returns them (sorted times and running totals), so
 the feature computation is the same code for both states. Events older than the retention are
 trimmed from the front of a history when a batch touches it; keys also carry a wall-clock TTL of
-the longest retention plus a day, so customers and terminals that go quiet disappear.
+twice the longest retention plus a day, set at creation and renewed at each trim, so customers and
+terminals that go quiet disappear.
 
 Single Redis instance (or a primary): the scripts build some key names themselves, which a Redis
 Cluster would not route.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.features import MS_PER_DAY
 from training.online_state import (
     _OUTCOME,
     NOT_SCORED,
@@ -42,8 +44,6 @@ from training.online_state import (
 
 if TYPE_CHECKING:
     import redis
-
-MS_PER_DAY = 86_400_000
 
 # KEYS: nc customer keys, nt terminal keys, nt fraud keys, n transaction keys.
 # ARGV: nc, nt, n, ttl s, customer cut ms, terminal cut ms, read (0/1),
@@ -183,12 +183,10 @@ class RedisFeatureState(FeatureState):
     def histories(
         self, batch: Sequence[TxRecord], record: bool
     ) -> tuple[dict[str, History], dict[str, History]]:
-        customers = list(dict.fromkeys(r.customer_id for r in batch))
-        terminals = list(dict.fromkeys(r.terminal_id for r in batch))
         if not record:
-            return self.customer_histories(customers), self.terminal_histories(terminals)
+            return super().histories(batch, record)
         labels = [UNKNOWN_LABEL] * len(batch)
-        reply = self._run_record(batch, customers, terminals, labels, read=True)
+        customers, terminals, reply = self._run_record(batch, labels, read=True)
         nc, nt = len(customers), len(terminals)
         return (
             _customer_histories(customers, reply[:nc]),
@@ -196,10 +194,12 @@ class RedisFeatureState(FeatureState):
         )
 
     def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
-        if batch:
+        self._set_decisions([r.transaction_id for r in batch], decisions)
+
+    def _set_decisions(self, ids: Sequence[str], decisions: Sequence[int]) -> None:
+        if ids:
             self._decide(
-                keys=[self._x + r.transaction_id for r in batch],
-                args=[struct.pack(f"{len(batch)}b", *decisions)],
+                keys=[self._x + i for i in ids], args=[struct.pack(f"{len(ids)}b", *decisions)]
             )
 
     # -- reads ----------------------------------------------------------------------------------
@@ -220,30 +220,17 @@ class RedisFeatureState(FeatureState):
     # -- writes outside scoring -------------------------------------------------------------------
 
     def append(self, events: Iterable[Event]) -> None:
-        pending: list[Event] = []
-        for ev in events:
-            pending.append(ev)
-            if len(pending) == CHUNK:
-                self._append_chunk(pending)
-                pending = []
-        if pending:
-            self._append_chunk(pending)
+        for chunk in _chunks(events, CHUNK):
+            self._append_chunk(chunk)
 
     def _append_chunk(self, events: list[Event]) -> None:
         batch = [
             TxRecord(e.transaction_id, e.customer_id, e.terminal_id, e.time_ms, e.amount_cents)
             for e in events
         ]
-        customers = list(dict.fromkeys(r.customer_id for r in batch))
-        terminals = list(dict.fromkeys(r.terminal_id for r in batch))
-        reply = self._run_record(batch, customers, terminals, [e.label for e in events], read=False)
-        flags = reply[-1]
-        decided = [(e.transaction_id, e.decision) for e in events if e.decision != NOT_SCORED]
-        if decided:
-            self._decide(
-                keys=[self._x + i for i, _ in decided],
-                args=[struct.pack(f"{len(decided)}b", *(d for _, d in decided))],
-            )
+        flags = self._run_record(batch, [e.label for e in events], read=False)[2][-1]
+        decided = [e for e in events if e.decision != NOT_SCORED]
+        self._set_decisions([e.transaction_id for e in decided], [e.decision for e in decided])
         # Known transactions that arrive again with a label: set it, as the in-memory state does.
         relabel = {
             e.transaction_id: e.label
@@ -254,14 +241,12 @@ class RedisFeatureState(FeatureState):
             self.set_labels(relabel)
 
     def _run_record(
-        self,
-        batch: Sequence[TxRecord],
-        customers: list[str],
-        terminals: list[str],
-        labels: Sequence[int],
-        read: bool,
-    ) -> list[Any]:
+        self, batch: Sequence[TxRecord], labels: Sequence[int], read: bool
+    ) -> tuple[list[str], list[str], list[Any]]:
+        """Run ``RECORD``: the batch's distinct customers and terminals, and the reply."""
         n = len(batch)
+        customers = list(dict.fromkeys(r.customer_id for r in batch))
+        terminals = list(dict.fromkeys(r.terminal_id for r in batch))
         if len(customers) > 65_535 or len(terminals) > 65_535:
             raise ValueError("at most 65,535 customers and terminals per batch")
         cpos = {c: i for i, c in enumerate(customers, start=1)}
@@ -299,7 +284,7 @@ class RedisFeatureState(FeatureState):
             frec.tobytes(),
             self._t,
         ]
-        return list(self._record(keys=keys, args=args))
+        return customers, terminals, list(self._record(keys=keys, args=args))
 
     def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:
         update = LabelUpdate()
