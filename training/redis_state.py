@@ -338,16 +338,24 @@ class RedisFeatureState(FeatureState):
 
     def announce_model(self, version: str) -> None:
         """Tell the other workers which model version to serve (after a hot swap)."""
-        self.r.set(f"{self.prefix}:model", f"{version} {time.time():.3f}")
+        generation = self.r.incr(f"{self.prefix}:model:generation")
+        self.r.set(f"{self.prefix}:model", f"{generation} {version}")
 
-    def announced_model(self, since: float) -> str | None:
-        """The version announced at or after ``since`` (epoch seconds), if any: a process
-        started later serves its own model, not a swap made before it existed."""
+    def model_generation(self) -> int:
+        """How many hot swaps have been announced (a process notes it when it starts)."""
+        return int(self.r.get(f"{self.prefix}:model:generation") or 0)
+
+    def announced_model(self, after: int) -> str | None:
+        """The version of the latest announcement if it came after generation ``after``: a
+        process started later serves its own model, not a swap made before it existed. A counter,
+        not a clock: processes on different machines need not agree on the time."""
         value = self.r.get(f"{self.prefix}:model")
         if value is None:
             return None
-        version, _, at = (value.decode() if isinstance(value, bytes) else value).partition(" ")
-        return version if float(at or 0) >= since else None
+        generation, _, version = (value.decode() if isinstance(value, bytes) else value).partition(
+            " "
+        )
+        return version if int(generation) > after else None
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

@@ -183,6 +183,10 @@ class FraudScorer:
         )
         self.lock = threading.Lock()
         self.started = time.time()
+        state = self.features.state  # hot swaps announced before this process started are not ours
+        self._generation_at_start = (
+            state.model_generation() if isinstance(state, RedisFeatureState) else 0
+        )
         self.warmed = 0
         self._install(bundle)
 
@@ -223,7 +227,7 @@ class FraudScorer:
         state = self.features.state
         if not isinstance(state, RedisFeatureState):
             return None
-        return state.announced_model(since=self.started)
+        return state.announced_model(after=self._generation_at_start)
 
     @property
     def model_version(self) -> str:
