@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bentoml
@@ -10,11 +14,18 @@ import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from training import bentoml_patches
+from training.api_models import Prediction
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> None:
-    assert set(bentoml_patches.apply()) == {"local_call", "timeout_timer"}
+    # metrics_pid needs prometheus_client's multiprocess mode (bentoml serve); tested below
+    assert set(bentoml_patches.apply()) == {
+        "local_call",
+        "timeout_timer",
+        "response_headers",
+        "root_json",
+    }
 
 
 def _call(middleware: TimeoutMiddleware, call: Any, delay: float) -> tuple[list[int], int]:
@@ -66,6 +77,72 @@ def test_local_caller_is_built_once_per_instance_and_still_works() -> None:
     assert a.echo.local is a.echo.local  # type: ignore[attr-defined]
     assert a.echo.local is not b.echo.local  # type: ignore[attr-defined]
     assert a.echo.local(3) == 3 and b.echo(x=4) == 4  # type: ignore[attr-defined]
+
+
+def test_response_headers_are_the_stock_ones() -> None:
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from starlette.responses import Response
+
+    factory = SimpleNamespace(service=SimpleNamespace(name="fraud_detector"))
+    stock, fixed = Response(b"{}"), Response(b"{}")
+    bentoml_patches.originals["response_headers"](factory, stock)
+    ServiceAppFactory._add_response_headers(factory, fixed)  # type: ignore[arg-type]
+    assert fixed.headers["server"] == "BentoML Service/fraud_detector"
+    assert dict(fixed.headers) == dict(stock.headers)
+
+
+def test_list_responses_are_the_same_json_in_one_dump() -> None:
+    from _bentoml_sdk.io_models import ensure_io_descriptor
+
+    rows = [
+        {"transaction_id": "tx-é-1", "fraud_probability": 0.1 + 0.2, "is_fraud": True},
+        {"transaction_id": "2", "fraud_probability": 1e-300, "is_fraud": False},
+    ]
+    model = ensure_io_descriptor(list[Prediction]).model_validate(
+        [{**r, "model_version": "7"} for r in rows]
+    )
+    fixed = model.model_dump_json()
+    assert json.loads(fixed) == json.loads(bentoml_patches.originals["root_json"](model))
+    assert json.loads(fixed)[0]["fraud_probability"] == 0.1 + 0.2  # shortest round-trip repr
+    assert model.model_dump_json(exclude={"x"}) == bentoml_patches.originals["root_json"](
+        model, exclude={"x"}
+    )  # other arguments: the stock path
+
+
+def test_metric_writes_use_a_cached_pid_that_follows_forks(tmp_path: Path) -> None:
+    from prometheus_client import values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    calls = []
+
+    def getpid() -> int:
+        calls.append(1)
+        return os.getpid()
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    try:
+        value_class = values.MultiProcessValue(process_identifier=getpid)
+        assert bentoml_patches.cache_metrics_pid(value_class)
+        calls.clear()
+        value = value_class("counter", "c", "c_total", (), (), "help")
+        for _ in range(100):
+            value.inc(1)
+        assert len(calls) == 0  # stock: one getpid() per write
+        child = os.fork()
+        if child == 0:  # the child must write to its own file, not into the parent's
+            value.inc(5)
+            os._exit(0)
+        os.waitpid(child, 0)
+        files = sorted(f.name for f in tmp_path.iterdir())
+        assert files == sorted([f"counter_{os.getpid()}.db", f"counter_{child}.db"])
+        totals = {
+            s.name: s.value
+            for m in MultiProcessCollector(None, str(tmp_path)).collect()
+            for s in m.samples
+        }
+        assert totals == {"c_total": 105.0}
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def test_other_bentoml_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
