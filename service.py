@@ -74,7 +74,11 @@ class FraudDetector:
         if SETTINGS.bentoml_patches:  # in the worker, before its first request
             log.info("BentoML request-path fixes applied: %s", bentoml_patches.apply())
         quiet_client_errors()
-        bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
+        bundle = ModelBundle.load(
+            Path(self.bento_model.path),
+            self.bento_model.info.metadata,
+            SETTINGS.model_thread_count(),
+        )
         self.scorer = FraudScorer(
             bundle,
             state=state_for(SETTINGS, feature_config(bundle.info)),
@@ -224,7 +228,9 @@ class FraudDetector:
         with self.reload_lock:
             try:
                 model = find_bento_model(SETTINGS.bento_model, version)
-                bundle = ModelBundle.load(Path(model.path), model.info.metadata)
+                bundle = ModelBundle.load(
+                    Path(model.path), model.info.metadata, SETTINGS.model_thread_count()
+                )
                 old_meta = self.scorer.bundle.metadata
                 previous = self.scorer.swap(bundle)
             except (LookupError, SwapError):

@@ -75,3 +75,31 @@ def test_without_categorical_fields(small_raw: pd.DataFrame, tmp_path) -> None:
     compiled.save(onnx_bytes, spec, tmp_path)
     twin = compiled.CompiledModel.load(tmp_path)
     assert compiled.verify(pipe, twin, feats) <= compiled.TOLERANCE
+
+
+def test_large_batches_on_two_threads_give_the_same_probabilities(fitted) -> None:
+    pipe, frame = fitted
+    onnx_bytes, spec = compiled.compile_pipeline(pipe)
+    single = compiled.CompiledModel(onnx_bytes, spec)
+    threaded = compiled.CompiledModel(onnx_bytes, spec, threads=2)
+    assert single.parallel is None and threaded.parallel is not None
+    for n in (1, compiled.PARALLEL_ROWS - 1, compiled.PARALLEL_ROWS, 1000):
+        cols = {c: frame[c].to_numpy()[:n] for c in frame.columns}
+        # the trees' float32 votes are summed per thread, then together: ~1e-8 apart
+        np.testing.assert_allclose(
+            threaded.predict_proba(cols), single.predict_proba(cols), rtol=0, atol=1e-6
+        )
+    big = {c: frame[c].to_numpy()[:1000] for c in frame.columns}
+    assert np.abs(
+        threaded.predict_proba(big) - pipe.predict_proba(frame.head(1000))[:, 1]
+    ).max() <= (compiled.TOLERANCE)
+
+
+def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import Settings
+
+    assert Settings(model_threads=3).model_thread_count() == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
+    assert Settings().model_thread_count() == 1  # a process pinned to one CPU
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert Settings().model_thread_count() == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Serving worker processes (more than 1 needs the Redis state)"
     )
+    model_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="ONNX Runtime threads for batches of 64+ transactions "
+        "(0 = auto: 2 when the process may use two or more CPUs, else 1)",
+    )
     retrain_grid: str = Field(
         "standard", description="Default search grid of the daily retraining (quick/standard/full)"
     )
@@ -86,6 +94,12 @@ class Settings(BaseSettings):
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
+
+    def model_thread_count(self) -> int:
+        """``model_threads``, with 0 resolved against the CPUs this process may run on."""
+        if self.model_threads:
+            return self.model_threads
+        return min(2, len(os.sched_getaffinity(0)))
 
     @model_validator(mode="after")
     def _workers_share_state(self) -> Settings:

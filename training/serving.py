@@ -86,7 +86,8 @@ class ModelBundle:
     _pipeline: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, path: Path, metadata: dict[str, Any]) -> ModelBundle:
+    def load(cls, path: Path, metadata: dict[str, Any], threads: int = 1) -> ModelBundle:
+        """The bundle in ``path``; the compiled twin runs large batches on ``threads`` threads."""
         warm = path / "warmup.parquet"
         compiled_dir = path / "compiled"
         ref = path / drift.REFERENCE_FILE
@@ -95,7 +96,7 @@ class ModelBundle:
             info=json.loads((path / "model_info.json").read_text()),
             metadata=dict(metadata),
             warmup_path=warm if warm.exists() else None,
-            compiled=CompiledModel.load(compiled_dir) if compiled_dir.exists() else None,
+            compiled=CompiledModel.load(compiled_dir, threads) if compiled_dir.exists() else None,
             reference=drift.Reference.load(ref) if ref.exists() else None,
         )
 
