@@ -95,11 +95,17 @@ def test_large_batches_on_two_threads_give_the_same_probabilities(fitted) -> Non
     ).max() <= (compiled.TOLERANCE)
 
 
-def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.config import Settings
+def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from training import config
 
-    assert Settings(model_threads=3).model_thread_count() == 3
+    assert config.Settings(model_threads=3).model_thread_count() == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
-    assert Settings().model_thread_count() == 1  # a process pinned to one CPU
+    assert config.Settings().model_thread_count() == 1  # a process pinned to one CPU
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert Settings().model_thread_count() == 2
+    cpu_max = tmp_path / "cpu.max"
+    for quota, cpus in [("max 100000", 4), ("150000 100000", 1), ("50000 100000", 1)]:
+        cpu_max.write_text(quota + "\n")  # cgroup v2: a container's CPU limit
+        assert config.usable_cpus(cpu_max) == cpus
+    assert config.usable_cpus(tmp_path / "absent") == 4
+    monkeypatch.setattr(config, "usable_cpus", lambda: 4)
+    assert config.Settings().model_thread_count() == 2

@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     notify_email_to: str = Field("", description="Comma-separated recipients")
 
     def model_thread_count(self) -> int:
-        """``model_threads``, with 0 resolved against the CPUs this process may run on."""
+        """``model_threads``, with 0 resolved against the CPUs this process may use."""
         if self.model_threads:
             return self.model_threads
-        return min(2, len(os.sched_getaffinity(0)))
+        return min(2, usable_cpus())
 
     @model_validator(mode="after")
     def _workers_share_state(self) -> Settings:
@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may run on (affinity), capped by a cgroup v2 CPU quota (a container
+    limit of 1.5 CPUs counts as 1); at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota visible: affinity only
+    return max(1, cpus)
 
 
 @lru_cache
