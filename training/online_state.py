@@ -149,42 +149,67 @@ class InMemoryFeatureState(FeatureState):
         return out
 
     def append(self, events: Iterable[Event]) -> None:
+        self._add(
+            (
+                e.transaction_id,
+                e.customer_id,
+                e.terminal_id,
+                e.time_ms,
+                e.amount_cents,
+                e.label,
+                e.decision,
+            )
+            for e in events
+        )
+
+    def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
+        """Record a scored batch (plain tuples: no Event per transaction on the hot path)."""
+        self._add(
+            (
+                r.transaction_id,
+                r.customer_id,
+                r.terminal_id,
+                r.time_ms,
+                r.amount_cents,
+                UNKNOWN_LABEL,
+                d,
+            )
+            for r, d in zip(batch, decisions, strict=True)
+        )
+
+    def _add(self, rows: Iterable[tuple[str, str, str, int, int, int, int]]) -> None:
+        """Record (id, customer, terminal, time ms, cents, label, decision) rows."""
         cust, term, known = self._cust, self._term, self._tx
-        for ev in events:
-            tx_id, t = ev.transaction_id, ev.time_ms
+        for tx_id, customer, terminal, t, cents, label, decision in rows:
             if tx_id in known:
-                if ev.label != UNKNOWN_LABEL:
-                    self.set_labels({tx_id: ev.label})
+                if label != UNKNOWN_LABEL:
+                    self.set_labels({tx_id: label})
                 continue
-            entry = cust.get(ev.customer_id)
+            entry = cust.get(customer)
             if entry is None:
-                entry = cust[ev.customer_id] = ([], [0])
+                entry = cust[customer] = ([], [0])
             times, cum = entry
             if not times or times[-1] <= t:  # the usual case: events arrive in time order
                 times.append(t)
-                cum.append(cum[-1] + ev.amount_cents)
+                cum.append(cum[-1] + cents)
             else:
-                insert_sorted(times, cum, t, ev.amount_cents, ())
-            tentry = term.get(ev.terminal_id)
+                insert_sorted(times, cum, t, cents, ())
+            tentry = term.get(terminal)
             if tentry is None:
-                tentry = term[ev.terminal_id] = ([], [0], [], [], [])
+                tentry = term[terminal] = ([], [0], [], [], [])
             ttimes, frauds, ids, labels, decisions = tentry
-            fraud = 1 if ev.label == 1 else 0
+            fraud = 1 if label == 1 else 0
             if not ttimes or ttimes[-1] <= t:
                 ttimes.append(t)
                 frauds.append(frauds[-1] + fraud)
                 ids.append(tx_id)
-                labels.append(ev.label)
-                decisions.append(ev.decision)
+                labels.append(label)
+                decisions.append(decision)
             else:
                 insert_sorted(
-                    ttimes,
-                    frauds,
-                    t,
-                    fraud,
-                    ((ids, tx_id), (labels, ev.label), (decisions, ev.decision)),
+                    ttimes, frauds, t, fraud, ((ids, tx_id), (labels, label), (decisions, decision))
                 )
-            known[tx_id] = (ev.terminal_id, t)
+            known[tx_id] = (terminal, t)
             if t > self.watermark_ms:
                 self.watermark_ms = t
             self._since_sweep += 1
