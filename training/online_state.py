@@ -80,20 +80,9 @@ class FeatureState(ABC):
             self.terminal_histories(list({r.terminal_id for r in batch})),
         )
 
+    @abstractmethod
     def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
         """Record a batch read with ``histories(batch, record=True)`` and its decisions."""
-        self.append(
-            Event(
-                r.transaction_id,
-                r.customer_id,
-                r.terminal_id,
-                r.time_ms,
-                r.amount_cents,
-                UNKNOWN_LABEL,
-                d,
-            )
-            for r, d in zip(batch, decisions, strict=True)
-        )
 
     @abstractmethod
     def customer_histories(self, customers: Sequence[str]) -> dict[str, History]:
@@ -149,18 +138,7 @@ class InMemoryFeatureState(FeatureState):
         return out
 
     def append(self, events: Iterable[Event]) -> None:
-        self._add(
-            (
-                e.transaction_id,
-                e.customer_id,
-                e.terminal_id,
-                e.time_ms,
-                e.amount_cents,
-                e.label,
-                e.decision,
-            )
-            for e in events
-        )
+        self._add(events)  # an Event is a row of the shape _add takes
 
     def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
         """Record a scored batch (plain tuples: no Event per transaction on the hot path)."""
