@@ -25,7 +25,6 @@ def patched() -> None:
         "timeout_timer",
         "response_headers",
         "root_json",
-        "traffic_labels",
     }
 
 
@@ -108,38 +107,6 @@ def test_list_responses_are_the_same_json_in_one_dump() -> None:
     assert model.model_dump_json(exclude={"x"}) == bentoml_patches.originals["root_json"](
         model, exclude={"x"}
     )  # other arguments: the stock path
-
-
-def test_traffic_metrics_count_each_request_with_cached_children() -> None:
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        status = 404 if scope["path"] == "/nope" else 200
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    middleware = RunnerTrafficMetricsMiddleware(app, namespace="patch_test")
-
-    async def requests() -> None:
-        for path in ["/predict"] * 5 + ["/nope"] * 2:
-            await middleware({"type": "http", "path": path}, receive, send)
-
-    asyncio.run(requests())
-    total = middleware.metrics_request_total  # type: ignore[attr-defined]
-    counts = {
-        (s.labels["endpoint"], s.labels["http_response_code"]): s.value
-        for m in total.collect()
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
-    # the cache is keyed by every label value: statuses and paths are counted apart
-    assert counts[("/predict", "200")] == 5 and counts[("/nope", "404")] == 2
 
 
 def test_metric_writes_use_a_cached_pid_that_follows_forks(tmp_path: Path) -> None:

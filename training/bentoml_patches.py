@@ -16,9 +16,6 @@ All were found with py-spy on the serving worker and are written to be sent upst
 * **JSON responses dumped once.** ``IORootModel.model_dump_json`` (every list-returning API)
   builds Python objects with ``model_dump(mode="json")`` and then encodes them with the
   stdlib ``json.dumps``; pydantic-core writes the same JSON (compact) in one call.
-* **Traffic-metric children looked up once.** ``RunnerTrafficMetricsMiddleware`` calls
-  ``labels(**five_labels)`` four to five times per request; prometheus_client validates and
-  joins the label values each time. The children are cached per label values (bounded).
 * **Metric writes without a syscall each** (prometheus_client's multiprocess mode, which
   BentoML turns on). Every counter/gauge/histogram write calls ``os.getpid()`` to notice a
   fork: with BentoML's per-request metrics that is 6-8 syscalls a request, ~7 % of a no-op
@@ -75,40 +72,6 @@ async def timeout_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
     finally:
         timer.cancel()
     return None
-
-
-MAX_CHILDREN = 1_000  # label-value combinations cached per metric (paths come from clients)
-
-
-def _cached_labels(metric: Any) -> None:
-    """Give one prometheus_client metric a ``labels`` that remembers the children it made."""
-    labels = metric.labels
-    children: dict[Any, Any] = {}
-
-    def cached(*args: Any, **kwargs: Any) -> Any:
-        key = (args, tuple(kwargs.items()))
-        child = children.get(key)
-        if child is None:
-            child = labels(*args, **kwargs)
-            if len(children) < MAX_CHILDREN:
-                children[key] = child
-        return child
-
-    metric.labels = cached
-
-
-def _setup_with_cached_labels(original: Any) -> Any:
-    """``RunnerTrafficMetricsMiddleware._setup``, then its metrics' children cached."""
-
-    def _setup(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        for name, value in vars(self).items():
-            if name.startswith("metrics_") and hasattr(value, "labels"):
-                _cached_labels(value)
-        return result
-
-    _setup.__wrapped__ = original  # type: ignore[attr-defined]
-    return _setup
 
 
 def _cached_local_call(original: Any) -> Any:
@@ -186,7 +149,6 @@ def apply() -> list[str]:
     from _bentoml_impl.server.app import ServiceAppFactory
     from _bentoml_sdk.io_models import IORootModel
     from _bentoml_sdk.method import APIMethod
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
     version = bentoml.__version__
@@ -210,12 +172,6 @@ def apply() -> list[str]:
         originals["root_json"] = IORootModel.model_dump_json
         IORootModel.model_dump_json = _root_json(IORootModel.model_dump_json)
         _applied.add("root_json")
-    if "traffic_labels" not in _applied:
-        originals["traffic_labels"] = RunnerTrafficMetricsMiddleware._setup
-        RunnerTrafficMetricsMiddleware._setup = _setup_with_cached_labels(  # type: ignore[method-assign]
-            RunnerTrafficMetricsMiddleware._setup
-        )
-        _applied.add("traffic_labels")
     if "metrics_pid" not in _applied and cache_metrics_pid():
         _applied.add("metrics_pid")
     return sorted(_applied)
