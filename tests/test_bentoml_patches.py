@@ -109,7 +109,9 @@ def test_list_responses_are_the_same_json_in_one_dump() -> None:
     )  # other arguments: the stock path
 
 
-def test_metric_writes_use_a_cached_pid_that_follows_forks(tmp_path: Path) -> None:
+def test_metric_writes_use_a_cached_pid_that_follows_forks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prometheus_client import values
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -119,30 +121,27 @@ def test_metric_writes_use_a_cached_pid_that_follows_forks(tmp_path: Path) -> No
         calls.append(1)
         return os.getpid()
 
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
-    try:
-        value_class = values.MultiProcessValue(process_identifier=getpid)
-        assert bentoml_patches.cache_metrics_pid(value_class)
-        calls.clear()
-        value = value_class("counter", "c", "c_total", (), (), "help")
-        for _ in range(100):
-            value.inc(1)
-        assert len(calls) == 0  # stock: one getpid() per write
-        child = os.fork()
-        if child == 0:  # the child must write to its own file, not into the parent's
-            value.inc(5)
-            os._exit(0)
-        os.waitpid(child, 0)
-        files = sorted(f.name for f in tmp_path.iterdir())
-        assert files == sorted([f"counter_{os.getpid()}.db", f"counter_{child}.db"])
-        totals = {
-            s.name: s.value
-            for m in MultiProcessCollector(None, str(tmp_path)).collect()
-            for s in m.samples
-        }
-        assert totals == {"c_total": 105.0}
-    finally:
-        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    value_class = values.MultiProcessValue(process_identifier=getpid)
+    assert bentoml_patches.cache_metrics_pid(value_class)
+    calls.clear()
+    value = value_class("counter", "c", "c_total", (), (), "help")
+    for _ in range(100):
+        value.inc(1)
+    assert len(calls) == 0  # stock: one getpid() per write
+    child = os.fork()
+    if child == 0:  # the child must write to its own file, not into the parent's
+        value.inc(5)
+        os._exit(0)
+    os.waitpid(child, 0)
+    files = sorted(f.name for f in tmp_path.iterdir())
+    assert files == sorted([f"counter_{os.getpid()}.db", f"counter_{child}.db"])
+    totals = {
+        s.name: s.value
+        for m in MultiProcessCollector(None, str(tmp_path)).collect()
+        for s in m.samples
+    }
+    assert totals == {"c_total": 105.0}
 
 
 def test_other_bentoml_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,7 +100,7 @@ def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
 
     assert config.Settings(model_threads=3).model_thread_count() == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
-    assert config.Settings().model_thread_count() == 1  # a process pinned to one CPU
+    assert config.Settings(model_threads=0).model_thread_count() == 1  # pinned to one CPU
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     cpu_max = tmp_path / "cpu.max"
     for quota, cpus in [("max 100000", 4), ("150000 100000", 1), ("50000 100000", 1)]:
@@ -108,4 +108,4 @@ def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
         assert config.usable_cpus(cpu_max) == cpus
     assert config.usable_cpus(tmp_path / "absent") == 4
     monkeypatch.setattr(config, "usable_cpus", lambda: 4)
-    assert config.Settings().model_thread_count() == 2
+    assert config.Settings(model_threads=0).model_thread_count() == 2
