@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +26,7 @@ def patched() -> None:
         "timeout_timer",
         "response_headers",
         "root_json",
+        "model_fields",
     }
 
 
@@ -107,6 +109,31 @@ def test_list_responses_are_the_same_json_in_one_dump() -> None:
     assert model.model_dump_json(exclude={"x"}) == bentoml_patches.originals["root_json"](
         model, exclude={"x"}
     )  # other arguments: the stock path
+
+
+def test_input_fields_are_read_without_a_warning_per_request() -> None:
+    from _bentoml_sdk.io_models import IODescriptor, ensure_io_descriptor
+    from pydantic import BaseModel
+
+    from training.api_models import Transaction
+
+    class Plain(BaseModel):
+        x: int
+
+    with pytest.warns(DeprecationWarning):  # pydantic on any other model instance
+        assert set(Plain(x=1).model_fields) == {"x"}  # type: ignore[misc]
+
+    def predict(transactions: list[Transaction], limit: int = 3) -> None: ...
+
+    spec = IODescriptor.from_input(predict)  # the input model BentoML builds for an API
+    data = spec.model_validate({"transactions": [], "limit": 5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.model_fields is spec.model_fields  # as api_endpoint reads it
+        assert list(data.model_fields) == ["transactions", "limit"]
+        assert {k: getattr(data, k) for k in data.model_fields} == {"transactions": [], "limit": 5}
+    root = ensure_io_descriptor(list[Prediction])
+    assert list(root.model_fields) == ["root"] == list(root.model_validate([]).model_fields)
 
 
 def test_metric_writes_use_a_cached_pid_that_follows_forks(
