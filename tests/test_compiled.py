@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,6 +91,16 @@ def test_large_batches_on_two_threads_give_the_same_probabilities(fitted) -> Non
         np.testing.assert_allclose(
             threaded.predict_proba(cols), single.predict_proba(cols), rtol=0, atol=1e-6
         )
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) > 1:  # pinned to one CPU, large batches stay on the single-thread session
+        assert threaded.session_for(compiled.PARALLEL_ROWS) is threaded.parallel
+        os.sched_setaffinity(0, {min(allowed)})
+        try:
+            assert threaded.session_for(compiled.PARALLEL_ROWS) is threaded.session
+        finally:
+            os.sched_setaffinity(0, allowed)
+    assert threaded.session_for(compiled.PARALLEL_ROWS - 1) is threaded.session
+    assert single.session_for(1000) is single.session
     big = {c: frame[c].to_numpy()[:1000] for c in frame.columns}
     assert np.abs(
         threaded.predict_proba(big) - pipe.predict_proba(frame.head(1000))[:, 1]

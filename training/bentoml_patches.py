@@ -187,7 +187,7 @@ def apply() -> list[str]:
         _applied.add("root_json")
     if "model_fields" not in _applied and "model_fields" not in vars(IOMixin):
         originals["model_fields"] = None  # IOMixin had none: pydantic's BaseModel answered
-        IOMixin.model_fields = ClassModelFields()  # type: ignore[attr-defined]
+        IOMixin.model_fields = ClassModelFields()
         _applied.add("model_fields")
     if "metrics_pid" not in _applied and cache_metrics_pid():
         _applied.add("metrics_pid")

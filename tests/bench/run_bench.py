@@ -379,7 +379,8 @@ def main() -> None:
                     env={
                         **env,
                         "BENTOML_HOME": str(own_bentoml_home(work, name)),
-                        # large batches on two ONNX Runtime threads (used when allowed 2 CPUs)
+                        # large batches on two ONNX Runtime threads, used only while the
+                        # server may run on both CPUs (CompiledModel.session_for)
                         **({"FRAUD_MODEL_THREADS": "2"} if name == "fraud-api" else {}),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                     },
