@@ -11,7 +11,8 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
 Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
 a constant 500 req/s offered (hey, 50 clients x 10 q/s), 100-transaction requests (wrk);
 fraud-api and the no-ops then run the 100-transaction requests again allowed both CPUs (the
-load generator needs ~2 % of one for them), fraud-api with FRAUD_MODEL_THREADS=2.
+load generator needs ~2 % of one for them), fraud-api with FRAUD_MODEL_THREADS=2 (two ONNX
+Runtime threads for batches of 64+, used only while the server may run on both CPUs).
 Plus the model's cost per transaction in process (scikit-learn vs compiled) and server RSS.
 """
 
@@ -54,6 +55,17 @@ def rss_mb(proc: subprocess.Popen) -> tuple[float, float]:
         with contextlib.suppress(psutil.Error):
             sizes.append(p.memory_info().rss)
     return max(sizes) / 2**20, sum(sizes) / 2**20
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """User + system CPU time used so far by a server's whole process tree."""
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def allow_cpus(proc: subprocess.Popen, cpus: set[int]) -> None:
@@ -403,10 +415,12 @@ def main() -> None:
                 wrk(url, bodies[pre + "single"], 8, 3)  # warm-up
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in live}
             for _ in range(args.repeats):
-                for name, (_, url, pre, _) in live.items():
-                    runs[name].append(
-                        wrk(url, bodies[pre + "single"], args.connections, args.seconds)
-                    )
+                for name, (proc, url, pre, _) in live.items():
+                    cpu0 = cpu_seconds(proc)
+                    run = wrk(url, bodies[pre + "single"], args.connections, args.seconds)
+                    # the server's CPU per request: steadier than req/s on a shared machine
+                    run["cpu_us"] = (cpu_seconds(proc) - cpu0) / max(run["requests"], 1) * 1e6
+                    runs[name].append(run)
             for name, (proc, url, pre, _) in live.items():
                 full = name.startswith(("fraud-api", "bentoml-noop"))
                 rate_s = args.rate_seconds if full else min(20, args.rate_seconds)
@@ -469,8 +483,8 @@ def render(report: dict[str, Any]) -> str:
         "| server | peak req/s (1 tx) | p50 / p95 / p99 ms at peak "
         "| 500 req/s offered: p50 / p99 ms, failed "
         "| 100-tx requests: tx/s (server on 1 CPU / 2 CPUs) "
-        "| RSS MB (worker / all) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| RSS MB (worker / all) | server CPU µs / request at peak |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in s.items():
         p, q, b, b2 = r["peak"], r["rate500"], r["batch100"], r.get("batch100_2cpu")
@@ -480,7 +494,8 @@ def render(report: dict[str, Any]) -> str:
             f"| {p['p50_ms']:.1f} / {p['p95_ms']:.1f} / {p['p99_ms']:.1f} "
             f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f}, {q['failed']} ({q['rps']:.0f} req/s) "
             f"| {b['tx_per_s']:,.0f}{both} "
-            f"| {r['worker_rss_mb']:.0f} / {r['rss_mb']:.0f} |"
+            f"| {r['worker_rss_mb']:.0f} / {r['rss_mb']:.0f} "
+            f"| {p['cpu_us']:,.0f} |"
         )
     c = report["model_us_per_tx"]
     lines += [
@@ -502,7 +517,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"Ratios: peak fraud-api / noop = {a['peak']['rps'] / n['peak']['rps']:.2f}; "
             "p99 at 500 req/s fraud-api / noop = "
-            f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}"
+            f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}; server CPU per "
+            f"request at peak noop / fraud-api = {n['peak']['cpu_us'] / a['peak']['cpu_us']:.2f}"
         )
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]
@@ -520,7 +536,7 @@ def render(report: dict[str, Any]) -> str:
         f"load generator to CPU {m['client_cpu']} (taskset); peak = median of "
         f"{m['repeats']} wrk runs of {m['seconds']} s, -c{m['connections']}, varied bodies; "
         f"{m['rate']}; 100-tx: wrk -c8, then again with the server allowed both CPUs "
-        "(fraud-api: FRAUD_MODEL_THREADS=2)."
+        "(fraud-api: FRAUD_MODEL_THREADS=2, its second thread used only while allowed both)."
     )
     return "\n".join(lines) + "\n"
 
