@@ -79,7 +79,9 @@ def test_without_categorical_fields(small_raw: pd.DataFrame, tmp_path) -> None:
     assert compiled.verify(pipe, twin, feats) <= compiled.TOLERANCE
 
 
-def test_large_batches_on_two_threads_give_the_same_probabilities(fitted) -> None:
+def test_large_batches_on_two_threads_give_the_same_probabilities(
+    fitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe, frame = fitted
     onnx_bytes, spec = compiled.compile_pipeline(pipe)
     single = compiled.CompiledModel(onnx_bytes, spec)
@@ -101,6 +103,12 @@ def test_large_batches_on_two_threads_give_the_same_probabilities(fitted) -> Non
             os.sched_setaffinity(0, allowed)
     assert threaded.session_for(compiled.PARALLEL_ROWS - 1) is threaded.session
     assert single.session_for(1000) is single.session
+    monkeypatch.delattr("os.sched_getaffinity")  # macOS: the machine's CPU count decides
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert threaded.session_for(compiled.PARALLEL_ROWS) is threaded.session
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert threaded.session_for(compiled.PARALLEL_ROWS) is threaded.parallel
+    monkeypatch.undo()
     big = {c: frame[c].to_numpy()[:1000] for c in frame.columns}
     assert np.abs(
         threaded.predict_proba(big) - pipe.predict_proba(frame.head(1000))[:, 1]
@@ -119,5 +127,9 @@ def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
         cpu_max.write_text(quota + "\n")  # cgroup v2: a container's CPU limit
         assert config.usable_cpus(cpu_max) == cpus
     assert config.usable_cpus(tmp_path / "absent") == 4
+    monkeypatch.delattr("os.sched_getaffinity")  # macOS: no affinity, the machine's CPUs
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert config.allowed_cpus() == 6
+    assert config.usable_cpus(tmp_path / "absent") == 6
     monkeypatch.setattr(config, "usable_cpus", lambda: 4)
     assert config.Settings(model_threads=0).model_thread_count() == 2

@@ -9,7 +9,6 @@ pandas. :func:`max_abs_difference` is the gate: the twin must agree with the pip
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from training.config import allowed_cpus
 
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "spec.json"
@@ -149,7 +150,7 @@ class CompiledModel:
         run on more than one CPU (checked per batch, one syscall: a process pinned to one
         CPU after start, e.g. by taskset or a cpuset change, would otherwise have its threads
         take turns on that CPU: measured 12 % slower for 100-row batches)."""
-        if self.parallel is not None and rows >= PARALLEL_ROWS and len(os.sched_getaffinity(0)) > 1:
+        if self.parallel is not None and rows >= PARALLEL_ROWS and allowed_cpus() > 1:
             return self.parallel
         return self.session
 

@@ -116,10 +116,18 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
 
+def allowed_cpus() -> int:
+    """CPUs this process may run on now: its affinity where the OS has one (Linux), else the
+    machine's CPU count (macOS has no ``sched_getaffinity``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """CPUs this process may run on (affinity), capped by a cgroup v2 CPU quota (a container
     limit of 1.5 CPUs counts as 1); at least 1."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = allowed_cpus()
     try:
         quota, period = cpu_max.read_text().split()[:2]
         if quota != "max":
