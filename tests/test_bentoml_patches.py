@@ -121,7 +121,7 @@ def test_input_fields_are_read_without_a_warning_per_request() -> None:
         x: int
 
     with pytest.warns(DeprecationWarning):  # pydantic on any other model instance
-        assert set(Plain(x=1).model_fields) == {"x"}  # type: ignore[misc]
+        assert set(Plain(x=1).model_fields) == {"x"}
 
     def predict(transactions: list[Transaction], limit: int = 3) -> None: ...
 
