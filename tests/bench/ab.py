@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.bench.run_bench import wrk
+from tests.bench.run_bench import cpu_seconds, wrk
 
 
 def serving_worker(port: int) -> psutil.Process:
@@ -48,11 +48,11 @@ def main() -> None:
         wrk(f"http://127.0.0.1:{port}/predict", args.bodies, args.connections, 3)
     for _ in range(args.rounds):
         for port, proc in workers.items():
-            cpu0 = sum(proc.cpu_times()[:2])
+            cpu0 = cpu_seconds(proc.pid)
             stats = wrk(
                 f"http://127.0.0.1:{port}/predict", args.bodies, args.connections, args.seconds
             )
-            cpu_us = (sum(proc.cpu_times()[:2]) - cpu0) / max(stats["requests"], 1) * 1e6
+            cpu_us = (cpu_seconds(proc.pid) - cpu0) / max(stats["requests"], 1) * 1e6
             runs[port].append((stats["rps"], cpu_us, stats["p99_ms"], stats["non_2xx"]))
     for port, rs in runs.items():
         print(

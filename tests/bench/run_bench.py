@@ -57,9 +57,9 @@ def rss_mb(proc: subprocess.Popen) -> tuple[float, float]:
     return max(sizes) / 2**20, sum(sizes) / 2**20
 
 
-def cpu_seconds(proc: subprocess.Popen) -> float:
-    """User + system CPU time used so far by a server's whole process tree."""
-    root = psutil.Process(proc.pid)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by process ``pid`` and all its descendants."""
+    root = psutil.Process(pid)
     total = 0.0
     for p in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
@@ -416,10 +416,10 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in live}
             for _ in range(args.repeats):
                 for name, (proc, url, pre, _) in live.items():
-                    cpu0 = cpu_seconds(proc)
+                    cpu0 = cpu_seconds(proc.pid)
                     run = wrk(url, bodies[pre + "single"], args.connections, args.seconds)
                     # the server's CPU per request: steadier than req/s on a shared machine
-                    run["cpu_us"] = (cpu_seconds(proc) - cpu0) / max(run["requests"], 1) * 1e6
+                    run["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(run["requests"], 1) * 1e6
                     runs[name].append(run)
             for name, (proc, url, pre, _) in live.items():
                 full = name.startswith(("fraud-api", "bentoml-noop"))
