@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ def patched() -> None:
         "response_headers",
         "root_json",
         "model_fields",
+        "idle_dispatch",
     }
 
 
@@ -169,6 +171,48 @@ def test_metric_writes_use_a_cached_pid_that_follows_forks(
         for s in m.samples
     }
     assert totals == {"c_total": 105.0}
+
+
+def _lone_request_seconds(learned_wait: float) -> float:
+    """A real CorkDispatcher (BentoML's adaptive batcher) past its start-up training, whose
+    optimizer then learned that batches started ``learned_wait`` after their first request
+    (as under load, queued behind the batch in flight): how long one request, alone and with no
+    batch in flight, takes to be answered."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    async def run() -> float:
+        dispatcher: CorkDispatcher[int, int] = CorkDispatcher(
+            max_latency_in_ms=1000,
+            max_batch_size=100,
+            fallback=lambda: -1,
+            get_batch_size=lambda _: 1,
+        )
+
+        async def echo(batch: Any) -> list[int]:
+            return list(batch)
+
+        call = dispatcher(echo)
+        for k in range(20):  # the optimizer's training batches (sizes 1, 2, 3), then some
+            assert await call(k) == k
+        for _ in range(50):
+            dispatcher.optimizer.log_outbound(n=8, wait=learned_wait, duration=0.002)
+        dispatcher.optimizer.trigger_refresh()
+        start = time.perf_counter()
+        assert await call(99) == 99
+        return time.perf_counter() - start
+
+    return asyncio.run(run())
+
+
+def test_a_lone_request_is_dispatched_without_the_learned_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    assert _lone_request_seconds(0.5) < 0.25  # dispatched at once (~1 ms)
+    with monkeypatch.context() as m:  # stock: the request idles for the learned wait
+        m.delattr(Optimizer, "wait")
+        assert _lone_request_seconds(0.5) >= 0.4
 
 
 def test_other_bentoml_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import argparse
 import collections
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -54,11 +55,20 @@ def per_request(raw: Path, rate: int, requests: float) -> tuple[dict[str, float]
     )
 
 
+def py_spy() -> str:
+    """py-spy on the PATH or beside this interpreter (installed into the venv, not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if found is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    return found
+
+
 def sample(port: int, bodies: Path, connections: int, seconds: int, rate: int, out: Path) -> float:
     """Load ``port`` and sample its worker; returns the requests served while sampled."""
     worker = serving_worker(port)
     cmd = [
-        "taskset", "-c", CLIENT_CPU, "py-spy", "record", "-p", str(worker.pid),
+        "taskset", "-c", CLIENT_CPU, py_spy(), "record", "-p", str(worker.pid),
         "-r", str(rate), "-d", str(seconds), "-f", "raw", "-o", str(out),
     ]  # fmt: skip
     spy: list[subprocess.Popen] = []
@@ -83,8 +93,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--self", dest="own", action="store_true", help="rank by self time")
     args = ap.parse_args()
-    if shutil.which("py-spy") is None:
-        raise SystemExit("py-spy not found: pip install py-spy")
+    py_spy()
     profiles = []
     with tempfile.TemporaryDirectory() as tmp:
         for port in args.ports:
