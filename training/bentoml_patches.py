@@ -214,7 +214,7 @@ def apply() -> list[str]:
         _applied.add("model_fields")
     if "idle_dispatch" not in _applied and "wait" not in vars(Optimizer):
         originals["idle_dispatch"] = None  # an instance attribute, set and learned per batcher
-        Optimizer.wait = NoIdleWait()
+        Optimizer.wait = NoIdleWait()  # type: ignore[assignment]
         _applied.add("idle_dispatch")
     if "metrics_pid" not in _applied and cache_metrics_pid():
         _applied.add("metrics_pid")
