@@ -7,6 +7,9 @@ counters) is steadier than throughput. Start the servers first (pinned to CPU 0,
 
     python -m tests.bench.ab --bodies reports/bench-work/single.jsonl 18081 18082
 
+``--think-ms 100 --connections 50`` offers ~500 req/s in unsynchronised arrivals instead.
+``--hey`` offers ``make bench``'s 500 req/s instead (hey, 50 clients x 10 q/s: bursts of 50
+every 100 ms, the first body of the file) and adds the p50 to the report.
 ``make bench`` writes the bodies (single.jsonl, hundred.jsonl) to reports/bench-work/.
 """
 
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from tests.bench.run_bench import cpu_seconds, wrk
+from tests.bench.run_bench import cpu_seconds, hey_rate, wrk
 
 
 def serving_worker(port: int) -> psutil.Process:
@@ -41,27 +46,46 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--hey", action="store_true", help="500 req/s offered in bursts (hey)")
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=None,
+        help="each wrk connection pauses ~this long (exponential) before each request",
+    )
     args = ap.parse_args()
     workers = {port: serving_worker(port) for port in args.ports}
-    runs: dict[int, list[tuple[float, float, float, int]]] = {port: [] for port in args.ports}
+    one = Path(tempfile.mkdtemp()) / "one.json"
+    one.write_text(args.bodies.read_text().splitlines()[0])
+
+    def load(port: int, seconds: int) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{port}/predict"
+        if args.hey:
+            stats = hey_rate(url, one, seconds)
+            return {**stats, "requests": stats["ok"] + stats["failed"], "non_2xx": stats["failed"]}
+        return wrk(url, args.bodies, args.connections, seconds, args.think_ms)
+
+    runs: dict[int, list[dict[str, Any]]] = {port: [] for port in args.ports}
     for port in args.ports:  # warm-up
-        wrk(f"http://127.0.0.1:{port}/predict", args.bodies, args.connections, 3)
+        load(port, 3)
     for _ in range(args.rounds):
         for port, proc in workers.items():
             cpu0 = cpu_seconds(proc.pid)
-            stats = wrk(
-                f"http://127.0.0.1:{port}/predict", args.bodies, args.connections, args.seconds
-            )
-            cpu_us = (cpu_seconds(proc.pid) - cpu0) / max(stats["requests"], 1) * 1e6
-            runs[port].append((stats["rps"], cpu_us, stats["p99_ms"], stats["non_2xx"]))
+            stats = load(port, args.seconds)
+            stats["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(stats["requests"], 1) * 1e6
+            runs[port].append(stats)
     for port, rs in runs.items():
+
+        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return statistics.median(r[key] for r in rs)
+
         print(
-            f"{port}: req/s {[round(r[0]) for r in rs]}"
-            f" median {statistics.median(r[0] for r in rs):.0f}"
-            f" | worker CPU µs/request {[round(r[1]) for r in rs]}"
-            f" median {statistics.median(r[1] for r in rs):.0f}"
-            f" | p99 ms median {statistics.median(r[2] for r in rs):.1f}"
-            f" | non-2xx {sum(r[3] for r in rs)}"
+            f"{port}: req/s {[round(r['rps']) for r in rs]} median {med('rps'):.0f}"
+            f" | worker CPU µs/request {[round(r['cpu_us']) for r in rs]}"
+            f" median {med('cpu_us'):.0f}"
+            + (f" | p50 ms median {med('p50_ms'):.1f}" if args.hey or args.think_ms else "")
+            + f" | p99 ms {[round(r['p99_ms'], 1) for r in rs]} median {med('p99_ms'):.1f}"
+            f" | non-2xx {sum(r['non_2xx'] for r in rs)}"
         )
 
 

@@ -9,8 +9,9 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fastapi-seed  FastAPI + uvicorn + the scikit-learn pipeline, one request at a time
   mlflow-serve  `mlflow models serve` of the same champion (input: the feature row)
 Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
-a constant 500 req/s offered (hey, 50 clients x 10 q/s), then one client alone (wrk -c1:
-the latency of a lone request after a busy spell), 100-transaction requests (wrk);
+a constant 500 req/s offered (hey, 50 clients x 10 q/s: bursts of 50 every 100 ms), then
+~500 req/s in unsynchronised arrivals (wrk -c50, each connection pausing ~100 ms at random),
+then one client alone (wrk -c1), 100-transaction requests (wrk);
 fraud-api and the no-ops then run the 100-transaction requests again allowed both CPUs (the
 load generator needs ~2 % of one for them), fraud-api with FRAUD_MODEL_THREADS=2 (two ONNX
 Runtime threads for batches of 64+, used only while the server may run on both CPUs).
@@ -79,7 +80,11 @@ def allow_cpus(proc: subprocess.Popen, cpus: set[int]) -> None:
                     os.sched_setaffinity(thread.id, cpus)
 
 
-def wrk(url: str, bodies: Path, connections: int, seconds: int) -> dict[str, Any]:
+def wrk(
+    url: str, bodies: Path, connections: int, seconds: int, think_ms: float | None = None
+) -> dict[str, Any]:
+    """wrk with varied bodies; with ``think_ms`` each connection pauses a random exponential
+    time of that mean before each request (unsynchronised arrivals, see bodies.lua)."""
     out = sh(
         [
             "taskset",
@@ -96,6 +101,7 @@ def wrk(url: str, bodies: Path, connections: int, seconds: int) -> dict[str, Any
             url,
             "--",
             str(bodies),
+            *([str(think_ms)] if think_ms else []),
         ],
         timeout=seconds + 60,
     )
@@ -426,6 +432,7 @@ def main() -> None:
                 full = name.startswith(("fraud-api", "bentoml-noop"))
                 rate_s = args.rate_seconds if full else min(20, args.rate_seconds)
                 rate = hey_rate(url, bodies[pre + "one"], rate_s)
+                paced = wrk(url, bodies[pre + "single"], 50, min(args.seconds, rate_s), 100)
                 lone = wrk(url, bodies[pre + "single"], 1, min(args.seconds, rate_s))
                 batch = wrk(url, bodies[pre + "hundred"], 8, args.seconds)
                 batch2 = None
@@ -439,6 +446,7 @@ def main() -> None:
                     "peak": peak,
                     "rate500": rate,
                     "rate_seconds": rate_s,
+                    "paced": paced,
                     "lone": lone,
                     "batch100": {**batch, "tx_per_s": batch["rps"] * 100},
                     "batch100_2cpu": batch2 and {**batch2, "tx_per_s": batch2["rps"] * 100},
@@ -448,7 +456,8 @@ def main() -> None:
                 print(
                     f"[{name}] peak {peak['rps']:.0f} req/s (runs {peak['runs_rps']}) p99 "
                     f"{peak['p99_ms']:.1f} ms; 500/s: p99 {rate['p99_ms']:.1f} ms, failed "
-                    f"{rate['failed']}; 1 client: p50 {lone['p50_ms']:.2f} ms; "
+                    f"{rate['failed']}; paced: p50 {paced['p50_ms']:.2f} ms; "
+                    f"1 client: p50 {lone['p50_ms']:.2f} ms; "
                     f"100-tx: {batch['rps'] * 100:.0f} tx/s"
                     + (f" ({batch2['rps'] * 100:.0f} on 2 CPUs)" if batch2 else "")
                 )
@@ -485,21 +494,23 @@ def render(report: dict[str, Any]) -> str:
     s = report["servers"]
     lines = [
         "| server | peak req/s (1 tx) | p50 / p95 / p99 ms at peak "
-        "| 500 req/s offered: p50 / p99 ms, failed | 1 client: p50 / p99 ms "
+        "| 500 req/s offered: p50 / p99 ms, failed | ~500 req/s unsynchronised: p50 / p99 ms "
+        "| 1 client: p50 / p99 ms "
         "| 100-tx requests: tx/s (server on 1 CPU / 2 CPUs) "
         "| RSS MB (worker / all) | server CPU µs / request at peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in s.items():
         p, q, b, b2 = r["peak"], r["rate500"], r["batch100"], r.get("batch100_2cpu")
         both = f" / {b2['tx_per_s']:,.0f}" if b2 else ""
-        lone = r.get("lone")
+        paced, lone = r.get("paced"), r.get("lone")
         one = f"{lone['p50_ms']:.2f} / {lone['p99_ms']:.2f}" if lone else "-"
+        unsync = f"{paced['p50_ms']:.2f} / {paced['p99_ms']:.2f}" if paced else "-"
         lines.append(
             f"| {name} | {p['rps']:,.0f} "
             f"| {p['p50_ms']:.1f} / {p['p95_ms']:.1f} / {p['p99_ms']:.1f} "
             f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f}, {q['failed']} ({q['rps']:.0f} req/s) "
-            f"| {one} "
+            f"| {unsync} | {one} "
             f"| {b['tx_per_s']:,.0f}{both} "
             f"| {r['worker_rss_mb']:.0f} / {r['rss_mb']:.0f} "
             f"| {p['cpu_us']:,.0f} |"
@@ -542,7 +553,8 @@ def render(report: dict[str, Any]) -> str:
         f"Measured on {report['machine']['cpus']} CPUs: server pinned to CPU {m['server_cpu']}, "
         f"load generator to CPU {m['client_cpu']} (taskset); peak = median of "
         f"{m['repeats']} wrk runs of {m['seconds']} s, -c{m['connections']}, varied bodies; "
-        f"{m['rate']}; 1 client: wrk -c1 right after it; 100-tx: wrk -c8, then again "
+        f"{m['rate']}; then unsynchronised: wrk -c50, each connection pausing an exponential "
+        "~100 ms before each request; then 1 client: wrk -c1; 100-tx: wrk -c8, then again "
         "with the server allowed both CPUs (fraud-api: FRAUD_MODEL_THREADS=2, its second "
         "thread used only while allowed both)."
     )
