@@ -55,8 +55,17 @@ def main() -> None:
     )
     args = ap.parse_args()
     workers = {port: serving_worker(port) for port in args.ports}
-    one = Path(tempfile.mkdtemp()) / "one.json"
-    one.write_text(args.bodies.read_text().splitlines()[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one.json"  # hey sends one body
+        one.write_text(args.bodies.read_text().splitlines()[0])
+        runs = interleave(workers, args, one)
+    report(runs, args.hey or bool(args.think_ms))
+
+
+def interleave(
+    workers: dict[int, psutil.Process], args: argparse.Namespace, one: Path
+) -> dict[int, list[dict[str, Any]]]:
+    """``args.rounds`` runs per server, A, B, A, B...: each with the worker's CPU per request."""
 
     def load(port: int, seconds: int) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/predict"
@@ -74,6 +83,10 @@ def main() -> None:
             stats = load(port, args.seconds)
             stats["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(stats["requests"], 1) * 1e6
             runs[port].append(stats)
+    return runs
+
+
+def report(runs: dict[int, list[dict[str, Any]]], with_p50: bool) -> None:
     for port, rs in runs.items():
 
         def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
@@ -83,7 +96,7 @@ def main() -> None:
             f"{port}: req/s {[round(r['rps']) for r in rs]} median {med('rps'):.0f}"
             f" | worker CPU µs/request {[round(r['cpu_us']) for r in rs]}"
             f" median {med('cpu_us'):.0f}"
-            + (f" | p50 ms median {med('p50_ms'):.1f}" if args.hey or args.think_ms else "")
+            + (f" | p50 ms median {med('p50_ms'):.1f}" if with_p50 else "")
             + f" | p99 ms {[round(r['p99_ms'], 1) for r in rs]} median {med('p99_ms'):.1f}"
             f" | non-2xx {sum(r['non_2xx'] for r in rs)}"
         )

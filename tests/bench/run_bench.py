@@ -43,6 +43,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LUA = Path(__file__).with_name("bodies.lua")
 SERVER_CPU, CLIENT_CPU = "0", "1"
+PACED_CONNECTIONS, PACED_THINK_MS = 50, 100  # ~500 req/s in unsynchronised arrivals
 
 
 def sh(cmd: list[str], timeout: float) -> str:
@@ -432,7 +433,13 @@ def main() -> None:
                 full = name.startswith(("fraud-api", "bentoml-noop"))
                 rate_s = args.rate_seconds if full else min(20, args.rate_seconds)
                 rate = hey_rate(url, bodies[pre + "one"], rate_s)
-                paced = wrk(url, bodies[pre + "single"], 50, min(args.seconds, rate_s), 100)
+                paced = wrk(
+                    url,
+                    bodies[pre + "single"],
+                    PACED_CONNECTIONS,
+                    min(args.seconds, rate_s),
+                    PACED_THINK_MS,
+                )
                 lone = wrk(url, bodies[pre + "single"], 1, min(args.seconds, rate_s))
                 batch = wrk(url, bodies[pre + "hundred"], 8, args.seconds)
                 batch2 = None
