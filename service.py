@@ -72,7 +72,8 @@ class FraudDetector:
     def __init__(self) -> None:
         t0 = time.perf_counter()
         if SETTINGS.bentoml_patches:  # in the worker, before its first request
-            log.info("BentoML request-path fixes applied: %s", bentoml_patches.apply())
+            applied = bentoml_patches.apply(skip=SETTINGS.skipped_fixes())
+            log.info("BentoML request-path fixes applied: %s", applied)
         quiet_client_errors()
         bundle = ModelBundle.load(
             Path(self.bento_model.path),

@@ -215,6 +215,37 @@ def test_a_lone_request_is_dispatched_without_the_learned_wait(
         assert _lone_request_seconds(0.5) >= 0.4
 
 
+def test_fixes_can_be_skipped_by_name() -> None:
+    """``FRAUD_BENTOML_PATCHES_SKIP`` reaches apply(): a skipped fix leaves BentoML's class as
+    shipped (a fresh interpreter: this module's fixture has applied them all here)."""
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    from training.config import Settings
+
+    code = (
+        "import json\n"
+        "from bentoml._internal.marshal.dispatcher import Optimizer\n"
+        "from training import bentoml_patches\n"
+        "from training.config import get_settings\n"
+        "applied = bentoml_patches.apply(skip=get_settings().skipped_fixes())\n"
+        "print(json.dumps([applied, 'wait' in vars(Optimizer)]))\n"
+    )
+    env = {**os.environ, "FRAUD_BENTOML_PATCHES_SKIP": " idle_dispatch,root_json "}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    applied, patched_wait = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "idle_dispatch" not in applied and "root_json" not in applied
+    assert "timeout_timer" in applied and not patched_wait
+    with pytest.raises(ValidationError, match="bentoml_patches_skip"):
+        Settings(bentoml_patches_skip="idle_dispatch,no_such_fix")
+    with pytest.raises(ValueError, match="no_such_fix"):
+        bentoml_patches.apply(skip={"no_such_fix"})
+
+
 def test_other_bentoml_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bentoml, "__version__", "1.5.0")
     assert bentoml_patches.apply() == []

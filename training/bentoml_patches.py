@@ -49,11 +49,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Collection
 from typing import Any
 
 log = logging.getLogger("bentoml.fraud_service")
 
 SUPPORTED = ("1.4.",)  # the versions whose internals these patches were written against
+NAMES = (  # every fix, by the name apply() reports (FRAUD_BENTOML_PATCHES_SKIP takes these)
+    "timeout_timer",
+    "local_call",
+    "response_headers",
+    "root_json",
+    "model_fields",
+    "idle_dispatch",
+    "metrics_pid",
+)
 _applied: set[str] = set()
 originals: dict[str, Any] = {}  # what each patch replaced
 
@@ -181,8 +191,9 @@ def cache_metrics_pid(value_class: Any = None) -> bool:
     return True
 
 
-def apply() -> list[str]:
-    """Apply the patches this BentoML version supports; returns the names applied.
+def apply(skip: Collection[str] = ()) -> list[str]:
+    """Apply the patches this BentoML version supports, but those named in ``skip``; returns
+    the names applied (all so far in this process).
 
     Idempotent. On another BentoML version nothing is patched and a warning says so."""
     import bentoml
@@ -192,35 +203,39 @@ def apply() -> list[str]:
     from bentoml._internal.marshal.dispatcher import Optimizer
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
+    unknown = set(skip) - set(NAMES)
+    if unknown:
+        raise ValueError(f"unknown BentoML fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
     version = bentoml.__version__
     if not _supported(version):
         log.warning("BentoML %s: request-path patches not applied (written for 1.4)", version)
         return []
-    if "timeout_timer" not in _applied:
+    leave = _applied | set(skip)  # applied already, or not wanted
+    if "timeout_timer" not in leave:
         originals["timeout_timer"] = TimeoutMiddleware.__call__
         TimeoutMiddleware.__call__ = timeout_call  # type: ignore[method-assign]
         _applied.add("timeout_timer")
-    if "local_call" not in _applied:
+    if "local_call" not in leave:
         originals["local_call"] = APIMethod._local_call
         APIMethod._local_call = _cached_local_call(APIMethod._local_call)
         _applied.add("local_call")
     headers = ServiceAppFactory._add_response_headers
-    if "response_headers" not in _applied and hasattr(headers, "__wrapped__"):
+    if "response_headers" not in leave and hasattr(headers, "__wrapped__"):
         originals["response_headers"] = headers
         ServiceAppFactory._add_response_headers = _resolved_headers(headers)
         _applied.add("response_headers")
-    if "root_json" not in _applied:
+    if "root_json" not in leave:
         originals["root_json"] = IORootModel.model_dump_json
         IORootModel.model_dump_json = _root_json(IORootModel.model_dump_json)
         _applied.add("root_json")
-    if "model_fields" not in _applied and "model_fields" not in vars(IOMixin):
+    if "model_fields" not in leave and "model_fields" not in vars(IOMixin):
         originals["model_fields"] = None  # IOMixin had none: pydantic's BaseModel answered
         IOMixin.model_fields = ClassModelFields()
         _applied.add("model_fields")
-    if "idle_dispatch" not in _applied and "wait" not in vars(Optimizer):
+    if "idle_dispatch" not in leave and "wait" not in vars(Optimizer):
         originals["idle_dispatch"] = None  # an instance attribute, set and learned per batcher
         Optimizer.wait = NoIdleWait()  # type: ignore[assignment]
         _applied.add("idle_dispatch")
-    if "metrics_pid" not in _applied and cache_metrics_pid():
+    if "metrics_pid" not in leave and cache_metrics_pid():
         _applied.add("metrics_pid")
     return sorted(_applied)

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     bentoml_patches: bool = Field(
         True, description="Apply the request-path fixes of training.bentoml_patches at start-up"
     )
+    bentoml_patches_skip: str = Field(
+        "",
+        description="Comma-separated fixes not to apply, e.g. idle_dispatch (traffic in "
+        "synchronised bursts: the batcher then waits to gather them, as shipped)",
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )
@@ -94,6 +99,21 @@ class Settings(BaseSettings):
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
+
+    @field_validator("bentoml_patches_skip")
+    @classmethod
+    def _known_fixes(cls, value: str) -> str:
+        from training.bentoml_patches import NAMES
+
+        names = {n.strip() for n in value.split(",") if n.strip()}
+        unknown = names - set(NAMES)
+        if unknown:
+            raise ValueError(f"unknown fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
+        return ",".join(sorted(names))
+
+    def skipped_fixes(self) -> set[str]:
+        """The BentoML fixes ``bentoml_patches_skip`` names."""
+        return set(filter(None, self.bentoml_patches_skip.split(",")))
 
     def model_thread_count(self) -> int:
         """``model_threads``, with 0 resolved against the CPUs this process may use."""

@@ -27,7 +27,7 @@ STOCK = os.environ.get("NOOP_STOCK") == "1"
 class NoopFraudService:
     def __init__(self) -> None:
         if get_settings().bentoml_patches and not STOCK:
-            bentoml_patches.apply()
+            bentoml_patches.apply(skip=get_settings().skipped_fixes())
         if not STOCK:  # the real service's GC setting after start-up
             settle_gc()
 
