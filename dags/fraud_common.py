@@ -12,7 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Connection
 
-from training.config import Settings, get_settings
+from training.config import Settings, comma_list, get_settings
 from training.notify import Channels
 
 log = logging.getLogger(__name__)
@@ -62,5 +62,5 @@ def channels(cfg: Settings) -> Channels:
         out.smtp_starttls = bool(extra.get("starttls", False))
         out.email_from = extra.get("from", out.email_from)
         if extra.get("to"):
-            out.email_to = [a.strip() for a in str(extra["to"]).split(",") if a.strip()]
+            out.email_to = comma_list(str(extra["to"]))
     return out

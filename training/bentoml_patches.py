@@ -68,6 +68,13 @@ _applied: set[str] = set()
 originals: dict[str, Any] = {}  # what each patch replaced
 
 
+def check_names(names: Collection[str]) -> None:
+    """Raise ``ValueError`` naming any of ``names`` that is not a fix of this module."""
+    unknown = set(names) - set(NAMES)
+    if unknown:
+        raise ValueError(f"unknown BentoML fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
+
+
 def _supported(version: str) -> bool:
     return version.startswith(SUPPORTED)
 
@@ -203,9 +210,7 @@ def apply(skip: Collection[str] = ()) -> list[str]:
     from bentoml._internal.marshal.dispatcher import Optimizer
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    unknown = set(skip) - set(NAMES)
-    if unknown:
-        raise ValueError(f"unknown BentoML fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
+    check_names(skip)
     version = bentoml.__version__
     if not _supported(version):
         log.warning("BentoML %s: request-path patches not applied (written for 1.4)", version)

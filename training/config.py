@@ -103,17 +103,14 @@ class Settings(BaseSettings):
     @field_validator("bentoml_patches_skip")
     @classmethod
     def _known_fixes(cls, value: str) -> str:
-        from training.bentoml_patches import NAMES
+        from training.bentoml_patches import check_names
 
-        names = {n.strip() for n in value.split(",") if n.strip()}
-        unknown = names - set(NAMES)
-        if unknown:
-            raise ValueError(f"unknown fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
-        return ",".join(sorted(names))
+        check_names(comma_list(value))
+        return value
 
     def skipped_fixes(self) -> set[str]:
         """The BentoML fixes ``bentoml_patches_skip`` names."""
-        return set(filter(None, self.bentoml_patches_skip.split(",")))
+        return set(comma_list(self.bentoml_patches_skip))
 
     def model_thread_count(self) -> int:
         """``model_threads``, with 0 resolved against the CPUs this process may use."""
@@ -134,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+
+def comma_list(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (settings that hold several values)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def allowed_cpus() -> int:

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from training.config import Settings
+from training.config import Settings, comma_list
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Channels:
             smtp_user=settings.notify_smtp_user,
             smtp_password=password.get_secret_value() if password else None,
             email_from=settings.notify_email_from,
-            email_to=[a.strip() for a in settings.notify_email_to.split(",") if a.strip()],
+            email_to=comma_list(settings.notify_email_to),
         )
 
 
