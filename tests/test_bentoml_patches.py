@@ -13,6 +13,7 @@ from typing import Any
 
 import bentoml
 import pytest
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from training import bentoml_patches
@@ -29,6 +30,7 @@ def patched() -> None:
         "root_json",
         "model_fields",
         "idle_dispatch",
+        "gather_batch",
     }
 
 
@@ -213,6 +215,67 @@ def test_a_lone_request_is_dispatched_without_the_learned_wait(
     with monkeypatch.context() as m:  # stock: the request idles for the learned wait
         m.delattr(Optimizer, "wait")
         assert _lone_request_seconds(0.5) >= 0.4
+
+
+def _batches_of_a_stream(every_iteration: int, span: int) -> tuple[list[int], float]:
+    """A real CorkDispatcher past its start-up training, idle; one request arrives, then
+    ``every_iteration`` more arrive on each of the next ``span`` event-loop iterations (as
+    the worker parses requests that came in together). The sizes of the batches that
+    answered them, and how long the first request waited for its batch to start."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    async def run() -> tuple[list[int], float]:
+        dispatcher: CorkDispatcher[int, int] = CorkDispatcher(
+            max_latency_in_ms=1000,
+            max_batch_size=1000,
+            fallback=lambda: -1,
+            get_batch_size=lambda _: 1,
+        )
+        sizes: list[int] = []
+        started: list[float] = []
+
+        async def echo(batch: Any) -> list[int]:
+            sizes.append(len(batch))
+            started.append(time.perf_counter())
+            return list(batch)
+
+        call = dispatcher(echo)
+        for k in range(20):  # the optimizer's training batches
+            assert await call(k) == k
+        sizes.clear()
+        started.clear()
+        t0 = time.perf_counter()
+        first = asyncio.ensure_future(call(0))
+        rest = []
+        for i in range(span):
+            await asyncio.sleep(0)
+            rest += [asyncio.ensure_future(call(i)) for _ in range(every_iteration)]
+        assert await first == 0
+        assert len(await asyncio.gather(*rest)) == span * every_iteration
+        return sizes, started[0] - t0
+
+    return asyncio.run(run())
+
+
+def test_a_batch_takes_in_the_requests_the_loop_is_about_to_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes, _ = _batches_of_a_stream(every_iteration=1, span=6)
+    assert sizes == [7]  # the first request and the six queued right after it
+    with monkeypatch.context() as m:  # stock: the first request leaves alone
+        m.setattr(CorkDispatcher, "outbound_call", bentoml_patches.originals["gather_batch"])
+        stock, _ = _batches_of_a_stream(every_iteration=1, span=6)
+    assert stock[0] < 7 and sum(stock) == 7
+
+
+def test_a_batch_waits_for_no_more_than_the_gather_limit() -> None:
+    """Requests arriving on every loop iteration without end: the first batch still starts
+    within GATHER_LIMIT_S of its first request."""
+    span = 20_000  # ~0.1-0.3 s of loop iterations: well past the limit
+    sizes, waited = _batches_of_a_stream(every_iteration=1, span=span)
+    assert len(sizes) > 1
+    assert bentoml_patches.GATHER_LIMIT_S <= waited < bentoml_patches.GATHER_LIMIT_S + 0.05
+    assert sum(sizes) == span + 1
 
 
 def test_fixes_can_be_skipped_by_name() -> None:
