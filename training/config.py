@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     )
     bentoml_patches_skip: str = Field(
         "",
-        description="Comma-separated fixes not to apply, e.g. idle_dispatch (traffic in "
-        "synchronised bursts: the batcher then waits to gather them, as shipped)",
+        description="Comma-separated fixes not to apply, e.g. gather_batch (traffic always "
+        "light: a lone request then skips the batch's three event-loop iterations)",
     )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
