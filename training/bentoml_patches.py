@@ -55,7 +55,8 @@ All were found with py-spy on the serving worker and are written to be sent upst
   Measured (interleaved A/B against the seven other fixes, ``python -m tests.bench.ab``, 2
   cores): peak (wrk -c32) 3,274 -> 3,688 req/s in 8 of 8 paired rounds, worker CPU 304 -> 269
   µs a request, batches of 11-12 -> 31.9; under hey's synchronised bursts CPU 400 -> 349 µs a
-  request, p99 26.6 -> 23.5 ms. The no-op service: 4,726 -> 4,804 req/s (its batches cost
+  request, p99 26.6 -> 23.5 ms; 100-transaction requests (wrk -c8) 266 -> 334 req/s, CPU
+  3,745 -> 2,979 µs a request. The no-op service: 4,726 -> 4,804 req/s (its batches cost
   nothing). The cost: a lone request ~20-50 µs later (one client: 1,467 -> 1,422 req/s; a lone
   request through the batcher alone, in process: 12.0 -> 17.4 µs).
 """
