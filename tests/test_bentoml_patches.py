@@ -180,7 +180,6 @@ def _lone_request_seconds(learned_wait: float) -> float:
     optimizer then learned that batches started ``learned_wait`` after their first request
     (as under load, queued behind the batch in flight): how long one request, alone and with no
     batch in flight, takes to be answered."""
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
     async def run() -> float:
         dispatcher: CorkDispatcher[int, int] = CorkDispatcher(
@@ -222,7 +221,6 @@ def _batches_of_a_stream(every_iteration: int, span: int) -> tuple[list[int], fl
     ``every_iteration`` more arrive on each of the next ``span`` event-loop iterations (as
     the worker parses requests that came in together). The sizes of the batches that
     answered them, and how long the first request waited for its batch to start."""
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
     async def run() -> tuple[list[int], float]:
         dispatcher: CorkDispatcher[int, int] = CorkDispatcher(

@@ -41,7 +41,8 @@ All were found with py-spy on the serving worker and are written to be sent upst
   9.5 -> 1.1 ms; ~500 req/s in unsynchronised arrivals, median 2.2 -> 1.5 ms, p99 9.6 -> 5.9;
   peak unchanged (2,410 -> 2,387 req/s). The cost: under synchronised bursts (hey's 50 clients
   firing together) the first request of a burst no longer waits for company, batches are about
-  half as large and the service's CPU per request is 6-9 % higher (median +1-3 ms).
+  half as large and the service's CPU per request is 6-9 % higher (median +1-3 ms); the
+  eighth fix, below, gathers them again.
 * **A batch takes in what the event loop is about to queue.** The batcher dispatches a batch
   with the requests queued at that instant, but the batch only starts on a later loop
   iteration, and the same worker is meanwhile parsing the requests that arrived with the
