@@ -216,9 +216,9 @@ def test_a_lone_request_is_dispatched_without_the_learned_wait(
         assert _lone_request_seconds(0.5) >= 0.4
 
 
-def _batches_of_a_stream(every_iteration: int, span: int) -> tuple[list[int], float]:
+def _batches_of_a_stream(span: int) -> tuple[list[int], float]:
     """A real CorkDispatcher past its start-up training, idle; one request arrives, then
-    ``every_iteration`` more arrive on each of the next ``span`` event-loop iterations (as
+    one more on each of the next ``span`` event-loop iterations (as
     the worker parses requests that came in together). The sizes of the batches that
     answered them, and how long the first request waited for its batch to start."""
 
@@ -247,9 +247,9 @@ def _batches_of_a_stream(every_iteration: int, span: int) -> tuple[list[int], fl
         rest = []
         for i in range(span):
             await asyncio.sleep(0)
-            rest += [asyncio.ensure_future(call(i)) for _ in range(every_iteration)]
+            rest.append(asyncio.ensure_future(call(i)))
         assert await first == 0
-        assert len(await asyncio.gather(*rest)) == span * every_iteration
+        assert await asyncio.gather(*rest) == list(range(span))
         return sizes, started[0] - t0
 
     return asyncio.run(run())
@@ -258,11 +258,11 @@ def _batches_of_a_stream(every_iteration: int, span: int) -> tuple[list[int], fl
 def test_a_batch_takes_in_the_requests_the_loop_is_about_to_queue(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sizes, _ = _batches_of_a_stream(every_iteration=1, span=6)
+    sizes, _ = _batches_of_a_stream(span=6)
     assert sizes == [7]  # the first request and the six queued right after it
     with monkeypatch.context() as m:  # stock: the first request leaves alone
         m.setattr(CorkDispatcher, "outbound_call", bentoml_patches.originals["gather_batch"])
-        stock, _ = _batches_of_a_stream(every_iteration=1, span=6)
+        stock, _ = _batches_of_a_stream(span=6)
     assert stock[0] < 7 and sum(stock) == 7
 
 
@@ -270,7 +270,7 @@ def test_a_batch_waits_for_no_more_than_the_gather_limit() -> None:
     """Requests arriving on every loop iteration without end: the first batch still starts
     within GATHER_LIMIT_S of its first request."""
     span = 20_000  # ~0.1-0.3 s of loop iterations: well past the limit
-    sizes, waited = _batches_of_a_stream(every_iteration=1, span=span)
+    sizes, waited = _batches_of_a_stream(span=span)
     assert len(sizes) > 1
     assert bentoml_patches.GATHER_LIMIT_S <= waited < bentoml_patches.GATHER_LIMIT_S + 0.05
     assert sum(sizes) == span + 1
