@@ -6,6 +6,8 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
                 with the same request-path fixes (training/bentoml_patches.py) and GC
                 setting (training.serving.settle_gc)
   bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, default GC)
+  bentoml-noop-forest  the no-op plus the champion's compiled forest on each batch, nothing
+                else (no features, state, metrics): the ceiling the forest alone leaves
   fastapi-seed  FastAPI + uvicorn + the scikit-learn pipeline, one request at a time
   mlflow-serve  `mlflow models serve` of the same champion (input: the feature row)
 Runs per server: peak single-transaction throughput (wrk, fixed connections, varied bodies),
@@ -340,6 +342,16 @@ def main() -> None:
             ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
             "tx",
         ),
+        "bentoml-noop-forest": (
+            [
+                "bentoml",
+                "serve",
+                "tests.bench.noop_forest_service:NoopForestService",
+                "--port",
+                "{port}",
+            ],
+            "tx",
+        ),
         "fastapi-seed": (
             [
                 sys.executable,
@@ -376,7 +388,7 @@ def main() -> None:
     # fraud-api and the no-op run side by side (both idle unless loaded) and their runs are
     # interleaved A, B, A, B...: drift of a shared machine then hits both alike.
     groups = [
-        ["fraud-api", "bentoml-noop", "bentoml-noop-stock"],
+        ["fraud-api", "bentoml-noop", "bentoml-noop-stock", "bentoml-noop-forest"],
         ["fastapi-seed"],
         ["mlflow-serve"],
     ]
@@ -403,6 +415,11 @@ def main() -> None:
                         # server may run on both CPUs (CompiledModel.session_for)
                         **({"FRAUD_MODEL_THREADS": "2"} if name == "fraud-api" else {}),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
+                        **(
+                            {"NOOP_FOREST_ROWS": str(bodies["f_single"])}
+                            if name.endswith("-forest")
+                            else {}
+                        ),
                     },
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -497,6 +514,19 @@ def main() -> None:
     print(table)
 
 
+def forest_budget(api: dict[str, Any], noop: dict[str, Any], forest: dict[str, Any]) -> str:
+    """What the forest alone takes of the no-op's ceiling, and what 0.9x of the no-op's peak
+    leaves for everything else the service does (CPU per request at peak)."""
+    n, f, a = (r["peak"]["cpu_us"] for r in (noop, forest, api))
+    return (
+        f"Forest alone: peak noop-forest / noop = {forest['peak']['rps'] / noop['peak']['rps']:.2f}"
+        f", 100-tx {forest['batch100']['tx_per_s']:,.0f} tx/s; server CPU µs per request at "
+        f"peak: noop {n:.0f}, noop-forest {f:.0f}, fraud-api {a:.0f}. 0.9x the noop's peak "
+        f"allows ~{n / 0.9:.0f} µs: the forest leaves {n / 0.9 - f:.0f} µs for features, "
+        f"state, metrics and middleware, which take {a - f:.0f} µs here"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     s = report["servers"]
     lines = [
@@ -545,6 +575,8 @@ def render(report: dict[str, Any]) -> str:
             f"{a['rate500']['p99_ms'] / n['rate500']['p99_ms']:.2f}; server CPU per "
             f"request at peak noop / fraud-api = {n['peak']['cpu_us'] / a['peak']['cpu_us']:.2f}"
         )
+    if all(k in s for k in ("fraud-api", "bentoml-noop", "bentoml-noop-forest")):
+        lines.append(forest_budget(s["fraud-api"], s["bentoml-noop"], s["bentoml-noop-forest"]))
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]
         lines.append(
