@@ -19,6 +19,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from tests.bench.noop_service import answers
 from training import bentoml_patches
 from training.api_models import Prediction, Transaction
 from training.compiled import CompiledModel
@@ -51,7 +52,11 @@ class NoopForestService:
         settings = get_settings()
         if settings.bentoml_patches:
             bentoml_patches.apply(skip=settings.skipped_fixes())
-        bundle = ModelBundle.load(Path(self.bento_model.path), self.bento_model.info.metadata)
+        bundle = ModelBundle.load(
+            Path(self.bento_model.path),
+            self.bento_model.info.metadata,
+            settings.model_thread_count(),  # as the service: large batches on two threads
+        )
         if bundle.compiled is None:
             raise RuntimeError("the champion has no compiled twin: nothing to serve")
         self.model = bundle.compiled
@@ -72,12 +77,4 @@ class NoopForestService:
         self.at += n
         m = self.model
         proba = m.session_for(n).run([m.output_name], {m.input_name: X})[0][:, 1].tolist()
-        return [
-            Prediction(
-                transaction_id=str(t.transaction_id),
-                fraud_probability=p,
-                is_fraud=False,
-                model_version="noop-forest",
-            )
-            for t, p in zip(transactions, proba, strict=True)
-        ]
+        return answers(transactions, proba, "noop-forest")

@@ -7,6 +7,7 @@ real service with it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Annotated
 
 import bentoml
@@ -36,12 +37,19 @@ class NoopFraudService:
         self,
         transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],
     ) -> Annotated[list[Prediction], ContentType("application/json")]:
-        return [
-            Prediction(
-                transaction_id=str(t.transaction_id),
-                fraud_probability=0.0,
-                is_fraud=False,
-                model_version="noop",
-            )
-            for t in transactions
-        ]
+        return answers(transactions, [0.0] * len(transactions), "noop")
+
+
+def answers(
+    transactions: Sequence[Transaction], probabilities: Sequence[float], version: str
+) -> list[Prediction]:
+    """The response rows of the bench's baselines (every transaction passed)."""
+    return [
+        Prediction(
+            transaction_id=str(t.transaction_id),
+            fraud_probability=p,
+            is_fraud=False,
+            model_version=version,
+        )
+        for t, p in zip(transactions, probabilities, strict=True)
+    ]

@@ -15,8 +15,9 @@ a constant 500 req/s offered (hey, 50 clients x 10 q/s: bursts of 50 every 100 m
 ~500 req/s in unsynchronised arrivals (wrk -c50, each connection pausing ~100 ms at random),
 then one client alone (wrk -c1), 100-transaction requests (wrk);
 fraud-api and the no-ops then run the 100-transaction requests again allowed both CPUs (the
-load generator needs ~2 % of one for them), fraud-api with FRAUD_MODEL_THREADS=2 (two ONNX
-Runtime threads for batches of 64+, used only while the server may run on both CPUs).
+load generator needs ~2 % of one for them), fraud-api and noop-forest with
+FRAUD_MODEL_THREADS=2 (two ONNX Runtime threads for batches of 64+, used only while the server
+may run on both CPUs).
 Plus the model's cost per transaction in process (scikit-learn vs compiled) and server RSS.
 """
 
@@ -413,7 +414,11 @@ def main() -> None:
                         "BENTOML_HOME": str(own_bentoml_home(work, name)),
                         # large batches on two ONNX Runtime threads, used only while the
                         # server may run on both CPUs (CompiledModel.session_for)
-                        **({"FRAUD_MODEL_THREADS": "2"} if name == "fraud-api" else {}),
+                        **(
+                            {"FRAUD_MODEL_THREADS": "2"}
+                            if name in ("fraud-api", "bentoml-noop-forest")
+                            else {}
+                        ),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                         **(
                             {"NOOP_FOREST_ROWS": str(bodies["f_single"])}
@@ -594,8 +599,8 @@ def render(report: dict[str, Any]) -> str:
         f"{m['repeats']} wrk runs of {m['seconds']} s, -c{m['connections']}, varied bodies; "
         f"{m['rate']}; then unsynchronised: wrk -c50, each connection pausing an exponential "
         "~100 ms before each request; then 1 client: wrk -c1; 100-tx: wrk -c8, then again "
-        "with the server allowed both CPUs (fraud-api: FRAUD_MODEL_THREADS=2, its second "
-        "thread used only while allowed both)."
+        "with the server allowed both CPUs (fraud-api and noop-forest: FRAUD_MODEL_THREADS=2, "
+        "the second thread used only while allowed both)."
     )
     return "\n".join(lines) + "\n"
 
