@@ -30,11 +30,57 @@ def test_reaches_ap_floor(result: train_mod.TrainingResult) -> None:
     assert 0 < result.test_metrics["cp100"] <= 1
 
 
-def test_every_candidate_scored_and_best_chosen_by_ap(result: train_mod.TrainingResult) -> None:
+def test_every_candidate_scored_and_chosen_by_the_one_se_rule(
+    result: train_mod.TrainingResult,
+) -> None:
     assert len(result.search) == 2
     assert all(len(c.folds) >= 2 for c in result.search)
     best = max(result.search, key=lambda c: c.summary()["ap_mean"])
-    assert result.candidate == best.candidate
+    floor = best.summary()["ap_mean"] - best.ap_standard_error
+    pool = [c for c in result.search if c.summary()["ap_mean"] >= floor]
+    cheapest = min(pool, key=lambda c: c.summary()["comparisons_mean"])
+    assert result.candidate == cheapest.candidate
+    assert result.selection["rule"] == "one_se"
+    assert result.selection["best_ap_candidate"] == best.candidate.name
+    assert all(c.summary()["comparisons_mean"] > 0 for c in result.search)
+
+
+def _scored(name: str, aps: list[float], comparisons: float) -> train_mod.CandidateResult:
+    folds = [
+        train_mod.FoldResult(
+            np.zeros(1), np.zeros(1), {"ap": ap, "auc": 0.8, "cp100": 0.2}, comparisons
+        )
+        for ap in aps
+    ]
+    return train_mod.CandidateResult(Candidate(balancing=name), folds, 1.0)
+
+
+def test_one_se_rule_takes_the_cheapest_within_one_standard_error() -> None:
+    deep = _scored("none", [0.70, 0.72, 0.68, 0.70], 1_500)  # mean 0.700, SE 0.0071
+    shallow = _scored("smote", [0.69, 0.71, 0.68, 0.70], 700)  # mean 0.695: inside
+    tiny = _scored("undersample", [0.68, 0.69, 0.67, 0.68], 100)  # mean 0.680: outside
+    results = [deep, shallow, tiny]
+    assert train_mod.select(results, "one_se") is shallow
+    assert train_mod.select(results, "best_ap") is deep
+    assert train_mod.select([deep, tiny], "one_se") is deep  # nothing cheaper inside
+    with pytest.raises(ValueError, match="one_se"):
+        train_mod.select(results, "fastest")
+
+
+def test_forest_comparisons_is_the_mean_path_length() -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 4))
+    y = (X[:, 0] + 0.5 * rng.normal(size=500) > 0).astype(int)
+    forest = RandomForestClassifier(
+        n_estimators=5, max_depth=6, bootstrap=False, random_state=0
+    ).fit(X, y)
+    # without bootstrap every tree saw each training row once: the weighted leaf depth is the
+    # mean number of internal nodes on a training row's path
+    paths = sum(float(np.mean(t.decision_path(X).sum(axis=1) - 1)) for t in forest.estimators_)
+    assert train_mod.forest_comparisons(forest) == pytest.approx(paths)
+    assert 5 <= paths <= 5 * 6
 
 
 def test_threshold_respects_review_budget(result: train_mod.TrainingResult) -> None:

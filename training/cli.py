@@ -193,8 +193,17 @@ def train(
 
 
 def _print_search(result) -> None:
-    table = Table(title="Prequential validation (mean ± std over folds)")
-    for col in ("candidate", "AUC", "AP", "CP@100", "fit s"):
+    rule = result.selection.get("rule", "best_ap")
+    table = Table(
+        title="Prequential validation (mean ± std over folds); * = chosen ("
+        + (
+            "the fewest comparisons within one standard error of the best AP"
+            if rule == "one_se"
+            else "the best AP"
+        )
+        + ")"
+    )
+    for col in ("candidate", "AUC", "AP", "CP@100", "comparisons", "fit s"):
         table.add_column(col)
     for cr in sorted(result.search, key=lambda r: -r.summary()["ap_mean"]):
         s = cr.summary()
@@ -204,6 +213,7 @@ def _print_search(result) -> None:
             f"{s['auc_mean']:.3f} ± {s['auc_std']:.3f}",
             f"{s['ap_mean']:.3f} ± {s['ap_std']:.3f}",
             f"{s['cp100_mean']:.3f} ± {s['cp100_std']:.3f}",
+            f"{s['comparisons_mean']:,.0f}",
             f"{s['fit_seconds']:.0f}",
         )
     console.print(table)

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     bento_model: str = "fraud_detector"
     promotion_margin: float = Field(0.0, ge=0.0, description="Minimum AP gain to take champion")
     review_budget_per_day: int = Field(100, gt=0, description="Alerts per day the team can review")
+    model_selection: Literal["one_se", "best_ap"] = Field(
+        "one_se",
+        description="Which searched candidate wins: the cheapest to serve (fewest expected tree "
+        "comparisons a prediction) among those within one standard error of the best "
+        "validation AP (one_se), or the best validation AP (best_ap)",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     access_log: bool = Field(False, description="BentoML access log line per request")

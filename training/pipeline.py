@@ -261,6 +261,7 @@ def train_candidate(
         budget=settings.review_budget_per_day,
         seed=seed,
         progress=progress,
+        selection=settings.model_selection,
     )
     if on_result is not None:
         on_result(result)

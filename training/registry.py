@@ -102,10 +102,14 @@ def log_training(
                 "categorical_fields": result.categorical,
                 "n_candidates": len(result.search),
                 "n_transactions": len(raw),
+                "model_selection": result.selection.get("rule"),
+                "best_ap_candidate": result.selection.get("best_ap_candidate"),
             }
         )
         mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items()})
         mlflow.log_metrics(result.timings)
+        if "ap_floor" in result.selection:  # the one-standard-error rule's AP floor
+            mlflow.log_metric("selection_ap_floor", result.selection["ap_floor"])
         rows = []
         for cr in result.search:
             summary = cr.summary()

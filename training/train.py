@@ -105,6 +105,26 @@ class FoldResult:
     scores: np.ndarray
     labels: np.ndarray
     metrics: dict[str, float]
+    comparisons: float = float("nan")  # serving cost: see forest_comparisons
+
+
+def forest_comparisons(forest: Any) -> float:
+    """Expected threshold comparisons for one prediction of a fitted forest: per tree, the
+    depth of the leaf a training sample reaches, weighted by the samples each leaf holds,
+    summed over trees. What a tree walk costs at serving time (ONNX Runtime's time per row
+    follows it, not the node count: shallower trees with as many nodes walk faster)."""
+    total = 0.0
+    for est in forest.estimators_:
+        tree = est.tree_
+        left, right = tree.children_left, tree.children_right
+        depth = np.zeros(tree.node_count, dtype=np.int64)
+        for node in range(tree.node_count):  # children always come after their parent
+            if left[node] != -1:
+                depth[left[node]] = depth[right[node]] = depth[node] + 1
+        leaves = left == -1
+        weight = tree.weighted_n_node_samples[leaves]
+        total += float(np.sum(depth[leaves] * weight) / np.sum(weight))
+    return total
 
 
 @dataclass
@@ -119,8 +139,38 @@ class CandidateResult:
             vals = np.array([f.metrics[key] for f in self.folds], dtype=float)
             out[f"{key}_mean"] = float(np.nanmean(vals))
             out[f"{key}_std"] = float(np.nanstd(vals))
+        out["comparisons_mean"] = float(np.mean([f.comparisons for f in self.folds]))
         out["fit_seconds"] = self.fit_seconds
         return out
+
+    @property
+    def ap_standard_error(self) -> float:
+        """Standard error of the mean validation AP over the folds (0 with one fold)."""
+        aps = np.array([f.metrics["ap"] for f in self.folds], dtype=float)
+        aps = aps[~np.isnan(aps)]
+        return float(np.std(aps) / np.sqrt(len(aps))) if len(aps) > 1 else 0.0
+
+
+SELECTION_RULES = ("one_se", "best_ap")
+
+
+def select(results: list[CandidateResult], rule: str = "one_se") -> CandidateResult:
+    """The winning candidate. ``best_ap``: the best mean validation AP (Card Precision@100
+    breaks ties). ``one_se``: of the candidates whose mean AP is within one standard error of
+    that best, the cheapest to serve (fewest expected comparisons a prediction; the better AP
+    breaks ties) — the one-standard-error rule of CART, with serving cost as the complexity."""
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown model selection {rule!r}; choose one of {SELECTION_RULES}")
+
+    def ap(r: CandidateResult) -> float:
+        return float(np.nan_to_num(r.summary()["ap_mean"], nan=-1.0))
+
+    best = max(results, key=lambda r: (ap(r), np.nan_to_num(r.summary()["cp100_mean"], nan=-1.0)))
+    if rule == "best_ap":
+        return best
+    floor = ap(best) - best.ap_standard_error
+    pool = [r for r in results if ap(r) >= floor]
+    return min(pool, key=lambda r: (r.summary()["comparisons_mean"], -ap(r)))
 
 
 def fit_and_score(
@@ -146,7 +196,7 @@ def fit_and_score(
     m = metrics.ranking_metrics(
         labels, scores, days[split.test], raw[schema.CUSTOMER_ID].to_numpy()[split.test]
     )
-    return pipe, FoldResult(scores, labels, m)
+    return pipe, FoldResult(scores, labels, m, forest_comparisons(pipe.named_steps["forest"]))
 
 
 @dataclass
@@ -164,6 +214,7 @@ class TrainingResult:
     test_metrics: dict[str, float]
     data_window: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)  # rule, best-AP candidate, floor
 
     def model_info(self) -> dict[str, Any]:
         """What serving needs besides the pipeline (stored with the model)."""
@@ -186,8 +237,10 @@ def train(
     budget: int = 100,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    selection: str = "one_se",
 ) -> TrainingResult:
-    """Prequential search, refit of the winner on the final window, hold-out evaluation."""
+    """Prequential search, choice of the winner by ``selection`` (see :func:`select`), refit
+    of the winner on the final window, hold-out evaluation."""
     say = progress or (lambda _m: None)
     categorical = features.has_categoricals(raw)
     columns = features.feature_names(features.FeatureConfig(), categorical)
@@ -204,13 +257,13 @@ def train(
             folds.append(fit_and_score(cand, X, raw, split, categorical, days, seed)[1])
         results.append(CandidateResult(cand, folds, time.perf_counter() - t0))
     search_s = time.perf_counter() - t_search
-    best = max(
-        results,
-        key=lambda r: (
-            np.nan_to_num(r.summary()["ap_mean"], nan=-1.0),
-            np.nan_to_num(r.summary()["cp100_mean"], nan=-1.0),
-        ),
-    )
+    best = select(results, selection)
+    top = select(results, "best_ap")
+    chosen = {
+        "rule": selection,
+        "best_ap_candidate": top.candidate.name,
+        "ap_floor": top.summary()["ap_mean"] - top.ap_standard_error,
+    }
     val_scores = np.concatenate([f.scores for f in best.folds])
     val_labels = np.concatenate([f.labels for f in best.folds])
     n_val_days = sum(s.test_days[1] - s.test_days[0] for s in layout.folds)
@@ -244,4 +297,5 @@ def train(
         test_metrics,
         window,
         {"search_seconds": search_s, "final_fit_seconds": fit_s},
+        chosen,
     )
