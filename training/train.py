@@ -1,7 +1,8 @@
-"""Training: an imbalanced-learn pipeline, chosen by prequential validation AP.
+"""Training: an imbalanced-learn pipeline, chosen by prequential validation AP and serving cost.
 
 Candidates cross the class-balancing choice with the forest's main hyper-parameters; each is
 fitted on every prequential fold's training window and scored on its test window. The winner
+(:func:`select`: by default the cheapest to serve within one standard error of the best AP)
 is refitted on the final training window; the decision threshold comes from the winner's
 validation scores and the daily review budget.
 """
