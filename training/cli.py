@@ -193,16 +193,11 @@ def train(
 
 
 def _print_search(result) -> None:
-    rule = result.selection.get("rule", "best_ap")
-    table = Table(
-        title="Prequential validation (mean ± std over folds); * = chosen ("
-        + (
-            "the fewest comparisons within one standard error of the best AP"
-            if rule == "one_se"
-            else "the best AP"
-        )
-        + ")"
-    )
+    chosen = {
+        "one_se": "the fewest comparisons within one standard error of the best AP",
+        "best_ap": "the best AP",
+    }[result.selection.get("rule", "best_ap")]
+    table = Table(title=f"Prequential validation (mean ± std over folds); * = chosen ({chosen})")
     for col in ("candidate", "AUC", "AP", "CP@100", "comparisons", "fit s"):
         table.add_column(col)
     for cr in sorted(result.search, key=lambda r: -r.summary()["ap_mean"]):

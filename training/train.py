@@ -106,7 +106,7 @@ class FoldResult:
     scores: np.ndarray
     labels: np.ndarray
     metrics: dict[str, float]
-    comparisons: float = float("nan")  # serving cost: see forest_comparisons
+    comparisons: float  # serving cost: see forest_comparisons
 
 
 def forest_comparisons(forest: Any) -> float:
@@ -151,6 +151,11 @@ class CandidateResult:
         aps = aps[~np.isnan(aps)]
         return float(np.std(aps) / np.sqrt(len(aps))) if len(aps) > 1 else 0.0
 
+    @property
+    def ap_floor(self) -> float:
+        """The one-standard-error rule's floor when this candidate has the best AP."""
+        return float(np.nan_to_num(self.summary()["ap_mean"], nan=-1.0)) - self.ap_standard_error
+
 
 SELECTION_RULES = ("one_se", "best_ap")
 
@@ -169,8 +174,7 @@ def select(results: list[CandidateResult], rule: str = "one_se") -> CandidateRes
     best = max(results, key=lambda r: (ap(r), np.nan_to_num(r.summary()["cp100_mean"], nan=-1.0)))
     if rule == "best_ap":
         return best
-    floor = ap(best) - best.ap_standard_error
-    pool = [r for r in results if ap(r) >= floor]
+    pool = [r for r in results if ap(r) >= best.ap_floor]
     return min(pool, key=lambda r: (r.summary()["comparisons_mean"], -ap(r)))
 
 
@@ -263,7 +267,7 @@ def train(
     chosen = {
         "rule": selection,
         "best_ap_candidate": top.candidate.name,
-        "ap_floor": top.summary()["ap_mean"] - top.ap_standard_error,
+        "ap_floor": top.ap_floor,
     }
     val_scores = np.concatenate([f.scores for f in best.folds])
     val_labels = np.concatenate([f.labels for f in best.folds])
