@@ -25,6 +25,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-install-project ${UV_GROUPS}
 COPY training/ training/
+COPY serving/ serving/
 COPY service.py bentofile.yaml ./
 COPY data/sample/ data/sample/
 COPY dags/ dags/

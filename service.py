@@ -1,14 +1,11 @@
-"""BentoML service: online features + the champion fraud model, with adaptive batching.
-
-Thin on purpose: feature logic lives in ``training.online``/``training.features`` and scoring in
-``training.serving``; this file declares the model, the endpoints and the metrics.
+"""The BentoML entry point: declares the champion model and wires the endpoints to the
+``serving`` package (scorer, online features, hot swap, telemetry, HTTP guard).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +17,9 @@ from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from training import bentoml_patches
-from training import telemetry as tm
-from training.api_models import (
+from serving import bentoml_fixes
+from serving import telemetry as tm
+from serving.api_models import (
     FeedbackResult,
     Label,
     LabelledTransaction,
@@ -30,21 +27,20 @@ from training.api_models import (
     Transaction,
     epoch_ms,
 )
-from training.config import get_settings
-from training.http_guard import JsonOnly, admin_allowed, quiet_client_errors
-from training.prom import observe_many
-from training.serving import (
+from serving.hot_swap import HotSwap
+from serving.http_guard import JsonOnly, admin_allowed, quiet_client_errors
+from serving.scorer import (
     BATCHING,
     MAX_BATCH,
     FraudScorer,
     ModelBundle,
     SwapError,
     feature_config,
-    find_bento_model,
     service_config,
     settle_gc,
     state_for,
 )
+from training.config import get_settings
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
 # how our lines (model ready, hot swaps) reach the server log.
@@ -71,8 +67,8 @@ class FraudDetector:
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
-        if SETTINGS.bentoml_patches:  # in the worker, before its first request
-            applied = bentoml_patches.apply(skip=SETTINGS.skipped_fixes())
+        if SETTINGS.bentoml_fixes:  # in the worker, before its first request
+            applied = bentoml_fixes.apply(skip=SETTINGS.skipped_fixes())
             log.info("BentoML request-path fixes applied: %s", applied)
         quiet_client_errors()
         bundle = ModelBundle.load(
@@ -92,8 +88,7 @@ class FraudDetector:
         self.flagged = tm.PREDICTIONS.labels("fraud")
         self.passed = tm.PREDICTIONS.labels("genuine")
         self.gauges_due = 0.0
-        self.reload_lock = threading.Lock()
-        self.following: str | None = None  # the announced version a follow was tried for
+        self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
@@ -118,7 +113,7 @@ class FraudDetector:
         proba, flagged, version = self.scorer.score(records)
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
-        observe_many(tm.SCORES, proba)
+        tm.observe_many(tm.SCORES, proba)
         out: list[Any] = [
             {
                 "transaction_id": r.transaction_id,
@@ -139,10 +134,7 @@ class FraudDetector:
         """Feature-state size and live drift (a few ms at most, every GAUGE_EVERY_S); with
         several workers, follows a hot swap another worker announced."""
         self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
-        wanted = self.scorer.announced_model()
-        if wanted and wanted not in (self.scorer.model_version, self.following):
-            self.following = wanted  # one attempt per announcement
-            threading.Thread(target=self._follow, args=(wanted,), daemon=True).start()
+        self.hot_swap.follow_announced()
         window = self.scorer.drift
         tm.publish_state(
             self.scorer.features.state.stats(),
@@ -190,8 +182,8 @@ class FraudDetector:
 
     @ops.get("/health")
     def health(self) -> dict[str, Any]:
-        """Status, model name/version/alias, feature-state size, uptime."""
-        return self.scorer.health()
+        """Status, model name/version/alias, feature-state size, BentoML fixes, uptime."""
+        return {**self.scorer.health(), "bentoml_fixes": bentoml_fixes.applied()}
 
     @ops.get("/state/terminals/{terminal_id}")
     def terminal_state(self, terminal_id: str, at: datetime | None = None) -> dict[str, Any]:
@@ -217,44 +209,11 @@ class FraudDetector:
         if status != 200:
             raise HTTPException(status, "admin call not allowed: send the FRAUD_ADMIN_TOKEN")
         try:
-            return self._swap_to(body.version if body else None)
+            return self.hot_swap.swap_to(body.version if body else None)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from exc
         except SwapError as exc:
             raise HTTPException(409, str(exc)) from exc
-
-    def _swap_to(self, version: str | None) -> dict[str, Any]:
-        """Load a Bento-store model (MLflow ``version``; default the latest) and swap to it."""
-        t0 = time.perf_counter()
-        with self.reload_lock:
-            try:
-                model = find_bento_model(SETTINGS.bento_model, version)
-                bundle = ModelBundle.load(
-                    Path(model.path), model.info.metadata, SETTINGS.model_thread_count()
-                )
-                old_meta = self.scorer.bundle.metadata
-                previous = self.scorer.swap(bundle)
-            except (LookupError, SwapError):
-                tm.MODEL_SWAPS.labels("failed").inc()
-                raise
-            tm.retire_model(old_meta, previous)
-            tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
-            tm.MODEL_SWAPS.labels("ok").inc()
-        seconds = time.perf_counter() - t0
-        log.info("swapped model %s -> %s in %.2fs", previous, self.scorer.model_version, seconds)
-        return {
-            "model_version": self.scorer.model_version,
-            "previous_version": previous,
-            "bento_model": str(model.tag),
-            "swap_seconds": round(seconds, 3),
-        }
-
-    def _follow(self, version: str) -> None:
-        """Swap to the version another worker switched to (a failure is logged and counted)."""
-        try:
-            self._swap_to(version)
-        except (LookupError, SwapError) as exc:
-            log.warning("could not follow the hot swap to model %s: %s", version, exc)
 
     @ops.api_route("/test", methods=["GET", "POST"])
     def test(self) -> dict[str, Any]:

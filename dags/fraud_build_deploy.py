@@ -24,7 +24,7 @@ from typing import Any
 from airflow.sdk import dag, task
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, settings
 
-from training import deploy
+from training import bento_store, release
 from training.config import Settings
 from training.notify import send
 
@@ -37,7 +37,7 @@ def _back_to_previous(
 ) -> None:
     """Champion and the service back on the version that was serving; the team is told why."""
     if previous and previous != version:
-        deploy.rollback(cfg, previous)
+        release.rollback(cfg, previous)
     send(
         channels(cfg),
         f"[fraud-mlops] roll-out of v{version} {outcome}",
@@ -59,27 +59,27 @@ def fraud_build_deploy() -> None:
     @task
     def import_model() -> dict[str, Any]:
         """The champion into the Bento store (idempotent), with its compiled twin verified."""
-        imported = deploy.import_champion(settings())
+        imported = bento_store.import_champion(settings())
         return {"tag": imported.tag, "version": imported.mlflow_version, "new": imported.created}
 
     @task
     def build() -> str:
         """`bentoml build` of the project (the model is the champion just imported)."""
-        return deploy.build_bento(PROJECT, settings().bento_base_image)
+        return bento_store.build_bento(PROJECT, settings().bento_base_image)
 
     @task
     def export(tag: str) -> str:
         cfg = settings()
         out = cfg.bentos_dir if cfg.bentos_dir.is_absolute() else PROJECT / cfg.bentos_dir
-        return str(deploy.export_bento(tag, out))
+        return str(bento_store.export_bento(tag, out))
 
     @task
     def containerize(tag: str, imported: dict[str, Any]) -> str | None:
         """Image `<FRAUD_API_IMAGE>:v<version>` of the Bento, when a Docker engine is reachable."""
-        if not deploy.docker_reachable():
+        if not release.docker_reachable():
             log.info("no Docker engine reachable: containerize skipped")
             return None
-        return deploy.containerize(settings(), tag, imported["version"])
+        return release.containerize(settings(), tag, imported["version"])
 
     @task(retries=0)
     def rollout(imported: dict[str, Any], image: str | None) -> dict[str, Any]:
@@ -89,9 +89,9 @@ def fraud_build_deploy() -> None:
         version = imported["version"]
         if cfg.deploy_target == "compose" and image is None:
             raise RuntimeError("deploy target compose needs the image: no Docker engine reached")
-        previous = deploy.served_version(cfg)
+        previous = release.served_version(cfg)
         try:
-            answer = deploy.roll_out(cfg, version)
+            answer = release.roll_out(cfg, version)
         except Exception as exc:
             _back_to_previous(cfg, version, previous, exc, "failed")
             raise
@@ -107,7 +107,7 @@ def fraud_build_deploy() -> None:
             return rolled
         cfg = settings()
         try:
-            return deploy.smoke_prediction(cfg, rolled["model_version"])
+            return release.smoke_prediction(cfg, rolled["model_version"])
         except Exception as exc:
             _back_to_previous(
                 cfg, rolled["model_version"], rolled.get("previous_version"), exc, "rolled back"

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from serving.online_features import TxRecord
 from training import schema
-from training.online import TxRecord
 
 MAX_AMOUNT = 1_000_000.0
 _MS = timedelta(milliseconds=1)

@@ -1,106 +1,36 @@
-"""Small, version-guarded patches to BentoML 1.4's request path (see README "Performance").
+"""Fixes to BentoML 1.4.40's request path, applied in each serving worker at start-up.
 
-All were found with py-spy on the serving worker and are written to be sent upstream:
-
-* **Request timers cancelled.** ``TimeoutMiddleware`` arms a ``call_later(traffic.timeout)``
-  timer for every request and never cancels it: at 2,500 req/s with the 30 s timeout that is
-  ~75,000 live timer handles, futures and contexts, which every full garbage collection walks
-  (gen-2 passes grew from 5 to 18 ms within 30 s of traffic). The patched middleware behaves
-  the same (504 after the timeout) and cancels the timer once the request is answered.
-* **One local caller per API method.** ``APIMethod.__get__`` rebuilds a wrapper with
-  ``inspect.signature`` on every attribute access: two or three times per request (~4 % of the
-  worker's CPU at peak). The wrapper depends only on (method, instance), so it is cached.
-* **Response headers without dependency injection.** ``_add_response_headers`` is decorated
-  with simple_di's ``@inject``, which binds an ``inspect.Signature`` on every call to look up
-  a logging format that never changes in a running server; it is resolved once.
-* **JSON responses dumped once.** ``IORootModel.model_dump_json`` (every list-returning API)
-  builds Python objects with ``model_dump(mode="json")`` and then encodes them with the
-  stdlib ``json.dumps``; pydantic-core writes the same JSON (compact) in one call.
-* **Metric writes without a syscall each** (prometheus_client's multiprocess mode, which
-  BentoML turns on). Every counter/gauge/histogram write calls ``os.getpid()`` to notice a
-  fork: with BentoML's per-request metrics that is 6-8 syscalls a request, ~7 % of a no-op
-  worker's CPU here (py-spy ``--native``). The pid is cached and refreshed after a fork
-  (``os.register_at_fork``), so a forked child still gets its own files.
-* **Input fields read from the class.** ``api_endpoint`` reads ``input_data.model_fields``
-  on the request's input model: pydantic >= 2.11 deprecates that on instances and answers
-  each access with ``warnings.warn`` (~1.4 % of the worker's CPU here; the warning itself is
-  shown once, the filter work is done every request). IO descriptors now answer
-  ``model_fields`` from their class, on instances too, without the warning.
-* **No idle wait before a batch.** The adaptive batcher (``CorkDispatcher``) holds a request
-  that finds no batch in flight while ``n * (wn + 1 ms + o_a) <= 0.95 * wait``, polling every
-  millisecond, where ``wait`` is the mean time the first request of the last 50 batches waited
-  before its batch started. That mean is mostly queueing behind the batch in flight under load,
-  so after a busy spell every lone request idles for it, and it decays by ~5 % per refresh
-  (one per 5 s), down to a floor of one or two 1 ms polling ticks that it never leaves: here a
-  single client's median latency on the no-op was 13 ms after a burst of load and ~3 ms at
-  rest, for ~0.6 ms of work. With at most one batch in flight (BentoML's semaphore of 1),
-  waiting while idle only adds latency: requests still queue into batches while a batch runs.
-  ``Optimizer.wait`` reads 0, so a request meeting an idle worker is dispatched at once; the
-  1 ms polling while a batch runs and the ``max_latency_ms`` deadline are unchanged. Measured
-  (interleaved A/B, ``python -m tests.bench.ab``): one client right after load, service median
-  9.5 -> 1.1 ms; ~500 req/s in unsynchronised arrivals, median 2.2 -> 1.5 ms, p99 9.6 -> 5.9;
-  peak unchanged (2,410 -> 2,387 req/s). The cost: under synchronised bursts (hey's 50 clients
-  firing together) the first request of a burst no longer waits for company, batches are about
-  half as large and the service's CPU per request is 6-9 % higher (median +1-3 ms); the
-  eighth fix, below, gathers them again.
-* **A batch takes in what the event loop is about to queue.** The batcher dispatches a batch
-  with the requests queued at that instant, but the batch only starts on a later loop
-  iteration, and the same worker is meanwhile parsing the requests that arrived with the
-  previous batch's answers: under load the batch leaves most of them behind, to start the next
-  one. At saturation (wrk, 32 connections) batches held ~10 of the 32 requests in flight, each
-  paying the batch's fixed cost (the model call, cache misses). Before its callback runs, a
-  dispatched batch now yields to the event loop until three iterations in a row add nothing to
-  the queue (or the batch is full, or its first request has waited 10 ms, or a tenth of
-  ``max_latency_ms``), then takes the queued requests in. Under load that settles on full
-  batches (32 of 32 here), for the cost of three loop iterations on a lone request (below).
-  Measured (interleaved A/B against the seven other fixes, ``python -m tests.bench.ab``, 2
-  cores): peak (wrk -c32) 3,274 -> 3,688 req/s in 8 of 8 paired rounds, worker CPU 304 -> 269
-  µs a request, batches of 11-12 -> 31.9; under hey's synchronised bursts CPU 400 -> 349 µs a
-  request, p99 26.6 -> 23.5 ms; 100-transaction requests (wrk -c8) 266 -> 334 req/s, CPU
-  3,745 -> 2,979 µs a request. The no-op service: 4,726 -> 4,804 req/s (its batches cost
-  nothing). The cost: a lone request ~20-50 µs later (one client: 1,467 -> 1,422 req/s; a lone
-  request through the batcher alone, in process: 12.0 -> 17.4 µs, median of 3,000 sequential
-  calls to a trained ``CorkDispatcher`` with an echo callback under uvloop).
+Each fix names the code it replaces or relies on, with a hash of that code's shape taken on
+the tested BentoML version: on any other version nothing is patched, and a fix whose target
+changed shape is skipped with one warning. :func:`apply` returns what was really applied (the
+service's ``/health`` lists it); :func:`revert` restores BentoML as shipped. Why each fix
+exists and what it gained, measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import importlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 log = logging.getLogger("bentoml.fraud_service")
 
-SUPPORTED = ("1.4.",)  # the versions whose internals these patches were written against
-NAMES = (  # every fix, by the name apply() reports (FRAUD_BENTOML_PATCHES_SKIP takes these)
-    "timeout_timer",
-    "local_call",
-    "response_headers",
-    "root_json",
-    "model_fields",
-    "idle_dispatch",
-    "gather_batch",
-    "metrics_pid",
-)
-_applied: set[str] = set()
-originals: dict[str, Any] = {}  # what each patch replaced
+TESTED_BENTOML = "1.4.40"  # the version in uv.lock and bentofile.yaml (a test keeps them equal)
+ABSENT = "absent"  # the shape of an attribute the fix expects not to exist
 
 
-def check_names(names: Collection[str]) -> None:
-    """Raise ``ValueError`` naming any of ``names`` that is not a fix of this module."""
-    unknown = set(names) - set(NAMES)
-    if unknown:
-        raise ValueError(f"unknown BentoML fixes {sorted(unknown)}; known: {', '.join(NAMES)}")
-
-
-def _supported(version: str) -> bool:
-    return version.startswith(SUPPORTED)
-
-
+# timeout_timer — what: TimeoutMiddleware cancels its per-request timer once answered.
+# why: ~75,000 live timers at 2,500 req/s (30 s timeout) made every full GC walk them.
+# gain: gen-2 GC passes stayed at ~5 ms instead of growing to 18 ms within 30 s of load.
 async def timeout_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
     """Drop-in for ``TimeoutMiddleware.__call__`` (BentoML 1.4) that cancels its timer."""
     if scope["type"] not in ("http", "websocket"):
@@ -134,6 +64,9 @@ async def timeout_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
     return None
 
 
+# local_call — what: APIMethod.__get__'s local caller is built once per (method, instance).
+# why: it ran inspect.signature two or three times a request.
+# gain: ~4 % of the worker's CPU at peak.
 def _cached_local_call(original: Any) -> Any:
     def _local_call(self: Any, instance: Any) -> Any:
         cache = instance.__dict__.setdefault("_fraud_local_calls", {})
@@ -146,6 +79,9 @@ def _cached_local_call(original: Any) -> Any:
     return _local_call
 
 
+# response_headers — what: _add_response_headers resolves its logging format once.
+# why: simple_di's @inject bound an inspect.Signature on every response.
+# gain: a few % of a no-op worker's CPU (py-spy).
 def _resolved_headers(original: Any) -> Any:
     """``ServiceAppFactory._add_response_headers`` with its injected logging format resolved
     once (the undecorated function is simple_di's ``__wrapped__``)."""
@@ -163,6 +99,9 @@ def _resolved_headers(original: Any) -> Any:
     return _add_response_headers
 
 
+# root_json — what: IORootModel.model_dump_json in one pydantic-core call.
+# why: it built Python objects with model_dump(mode="json"), then encoded them with json.dumps.
+# gain: list responses serialised several times faster (see docs/performance.md).
 _ROOT_PREFIX = b'{"root":'
 
 
@@ -182,6 +121,9 @@ def _root_json(original: Any) -> Any:
     return model_dump_json
 
 
+# model_fields — what: IO descriptors answer model_fields from their class.
+# why: pydantic >= 2.11 warns on each instance access, which api_endpoint makes per request.
+# gain: ~1.4 % of the worker's CPU (2.8 -> 0.28 µs an access).
 class ClassModelFields:
     """``model_fields`` for BentoML's IO descriptors: the class's fields, also when read on an
     instance (BentoML does that per request), without pydantic's deprecation warning."""
@@ -190,6 +132,9 @@ class ClassModelFields:
         return getattr(owner, "__pydantic_fields__", {})
 
 
+# idle_dispatch — what: the adaptive batcher dispatches at once when no batch is in flight.
+# why: its learned wait (queueing under past load) held every lone request, ~2-10 ms.
+# gain: one client after load, median 9.5 -> 1.1 ms; peak unchanged.
 class NoIdleWait:
     """``Optimizer.wait`` of BentoML's ``CorkDispatcher``: always 0 (the learned value is
     dropped), so the dispatcher never holds requests while no batch is in flight."""
@@ -201,6 +146,9 @@ class NoIdleWait:
         pass
 
 
+# gather_batch — what: a dispatched batch takes in the requests the event loop is about to queue.
+# why: under load a batch left most requests in flight behind (batches of ~11 of 32).
+# gain: peak +13 %, CPU per request -12 %, batches 32 of 32; a lone request ~20-50 µs later.
 QUIET_ITERATIONS = 3  # event-loop iterations adding no request before a batch starts
 GATHER_LIMIT_S = 0.01  # longest a batch's first request waits for the batch to fill
 
@@ -241,73 +189,238 @@ def _gathering(outbound_call: Any) -> Any:
     return gathered
 
 
-def cache_metrics_pid(value_class: Any = None) -> bool:
+# metrics_pid — what: prometheus_client's multiprocess values read a cached pid (fork-safe).
+# why: every metric write called os.getpid(): 6-8 syscalls a request.
+# gain: ~7 % of a no-op worker's CPU (py-spy --native).
+def cache_metrics_pid(value_class: Any = None) -> Callable[[], None] | None:
     """Let prometheus_client's multiprocess values (``value_class``, default the one in use)
     read a cached pid, refreshed after a fork, instead of calling ``os.getpid()`` on every
-    write. False when multiprocess mode is off or prometheus_client's internals are not the
-    expected ones."""
+    write; returns the undo. None when multiprocess mode is off or prometheus_client's
+    internals are not the expected ones."""
     from prometheus_client import values
 
     check = getattr(value_class or values.ValueClass, "_MmapedValue__check_for_pid_change", None)
     names = getattr(getattr(check, "__code__", None), "co_freevars", ())
     if check is None or "process_identifier" not in names:
-        return False
+        return None
     cell = check.__closure__[names.index("process_identifier")]
     identify = cell.cell_contents
     pid = [identify()]
     os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, identify()))
     cell.cell_contents = lambda: pid[0]
-    return True
+
+    def undo() -> None:
+        cell.cell_contents = identify
+
+    return undo
 
 
-def apply(skip: Collection[str] = ()) -> list[str]:
-    """Apply the patches this BentoML version supports, but those named in ``skip``; returns
-    the names applied (all so far in this process).
+Undo = Callable[[], None]
 
-    Idempotent. On another BentoML version nothing is patched and a warning says so."""
-    import bentoml
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from _bentoml_sdk.io_models import IOMixin, IORootModel
-    from _bentoml_sdk.method import APIMethod
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
+@dataclass(frozen=True)
+class Fix:
+    """One fix: the code it was written against (``module:Class.attr`` -> shape) and how to
+    install it (returns the undo)."""
+
+    name: str
+    shapes: dict[str, str]
+    install: Callable[[], Undo | None]
+
+
+def _resolve(target: str) -> tuple[Any, str]:
+    """(owner, attribute) of ``module:Class.attr``; ImportError/AttributeError when gone."""
+    module, _, path = target.partition(":")
+    owner: Any = importlib.import_module(module)
+    *parents, attr = path.split(".")
+    for name in parents:
+        owner = getattr(owner, name)
+    return owner, attr
+
+
+def _code_digest(code: CodeType, h: Any) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            _code_digest(const, h)
+
+
+def shape_of(target: str) -> str:
+    """A short hash of the code at ``target`` (bytecode, names; nested functions included),
+    ``absent`` when the class does not define it, ``missing`` when the module or class is gone,
+    ``opaque`` for a value that is not code."""
+    try:
+        owner, attr = _resolve(target)
+    except (ImportError, AttributeError):
+        return "missing"
+    if attr not in vars(owner):
+        return ABSENT
+    value = inspect.unwrap(vars(owner)[attr])
+    code = getattr(value, "__code__", None)
+    if code is None:
+        return "opaque"
+    h = hashlib.sha256()
+    _code_digest(code, h)
+    return h.hexdigest()[:16]
+
+
+_originals: dict[str, Any] = {}  # target -> what a fix replaced there, while applied
+
+
+def _swap(target: str, make: Callable[[Any], Any]) -> Undo:
+    """Replace ``target`` with ``make(original)``; the undo puts the original back."""
+    owner, attr = _resolve(target)
+    original = _originals[target] = vars(owner)[attr]
+    setattr(owner, attr, make(original))
+
+    def undo() -> None:
+        setattr(owner, attr, _originals.pop(target))
+
+    return undo
+
+
+def _add(target: str, value: Any) -> Undo:
+    """Define ``target`` (absent on the class); the undo deletes it again."""
+    owner, attr = _resolve(target)
+    setattr(owner, attr, value)
+    return lambda: delattr(owner, attr)
+
+
+def _install_resolved_headers() -> Undo | None:
+    """The response_headers fix, where simple_di's ``@inject`` wraps the method."""
+    owner, attr = _resolve(f"{APP}._add_response_headers")
+    if not hasattr(vars(owner)[attr], "__wrapped__"):
+        return None
+    return _swap(f"{APP}._add_response_headers", _resolved_headers)
+
+
+APP = "_bentoml_impl.server.app:ServiceAppFactory"
+TRAFFIC = "bentoml._internal.server.http.traffic:TimeoutMiddleware"
+METHOD = "_bentoml_sdk.method:APIMethod"
+IO = "_bentoml_sdk.io_models"
+DISPATCH = "bentoml._internal.marshal.dispatcher"
+PROM_VALUES = "prometheus_client.values"
+
+FIXES: tuple[Fix, ...] = (
+    Fix(
+        "timeout_timer",
+        {
+            f"{TRAFFIC}.__call__": "94a51f966b86d54f",
+            f"{TRAFFIC}._set_timer_out": "c95911aaf75d3fdb",
+        },
+        lambda: _swap(f"{TRAFFIC}.__call__", lambda _: timeout_call),
+    ),
+    Fix(
+        "local_call",
+        {f"{METHOD}._local_call": "7ce8b962797ebc9d", f"{METHOD}.__get__": "ba93487170b54eda"},
+        lambda: _swap(f"{METHOD}._local_call", _cached_local_call),
+    ),
+    Fix(
+        "response_headers",
+        {f"{APP}._add_response_headers": "163ea4062b038c38"},
+        _install_resolved_headers,
+    ),
+    Fix(
+        "root_json",
+        {f"{IO}:IORootModel.model_dump_json": "3d39a9908487ded1"},
+        lambda: _swap(f"{IO}:IORootModel.model_dump_json", _root_json),
+    ),
+    Fix(
+        "model_fields",
+        {f"{IO}:IOMixin.model_fields": ABSENT, f"{APP}.api_endpoint": "16a84e4b2d85fbef"},
+        lambda: _add(f"{IO}:IOMixin.model_fields", ClassModelFields()),
+    ),
+    Fix(
+        "idle_dispatch",
+        {
+            f"{DISPATCH}:Optimizer.wait": ABSENT,
+            f"{DISPATCH}:Optimizer.__init__": "856cc64727ab6695",
+            f"{DISPATCH}:CorkDispatcher.controller": "93d9abca3491e36f",
+        },
+        lambda: _add(f"{DISPATCH}:Optimizer.wait", NoIdleWait()),
+    ),
+    Fix(
+        "gather_batch",
+        {
+            f"{DISPATCH}:CorkDispatcher.outbound_call": "59e1a86353adc066",
+            f"{DISPATCH}:CorkDispatcher._get_inputs": "b20886380dc20f69",
+        },
+        lambda: _swap(f"{DISPATCH}:CorkDispatcher.outbound_call", _gathering),
+    ),
+    Fix(
+        "metrics_pid",
+        {f"{PROM_VALUES}:MultiProcessValue": "53630c38400c052f"},
+        cache_metrics_pid,
+    ),
+)
+NAMES = tuple(fix.name for fix in FIXES)  # what FRAUD_BENTOML_FIXES_SKIP takes
+
+_undo: dict[str, Undo] = {}  # applied fixes, in order, with their undo
+
+
+def check_names(names: Collection[str]) -> None:
+    """Raise ``ValueError`` naming any of ``names`` that is not a fix of this module."""
+    unknown = set(names) - set(NAMES)
+    if unknown:
+        raise ValueError(
+            f"FRAUD_BENTOML_FIXES_SKIP: unknown BentoML fixes {sorted(unknown)}; "
+            f"known: {', '.join(NAMES)}"
+        )
+
+
+def changed_targets(fix: Fix) -> list[str]:
+    """The targets of ``fix`` whose shape is not the one it was written against."""
+    return [t for t, want in fix.shapes.items() if shape_of(t) != want]
+
+
+def original(name: str) -> Any:
+    """What the applied fix ``name`` replaced, as shipped (KeyError when it is not applied)."""
+    fix = next(f for f in FIXES if f.name == name)
+    return _originals[next(iter(fix.shapes))]
+
+
+def applied() -> list[str]:
+    """The fixes in force in this process, in the order applied."""
+    return list(_undo)
+
+
+def apply(skip: Collection[str] = (), version: str | None = None) -> list[str]:
+    """Apply every fix but those in ``skip`` (names checked first); returns the fixes in force.
+
+    Idempotent. On a BentoML other than :data:`TESTED_BENTOML` (``version``: default the
+    installed one, read before any private import) nothing is patched; a fix whose targets
+    changed shape is skipped; each case logs one warning naming it."""
     check_names(skip)
-    version = bentoml.__version__
-    if not _supported(version):
-        log.warning("BentoML %s: request-path patches not applied (written for 1.4)", version)
-        return []
-    leave = _applied | set(skip)  # applied already, or not wanted
-    if "timeout_timer" not in leave:
-        originals["timeout_timer"] = TimeoutMiddleware.__call__
-        TimeoutMiddleware.__call__ = timeout_call  # type: ignore[method-assign]
-        _applied.add("timeout_timer")
-    if "local_call" not in leave:
-        originals["local_call"] = APIMethod._local_call
-        APIMethod._local_call = _cached_local_call(APIMethod._local_call)
-        _applied.add("local_call")
-    headers = ServiceAppFactory._add_response_headers
-    if "response_headers" not in leave and hasattr(headers, "__wrapped__"):
-        originals["response_headers"] = headers
-        ServiceAppFactory._add_response_headers = _resolved_headers(headers)
-        _applied.add("response_headers")
-    if "root_json" not in leave:
-        originals["root_json"] = IORootModel.model_dump_json
-        IORootModel.model_dump_json = _root_json(IORootModel.model_dump_json)
-        _applied.add("root_json")
-    if "model_fields" not in leave and "model_fields" not in vars(IOMixin):
-        originals["model_fields"] = None  # IOMixin had none: pydantic's BaseModel answered
-        IOMixin.model_fields = ClassModelFields()
-        _applied.add("model_fields")
-    if "idle_dispatch" not in leave and "wait" not in vars(Optimizer):
-        originals["idle_dispatch"] = None  # an instance attribute, set and learned per batcher
-        Optimizer.wait = NoIdleWait()  # type: ignore[assignment]
-        _applied.add("idle_dispatch")
-    outbound = CorkDispatcher.outbound_call
-    if "gather_batch" not in leave and not getattr(outbound, "gathers", False):
-        originals["gather_batch"] = outbound
-        CorkDispatcher.outbound_call = _gathering(outbound)  # type: ignore[method-assign]
-        _applied.add("gather_batch")
-    if "metrics_pid" not in leave and cache_metrics_pid():
-        _applied.add("metrics_pid")
-    return sorted(_applied)
+    if version is None:
+        import bentoml
+
+        version = bentoml.__version__
+    if version != TESTED_BENTOML:
+        log.warning(
+            "BentoML %s: request-path fixes not applied (written against %s)",
+            version,
+            TESTED_BENTOML,
+        )
+        return applied()
+    for fix in FIXES:
+        if fix.name in _undo or fix.name in skip:
+            continue
+        changed = changed_targets(fix)
+        if changed:
+            log.warning("BentoML fix %s skipped: its target changed shape: %s", fix.name, changed)
+            continue
+        undo = fix.install()
+        if undo is None:  # e.g. metrics_pid outside prometheus_client's multiprocess mode
+            log.info("BentoML fix %s not needed here", fix.name)
+            continue
+        _undo[fix.name] = undo
+    return applied()
+
+
+def revert() -> list[str]:
+    """Restore every patched target as shipped (newest first); returns the fixes reverted."""
+    done = list(reversed(_undo))
+    for name in done:
+        _undo.pop(name)()
+    return done

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from training import features, schema
-from training.features import MS_PER_DAY, Aggregates, FeatureConfig
-from training.online_state import (
+from serving.state import (
     NOT_SCORED,
     UNKNOWN_LABEL,
     Event,
@@ -25,6 +23,8 @@ from training.online_state import (
     TxRecord,
     insert_sorted,
 )
+from training import features, schema
+from training.features import MS_PER_DAY, Aggregates, FeatureConfig
 
 __all__ = ["OnlineFeatures", "TxRecord", "new_state", "records_from_frame", "replay"]
 

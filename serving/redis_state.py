@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.features import MS_PER_DAY
-from training.online_state import (
+from serving.state import (
     _OUTCOME,
     NOT_SCORED,
     UNKNOWN_LABEL,
@@ -41,6 +40,7 @@ from training.online_state import (
     LabelUpdate,
     TxRecord,
 )
+from training.features import MS_PER_DAY
 
 if TYPE_CHECKING:
     import redis

@@ -1,7 +1,5 @@
-"""Serving core: the imported model, the online feature state and scoring, framework-free.
-
-``service.py`` is a thin BentoML shell around :class:`FraudScorer`, so the scorer can be
-tested in process and reused by other front ends.
+"""The scorer: the imported model, the online feature state and scoring, framework-free
+(``service.py`` wraps it in BentoML; tests and other front ends call it in process).
 """
 
 from __future__ import annotations
@@ -21,13 +19,13 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from training import drift, features, online, schema
+from serving.online_features import OnlineFeatures, TxRecord, new_state, terminal_windows
+from serving.redis_state import RedisFeatureState
+from serving.state import FeatureState, LabelUpdate
+from training import bento_model, drift, features, schema
 from training.compiled import CompiledModel
 from training.config import Settings
 from training.features import FeatureConfig
-from training.online import OnlineFeatures, TxRecord, new_state
-from training.online_state import FeatureState, LabelUpdate
-from training.redis_state import RedisFeatureState
 
 # Adaptive batching. Measured here (2 cores, compiled 100-tree forest): inside the busy server,
 # where a batch meets cold CPU caches, scoring costs about 0.4 ms + 30 us per transaction
@@ -88,52 +86,31 @@ class ModelBundle:
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any], threads: int = 1) -> ModelBundle:
         """The bundle in ``path``; the compiled twin runs large batches on ``threads`` threads."""
-        warm = path / "warmup.parquet"
-        compiled_dir = path / "compiled"
-        ref = path / drift.REFERENCE_FILE
+        files = bento_model.Layout(path)
         return cls(
             path=path,
-            info=json.loads((path / "model_info.json").read_text()),
+            info=json.loads(files.info.read_text()),
             metadata=dict(metadata),
-            warmup_path=warm if warm.exists() else None,
-            compiled=CompiledModel.load(compiled_dir, threads) if compiled_dir.exists() else None,
-            reference=drift.Reference.load(ref) if ref.exists() else None,
+            warmup_path=files.warmup if files.warmup.exists() else None,
+            compiled=(
+                CompiledModel.load(files.compiled, threads) if files.compiled.exists() else None
+            ),
+            reference=(
+                drift.Reference.load(files.drift_reference)
+                if files.drift_reference.exists()
+                else None
+            ),
         )
 
     @property
     def pipeline(self) -> Any:
         if self._pipeline is None:
-            pipeline = joblib.load(self.path / "pipeline.joblib")
+            pipeline = joblib.load(bento_model.Layout(self.path).pipeline)
             forest = getattr(pipeline, "named_steps", {}).get("forest")
             if forest is not None:  # one thread: joblib's pool costs ~20 ms a call at this size
                 forest.n_jobs = 1
             self._pipeline = pipeline
         return self._pipeline
-
-
-def find_bento_model(
-    name: str, mlflow_version: str | None = None, registered_model: str | None = None
-) -> Any:
-    """The Bento store's model ``name`` imported from an MLflow version (default: the latest
-    import); raises LookupError when the store does not have it."""
-    import bentoml
-
-    if mlflow_version is None:
-        try:
-            return bentoml.models.get(f"{name}:latest")
-        except bentoml.exceptions.NotFound as exc:
-            raise LookupError(f"no {name} model in the Bento store") from exc
-    try:
-        models = bentoml.models.list(name)
-    except bentoml.exceptions.NotFound:
-        models = []
-    for model in models:
-        meta = model.info.metadata
-        if str(meta.get("mlflow_model_version")) == str(mlflow_version) and (
-            registered_model is None or meta.get("mlflow_model_name") == registered_model
-        ):
-            return model
-    raise LookupError(f"MLflow version {mlflow_version} of {name} is not in the Bento store")
 
 
 def feature_config(info: dict[str, Any]) -> FeatureConfig:
@@ -300,7 +277,7 @@ class FraudScorer:
     def terminal_risk(self, terminal_id: str, at_ms: int) -> dict[str, float]:
         """Terminal window counts and fraud rates as a transaction at ``at_ms`` would see them."""
         times, running = self.features.state.terminal_histories([terminal_id])[terminal_id]
-        windows = online.terminal_windows(times, running, at_ms, self.cfg)
+        windows = terminal_windows(times, running, at_ms, self.cfg)
         return {
             f"risk_{w}d": float(features.fraud_rate(np.array(frauds), np.array(count)))
             for w, (count, frauds) in windows.items()

@@ -1,6 +1,6 @@
 """Online feature state: the recent events the online features need, behind a small interface.
 
-The in-memory implementation is the embedded default (one process); :mod:`training.redis_state`
+The in-memory implementation is the embedded default (one process); :mod:`serving.redis_state`
 implements the same :class:`FeatureState` in Redis, shared by several workers or replicas.
 Memory is bounded: events older than the longest window (customers) or
 the label delay plus the longest window (terminals) behind the newest event are expired.

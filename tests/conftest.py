@@ -36,8 +36,8 @@ def make_state(request: pytest.FixtureRequest):
     """A factory of empty online states of each kind: in memory, and in a real Redis."""
     from uuid import uuid4
 
-    from training.online_state import InMemoryFeatureState
-    from training.redis_state import RedisFeatureState
+    from serving.redis_state import RedisFeatureState
+    from serving.state import InMemoryFeatureState
 
     made: list[RedisFeatureState] = []
 
@@ -86,7 +86,7 @@ def small_data_dir(small_raw: pd.DataFrame, session_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def champion(small_raw: pd.DataFrame, small_feats: pd.DataFrame):
     """A champion trained on the small set (SQLite MLflow), imported into the Bento store."""
-    from training import data, deploy, registry
+    from training import bento_store, data, registry
     from training import train as train_mod
     from training.config import Settings
 
@@ -98,7 +98,7 @@ def champion(small_raw: pd.DataFrame, small_feats: pd.DataFrame):
     registry.gate(
         client, settings.registered_model, reg.version, small_raw, small_feats, layout.final, 0.0
     )
-    imported = deploy.import_champion(settings)
+    imported = bento_store.import_champion(settings)
     return {"settings": settings, "registration": reg, "imported": imported, "result": result}
 
 

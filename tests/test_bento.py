@@ -9,7 +9,7 @@ import bentoml
 import pytest
 import yaml
 
-from training import deploy
+from training import bento_model, bento_store
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -23,14 +23,14 @@ def test_import_is_idempotent_and_carries_mlflow_metadata(champion) -> None:
     assert meta["mlflow_model_version"] == reg.version
     assert meta["mlflow_run_id"] == reg.run_id
     assert meta["mlflow_model_name"] == champion["settings"].registered_model
-    for name in (deploy.PIPELINE_FILE, deploy.INFO_FILE, deploy.WARMUP_FILE):
+    for name in (bento_model.PIPELINE, bento_model.INFO, bento_model.WARMUP, bento_model.COMPILED):
         assert Path(model.path_of(name)).exists(), name
-    again = deploy.import_champion(champion["settings"])
+    again = bento_store.import_champion(champion["settings"])
     assert not again.created and again.tag == imported.tag
 
 
 def test_bentoml_build(champion) -> None:
-    tag = deploy.build_bento(PROJECT)
+    tag = bento_store.build_bento(PROJECT)
     bento = bentoml.get(tag)
     models = {str(m.tag) for svc in bento.info.services for m in svc.models}
     assert str(champion["imported"].tag) in models
@@ -46,7 +46,7 @@ def test_bentoml_build(champion) -> None:
 
 def test_bentoml_build_on_a_local_base_image(champion) -> None:
     """What the no-registry stack does: the Bento's Dockerfile starts from a local image."""
-    tag = deploy.build_bento(PROJECT, base_image="fraud-local/python:3.11")
+    tag = bento_store.build_bento(PROJECT, base_image="fraud-local/python:3.11")
     dockerfile = (Path(bentoml.get(tag).path) / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM fraud-local/python:3.11 " in dockerfile
     assert "uv venv --python 3.11" in dockerfile  # the base's own python3.11 is used

@@ -1,12 +1,16 @@
-"""The request-path fixes to BentoML 1.4 (training/bentoml_patches.py), against the real classes."""
+"""The request-path fixes to BentoML 1.4 (serving/bentoml_fixes.py), against the real classes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,22 +20,27 @@ import pytest
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from training import bentoml_patches
-from training.api_models import Prediction
+from serving import bentoml_fixes
+from serving.api_models import Prediction, Transaction
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", autouse=True)
-def patched() -> None:
+def patched() -> Iterator[None]:
     # metrics_pid needs prometheus_client's multiprocess mode (bentoml serve); tested below
-    assert set(bentoml_patches.apply()) == {
-        "local_call",
+    assert bentoml_fixes.apply() == [
         "timeout_timer",
+        "local_call",
         "response_headers",
         "root_json",
         "model_fields",
         "idle_dispatch",
         "gather_batch",
-    }
+    ]
+    yield
+    bentoml_fixes.revert()
+    assert bentoml_fixes.applied() == []
 
 
 def _call(middleware: TimeoutMiddleware, call: Any, delay: float) -> tuple[list[int], int]:
@@ -62,7 +71,7 @@ def _call(middleware: TimeoutMiddleware, call: Any, delay: float) -> tuple[list[
 
 
 def test_stock_middleware_leaves_a_timer_per_request_and_the_fix_does_not() -> None:
-    stock = bentoml_patches.originals["timeout_timer"]
+    stock = bentoml_fixes.original("timeout_timer")
     assert _call(TimeoutMiddleware(None, timeout=30), stock, 0) == ([200], 1)  # the leak
     assert _call(TimeoutMiddleware(None, timeout=30), TimeoutMiddleware.__call__, 0) == ([200], 0)
 
@@ -91,7 +100,7 @@ def test_response_headers_are_the_stock_ones() -> None:
 
     factory = SimpleNamespace(service=SimpleNamespace(name="fraud_detector"))
     stock, fixed = Response(b"{}"), Response(b"{}")
-    bentoml_patches.originals["response_headers"](factory, stock)
+    bentoml_fixes.original("response_headers")(factory, stock)
     ServiceAppFactory._add_response_headers(factory, fixed)  # type: ignore[arg-type]
     assert fixed.headers["server"] == "BentoML Service/fraud_detector"
     assert dict(fixed.headers) == dict(stock.headers)
@@ -108,9 +117,9 @@ def test_list_responses_are_the_same_json_in_one_dump() -> None:
         [{**r, "model_version": "7"} for r in rows]
     )
     fixed = model.model_dump_json()
-    assert json.loads(fixed) == json.loads(bentoml_patches.originals["root_json"](model))
+    assert json.loads(fixed) == json.loads(bentoml_fixes.original("root_json")(model))
     assert json.loads(fixed)[0]["fraud_probability"] == 0.1 + 0.2  # shortest round-trip repr
-    assert model.model_dump_json(exclude={"x"}) == bentoml_patches.originals["root_json"](
+    assert model.model_dump_json(exclude={"x"}) == bentoml_fixes.original("root_json")(
         model, exclude={"x"}
     )  # other arguments: the stock path
 
@@ -118,8 +127,6 @@ def test_list_responses_are_the_same_json_in_one_dump() -> None:
 def test_input_fields_are_read_without_a_warning_per_request() -> None:
     from _bentoml_sdk.io_models import IODescriptor, ensure_io_descriptor
     from pydantic import BaseModel
-
-    from training.api_models import Transaction
 
     class Plain(BaseModel):
         x: int
@@ -154,7 +161,7 @@ def test_metric_writes_use_a_cached_pid_that_follows_forks(
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     value_class = values.MultiProcessValue(process_identifier=getpid)
-    assert bentoml_patches.cache_metrics_pid(value_class)
+    assert bentoml_fixes.cache_metrics_pid(value_class)
     calls.clear()
     value = value_class("counter", "c", "c_total", (), (), "help")
     for _ in range(100):
@@ -261,7 +268,7 @@ def test_a_batch_takes_in_the_requests_the_loop_is_about_to_queue(
     sizes, _ = _batches_of_a_stream(span=6)
     assert sizes == [7]  # the first request and the six queued right after it
     with monkeypatch.context() as m:  # stock: the first request leaves alone
-        m.setattr(CorkDispatcher, "outbound_call", bentoml_patches.originals["gather_batch"])
+        m.setattr(CorkDispatcher, "outbound_call", bentoml_fixes.original("gather_batch"))
         stock, _ = _batches_of_a_stream(span=6)
     assert stock[0] < 7 and sum(stock) == 7
 
@@ -272,41 +279,145 @@ def test_a_batch_waits_for_no_more_than_the_gather_limit() -> None:
     span = 20_000  # ~0.1-0.3 s of loop iterations: well past the limit
     sizes, waited = _batches_of_a_stream(span=span)
     assert len(sizes) > 1
-    assert bentoml_patches.GATHER_LIMIT_S <= waited < bentoml_patches.GATHER_LIMIT_S + 0.05
+    assert bentoml_fixes.GATHER_LIMIT_S <= waited < bentoml_fixes.GATHER_LIMIT_S + 0.05
     assert sum(sizes) == span + 1
 
 
-def test_fixes_can_be_skipped_by_name() -> None:
-    """``FRAUD_BENTOML_PATCHES_SKIP`` reaches apply(): a skipped fix leaves BentoML's class as
-    shipped (a fresh interpreter: this module's fixture has applied them all here)."""
-    import subprocess
-    import sys
-
-    from pydantic import ValidationError
-
-    from training.config import Settings
-
-    code = (
-        "import json\n"
-        "from bentoml._internal.marshal.dispatcher import Optimizer\n"
-        "from training import bentoml_patches\n"
-        "from training.config import get_settings\n"
-        "applied = bentoml_patches.apply(skip=get_settings().skipped_fixes())\n"
-        "print(json.dumps([applied, 'wait' in vars(Optimizer)]))\n"
+def _fresh(code: str, env: dict[str, str] | None = None) -> Any:
+    """Run ``code`` in a fresh interpreter (no fix applied yet); the JSON its last line prints.
+    ``targets()`` there maps every fix's targets to the object found at each."""
+    prelude = (
+        "import json, logging\n"
+        "from serving import bentoml_fixes as bf\n"
+        "def targets():\n"
+        "    found = {}\n"
+        "    for fix in bf.FIXES:\n"
+        "        for t in fix.shapes:\n"
+        "            owner, attr = bf._resolve(t)\n"
+        "            found[t] = id(vars(owner).get(attr))\n"
+        "    return found\n"
+        "warnings = []\n"
+        "class Keep(logging.Handler):\n"
+        "    def emit(self, record): warnings.append(record.getMessage())\n"
+        "logging.getLogger('bentoml.fraud_service').addHandler(Keep(logging.WARNING))\n"
     )
-    env = {**os.environ, "FRAUD_BENTOML_PATCHES_SKIP": " idle_dispatch,root_json "}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", prelude + code],
+        env={**os.environ, **(env or {})},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    applied, patched_wait = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_fixes_can_be_skipped_by_name() -> None:
+    """``FRAUD_BENTOML_FIXES_SKIP`` reaches apply(): a skipped fix leaves BentoML's class as
+    shipped; an unknown name is refused, naming the setting and the known fixes."""
+    applied, patched_wait = _fresh(
+        "from bentoml._internal.marshal.dispatcher import Optimizer\n"
+        "from training.config import get_settings\n"
+        "applied = bf.apply(skip=get_settings().skipped_fixes())\n"
+        "print(json.dumps([applied, 'wait' in vars(Optimizer)]))\n",
+        {"FRAUD_BENTOML_FIXES_SKIP": " idle_dispatch,root_json "},
+    )
     assert "idle_dispatch" not in applied and "root_json" not in applied
     assert "timeout_timer" in applied and not patched_wait
-    with pytest.raises(ValidationError, match="bentoml_patches_skip"):
-        Settings(bentoml_patches_skip="idle_dispatch,no_such_fix")
-    with pytest.raises(ValueError, match="no_such_fix"):
-        bentoml_patches.apply(skip={"no_such_fix"})
+    with pytest.raises(ValueError, match=r"FRAUD_BENTOML_FIXES_SKIP.*no_such_fix.*gather_batch"):
+        bentoml_fixes.apply(skip={"no_such_fix"})
 
 
-def test_other_bentoml_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bentoml, "__version__", "1.5.0")
-    assert bentoml_patches.apply() == []
+def test_the_tested_version_is_the_locked_and_packaged_one() -> None:
+    """The version the shapes were taken on is the one uv.lock installs and the Bento pins."""
+    lock = (PROJECT / "uv.lock").read_text()
+    locked = re.search(r'name = "bentoml"\nversion = "([^"]+)"', lock)
+    assert locked and locked.group(1) == bentoml_fixes.TESTED_BENTOML == bentoml.__version__
+    assert f'"bentoml=={bentoml_fixes.TESTED_BENTOML}"' in (PROJECT / "bentofile.yaml").read_text()
+
+
+def test_another_bentoml_version_patches_nothing_and_says_so() -> None:
+    """A BentoML other than the tested one (even a patch release: an upstream fix to a method
+    replaced whole would be overwritten) is left exactly as shipped, with one warning."""
+    before, after, applied, warnings = _fresh(
+        "import bentoml\n"
+        "before = targets()\n"
+        "bentoml.__version__ = '1.4.41'\n"
+        "applied = bf.apply()\n"
+        "print(json.dumps([before, targets(), applied, warnings]))\n"
+    )
+    assert applied == [] and after == before
+    assert len(warnings) == 1 and "1.4.41" in warnings[0] and "1.4.40" in warnings[0]
+
+
+def test_a_target_that_changed_shape_is_skipped_with_one_warning_naming_it() -> None:
+    """An edited method (gather_batch's target) and a renamed one (timeout_timer relies on
+    ``_set_timer_out``) each skip their fix, which reports nothing applied; the rest apply."""
+    swapped, timer_call_kept, applied, warnings = _fresh(
+        "from bentoml._internal.marshal.dispatcher import CorkDispatcher\n"
+        "from bentoml._internal.server.http.traffic import TimeoutMiddleware as TM\n"
+        "async def outbound_call(self, inputs_info, training=False):  # upstream edited it\n"
+        "    return None\n"
+        "CorkDispatcher.outbound_call = outbound_call\n"
+        "TM._timer_expired = TM._set_timer_out  # upstream renamed it\n"
+        "del TM._set_timer_out\n"
+        "stock_call = TM.__call__\n"
+        "applied = bf.apply()\n"
+        "print(json.dumps([CorkDispatcher.outbound_call is outbound_call,\n"
+        "                  TM.__call__ is stock_call, applied, warnings]))\n"
+    )
+    assert swapped and timer_call_kept
+    assert "gather_batch" not in applied and "timeout_timer" not in applied
+    assert {"local_call", "root_json", "idle_dispatch"} <= set(applied)
+    assert len(warnings) == 2
+    assert any("gather_batch" in w and "CorkDispatcher.outbound_call" in w for w in warnings)
+    assert any("timeout_timer" in w and "_set_timer_out" in w for w in warnings)
+
+
+def test_revert_restores_bentoml_as_shipped() -> None:
+    before, during, after, reverted = _fresh(
+        "before = targets()\n"
+        "bf.apply()\n"
+        "during = targets()\n"
+        "reverted = bf.revert()\n"
+        "print(json.dumps([before, during, targets(), reverted]))\n"
+    )
+    assert during != before and after == before
+    assert sorted(reverted) == sorted(
+        ["timeout_timer", "local_call", "response_headers", "root_json", "model_fields",
+         "idle_dispatch", "gather_batch"]
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("import bentoml; bentoml.__version__ = '1.4.41'\n", []),
+        (
+            "from bentoml._internal.marshal.dispatcher import CorkDispatcher\n"
+            "async def outbound_call(self, inputs_info, training=False):\n"
+            "    return await CorkDispatcher._stock(self, inputs_info, training)\n"
+            "CorkDispatcher._stock = CorkDispatcher.outbound_call\n"
+            "CorkDispatcher.outbound_call = outbound_call\n",
+            ["timeout_timer", "local_call", "response_headers", "root_json", "model_fields",
+             "idle_dispatch"],
+        ),
+    ],
+    ids=["other-version", "changed-shape"],
+)  # fmt: skip
+def test_the_service_still_answers_without_its_fixes(champion, setup: str, expected) -> None:
+    """The real service, built in process on BentoML's own ASGI app (request path, adaptive
+    batcher), scores a transaction; ``/health`` lists exactly the fixes in force."""
+    body = {"transactions": [Transaction.model_config["json_schema_extra"]["example"]]}
+    status, answer, health = _fresh(
+        setup + "from starlette.testclient import TestClient\n"
+        "import service\n"
+        "with TestClient(service.FraudDetector.to_asgi()) as client:\n"
+        f"    r = client.post('/predict', json={body!r})\n"
+        "    h = client.get('/health').json()\n"
+        "print(json.dumps([r.status_code, r.json(), h]))\n"
+    )
+    assert status == 200 and 0.0 <= answer[0]["fraud_probability"] <= 1.0
+    assert health["bentoml_fixes"] == expected

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from serving.online_features import OnlineFeatures, records_from_frame, replay
+from serving.state import UNKNOWN_LABEL, FeatureState, InMemoryFeatureState
 from training import features, schema
 from training.features import FeatureConfig
-from training.online import OnlineFeatures, records_from_frame, replay
-from training.online_state import UNKNOWN_LABEL, FeatureState, InMemoryFeatureState
 from training.simulate import SimulationConfig, simulate
 
 CFG = FeatureConfig()
@@ -171,7 +171,7 @@ def test_running_totals_survive_late_events_label_changes_and_expiry(
     raw events after out-of-order arrivals, fraud labels set and withdrawn, and expiry."""
     from bisect import bisect_right
 
-    from training.online_state import Event
+    from serving.state import Event
 
     rng = np.random.default_rng(11)
     day = features.MS_PER_DAY
@@ -227,7 +227,7 @@ def test_batch_sees_its_own_earlier_transactions_in_any_time_order(
 ) -> None:
     """Within one batch, a customer's later rows see its earlier rows (by batch position) whose
     time falls in the window, also when the batch is not in time order."""
-    from training.online import TxRecord
+    from serving.online_features import TxRecord
 
     rng = np.random.default_rng(5)
     day = features.MS_PER_DAY

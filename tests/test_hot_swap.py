@@ -8,9 +8,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from training.api_models import request_bodies
-from training.online import records_from_frame
-from training.serving import FraudScorer, ModelBundle, SwapError
+from serving.api_models import request_bodies
+from serving.online_features import records_from_frame
+from serving.scorer import FraudScorer, ModelBundle, SwapError
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_swap_refuses_another_feature_configuration(bundle) -> None:
 
 
 def test_request_bodies_round_trip_through_the_scorer(bundle, small_raw) -> None:
-    from training.api_models import Transaction
+    from serving.api_models import Transaction
 
     scorer = FraudScorer(bundle)
     bodies = request_bodies(small_raw.tail(5))

@@ -11,11 +11,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from training.api_models import request_bodies
+from serving.api_models import request_bodies
+from serving.online_features import records_from_frame
+from serving.redis_state import RedisFeatureState
+from serving.scorer import FraudScorer, ModelBundle
 from training.features import FeatureConfig
-from training.online import records_from_frame
-from training.redis_state import RedisFeatureState
-from training.serving import FraudScorer, ModelBundle
 
 from .conftest import REDIS_URL, free_port
 

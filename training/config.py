@@ -39,10 +39,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     access_log: bool = Field(False, description="BentoML access log line per request")
-    bentoml_patches: bool = Field(
-        True, description="Apply the request-path fixes of training.bentoml_patches at start-up"
+    bentoml_fixes: bool = Field(
+        True, description="Apply the request-path fixes of serving.bentoml_fixes at start-up"
     )
-    bentoml_patches_skip: str = Field(
+    bentoml_fixes_skip: str = Field(
         "",
         description="Comma-separated fixes not to apply, e.g. gather_batch (traffic always "
         "light: a lone request then skips the batch's three event-loop iterations)",
@@ -106,17 +106,9 @@ class Settings(BaseSettings):
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
 
-    @field_validator("bentoml_patches_skip")
-    @classmethod
-    def _known_fixes(cls, value: str) -> str:
-        from training.bentoml_patches import check_names
-
-        check_names(comma_list(value))
-        return value
-
     def skipped_fixes(self) -> set[str]:
-        """The BentoML fixes ``bentoml_patches_skip`` names."""
-        return set(comma_list(self.bentoml_patches_skip))
+        """The BentoML fixes ``bentoml_fixes_skip`` names (checked by the service at start-up)."""
+        return set(comma_list(self.bentoml_fixes_skip))
 
     def model_thread_count(self) -> int:
         """``model_threads``, with 0 resolved against the CPUs this process may use."""

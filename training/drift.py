@@ -23,8 +23,6 @@ import pandas as pd
 
 Columns = Mapping[str, Any] | pd.DataFrame  # named feature arrays, or a frame of them
 
-REFERENCE_FILE = "reference.json"
-REFERENCE_ARTIFACT = f"drift/{REFERENCE_FILE}"
 EPS = 1e-4
 DEFAULT_BINS = 10
 MODERATE, SIGNIFICANT = 0.1, 0.25

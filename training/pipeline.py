@@ -82,7 +82,9 @@ class DataReport(_Report):
 
 
 @dataclass
-class Candidate(_Report):
+class TrainedVersion(_Report):
+    """A trained and registered model version, not yet gated (``reused``: found for the run)."""
+
     version: str
     run_id: str
     reused: bool
@@ -240,7 +242,7 @@ def train_candidate(
     frames: Frames | None = None,
     seed: int = 0,
     on_result: Callable[[TrainingResult], None] | None = None,
-) -> Candidate:
+) -> TrainedVersion:
     """Train, log to MLflow and register a candidate (not yet gated). Idempotent per run."""
     from training import train as train_mod
 
@@ -250,7 +252,7 @@ def train_candidate(
         if existing is not None:
             metrics = client.get_run(existing.run_id).data.metrics
             test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
-            return Candidate(str(existing.version), str(existing.run_id), True, test)
+            return TrainedVersion(str(existing.version), str(existing.run_id), True, test)
     raw, feats = _frames(data_path, frames)
     layout = data.handbook_layout(raw)
     result = train_mod.train(
@@ -267,7 +269,7 @@ def train_candidate(
         on_result(result)
     extra = {RUN_KEY_TAG: run_key} if run_key else {}
     reg = registry.log_training(result, raw, feats, settings, str(data_path), extra_tags=extra)
-    return Candidate(reg.version, reg.run_id, False, dict(result.test_metrics))
+    return TrainedVersion(reg.version, reg.run_id, False, dict(result.test_metrics))
 
 
 def smoke_check(

@@ -16,14 +16,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import compiled, data, drift, features, metrics, reports, schema
+from training import bento_model, compiled, data, drift, features, metrics, reports, schema
 from training.config import Settings
 from training.train import TrainingResult
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-WARMUP_ARTIFACT = "feature_state/warmup.parquet"
-COMPILED_DIR = "compiled"
+# Artifact paths in a training run: the Bento model's files (training.bento_model) under folders.
+WARMUP_ARTIFACT = f"feature_state/{bento_model.WARMUP}"
+COMPILED_DIR = bento_model.COMPILED
+DRIFT_REFERENCE_ARTIFACT = f"drift/{bento_model.DRIFT_REFERENCE}"
 WARMUP_DAYS = 37  # longest window (30) + label delay (7)
 PIP_REQUIREMENTS = [
     f"scikit-learn=={__import__('sklearn').__version__}",
@@ -142,16 +144,17 @@ def log_training(
                     default=str,
                 )
             )
-            (out / "model_info.json").write_text(json.dumps(info, indent=2, default=str))
+            (out / bento_model.INFO).write_text(json.dumps(info, indent=2, default=str))
             reference = training_reference(raw, feats, result)
-            (out / "drift").mkdir()
-            (out / drift.REFERENCE_ARTIFACT).write_text(reference.to_json())
+            ref_path = out / DRIFT_REFERENCE_ARTIFACT
+            ref_path.parent.mkdir()
+            ref_path.write_text(reference.to_json())
             diff = compile_and_verify(result.pipeline, feats[result.feature_columns], out)
             mlflow.log_metric("compiled_max_abs_diff", diff)
             mlflow.log_artifacts(str(out))
-            warm = out / "warmup.parquet"
+            warm = out / bento_model.WARMUP
             warmup_history(raw).to_parquet(warm, index=False)
-            mlflow.log_artifact(str(warm), artifact_path="feature_state")
+            mlflow.log_artifact(str(warm), artifact_path=str(Path(WARMUP_ARTIFACT).parent))
         X = feats[result.feature_columns]
         example = X.head(5)
         signature = infer_signature(example, result.pipeline.predict_proba(example)[:, 1])
@@ -193,7 +196,7 @@ def load_reference(client: MlflowClient, name: str, alias: str) -> tuple[str, dr
     """The drift reference logged with the aliased version: (version, reference)."""
     mv = client.get_model_version_by_alias(name, alias)
     path = mlflow.artifacts.download_artifacts(
-        run_id=mv.run_id, artifact_path=drift.REFERENCE_ARTIFACT
+        run_id=mv.run_id, artifact_path=DRIFT_REFERENCE_ARTIFACT
     )
     return str(mv.version), drift.Reference.load(Path(path))
 

@@ -1,15 +1,15 @@
-"""Ship a champion as a container image and roll it out in the Compose stack.
+"""Release: put an imported champion in front of traffic, and take it back.
 
-The Bento is built into an image as ``bentoml containerize`` would (same build context and
-Dockerfile), but through the Docker Engine API (the ``docker`` SDK: no Docker CLI or buildx
-needed in the calling container). Each champion becomes ``<api_image>:v<version>`` (labelled
-with the Bento-store model it serves); ``<api_image>:champion`` names the one the stack serves.
-A roll-out re-points ``champion`` and lets Compose recreate the ``fraud-api`` container (``up
---no-deps --force-recreate --wait``); a roll-back does the same with the previous tag.
+:func:`roll_out` is the one entry point (DAG and CLI): target ``service`` hot-swaps the running
+service (``/admin/reload``, then a smoke call); target ``compose`` ships the Bento as image
+``<api_image>:v<version>`` (built through the Docker Engine API as ``bentoml containerize``
+would), re-points ``<api_image>:champion`` and lets Compose recreate ``fraud-api``.
+:func:`rollback` does the same with the previous version.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training import registry
+from training.bento_store import find_imported
 from training.config import Settings
+
+log = logging.getLogger(__name__)
 
 SERVICE = "fraud-api"
 CHAMPION_TAG = "champion"
@@ -26,6 +30,10 @@ MODEL_LABEL = "org.fraud-mlops.model"  # the Bento-store model an image serves
 
 class ImageError(RuntimeError):
     """The image could not be built, tagged or rolled out."""
+
+
+class RolloutError(RuntimeError):
+    """The running service did not take the new model (or failed its smoke check)."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +157,116 @@ def recreate_api(settings: Settings, timeout_s: int = 300) -> dict[str, Any]:
     return {"seconds": round(time.monotonic() - t0, 1), "output": run.stderr[-500:]}
 
 
-def roll_out(settings: Settings, version: str) -> dict[str, Any]:
-    """Serve ``v<version>`` in the stack: re-point ``champion``, recreate, wait healthy."""
+def switch_stack(settings: Settings, version: str) -> dict[str, Any]:
+    """Serve ``v<version>`` in the Compose stack: re-point ``champion``, recreate, wait healthy."""
     image = image_for(settings, version)
     point_champion(image)
     return {"image": image.ref, **recreate_api(settings)}
+
+
+def docker_reachable() -> bool:
+    """A Docker engine answers ``/_ping`` on DOCKER_HOST (or the default socket).
+
+    False when nothing usable listens there (Docker SDK and HTTP errors); anything else is a
+    bug and raised, not read as "no engine"."""
+    import docker
+    import requests
+
+    try:
+        return bool(docker.from_env(timeout=10).ping())
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
+
+
+def image_is_current(settings: Settings, version: str) -> bool:
+    """``<api_image>:v<version>`` exists and serves the model imported for that version (a
+    ``v1`` left by an earlier stack holds another model)."""
+    model = find_imported(settings, version)
+    label = image_label(image_for(settings, version))
+    return model is not None and label == str(model.tag)
+
+
+def containerize(settings: Settings, bento_tag: str, version: str) -> str:
+    """The Bento as image ``<api_image>:v<version>`` (kept when it is current)."""
+    image = image_for(settings, version)
+    if not image_is_current(settings, version):
+        model = find_imported(settings, version)
+        labels = {
+            MODEL_LABEL: str(model.tag) if model else "",
+            "org.fraud-mlops.version": version,
+        }
+        build_image(bento_tag, image, labels=labels, log=log.info)
+    return image.ref
+
+
+def _admin_headers(settings: Settings) -> dict[str, str]:
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def reload_service(settings: Settings, version: str) -> dict[str, Any] | None:
+    """Ask the running service to hot-swap to ``version`` (already in its Bento store).
+
+    Returns the service's answer, or None when no service listens at ``settings.api_url``."""
+    import httpx
+
+    try:
+        resp = httpx.post(
+            f"{settings.api_url}/admin/reload",
+            json={"version": version},
+            headers=_admin_headers(settings),
+            timeout=120,
+        )
+    except httpx.ConnectError:
+        return None
+    if resp.status_code != 200:
+        raise RolloutError(f"reload to version {version} refused: {resp.status_code} {resp.text}")
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+def smoke_prediction(settings: Settings, version: str) -> dict[str, Any]:
+    """The service scores its built-in sample with ``version`` (``/test`` records nothing)."""
+    import httpx
+
+    resp = httpx.get(f"{settings.api_url}/test", timeout=30)
+    body: dict[str, Any] = resp.json() if resp.status_code == 200 else {}
+    if body.get("status") != "ok" or str(body.get("model_version")) != str(version):
+        raise RolloutError(
+            f"smoke prediction failed: HTTP {resp.status_code}, status {body.get('status')}, "
+            f"model_version {body.get('model_version')} (expected {version})"
+        )
+    return body
+
+
+def served_version(settings: Settings) -> str | None:
+    """The model version the running service answers with (None when nothing answers)."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"{settings.api_url}/health", timeout=30)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    return str(resp.json().get("model", {}).get("version"))
+
+
+def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
+    """Make the service answer with ``version``: a hot swap of the running service, or (target
+    ``compose``) its image as ``champion`` and a recreated fraud-api container.
+
+    Returns what happened, with ``previous_version`` for a roll-back; None when no service
+    runs (local target only)."""
+    if settings.deploy_target == "compose":
+        previous = served_version(settings)
+        done = switch_stack(settings, version)
+        return {"model_version": version, "previous_version": previous, **done}
+    return reload_service(settings, version)
+
+
+def rollback(settings: Settings, previous: str) -> dict[str, Any] | None:
+    """Give ``champion`` back to ``previous`` and switch the service back to it."""
+    client = registry.configure(settings)
+    client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, previous)
+    return roll_out(settings, previous)

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.api_models import request_bodies
 from training import pipeline, registry
-from training.api_models import request_bodies
 from training.config import Settings, get_settings
 from training.simulate import SimulationConfig, save_config, simulate, write_per_day
 
@@ -173,11 +173,11 @@ class Traffic(threading.Thread):
 
 
 def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
-    from training import deploy
+    from training import bento_store, release
 
     settings = Settings()
     client = registry.configure(settings)
-    deploy.import_champion(settings)  # v1, what `make run` would be serving
+    bento_store.import_champion(settings)  # v1, what `make run` would be serving
     port = free_port()
     log = env["work"] / "bento-serve.log"
     server_env = {"FRAUD_PORT": str(port), "BENTOML_DO_NOT_TRACK": "True"}
@@ -211,9 +211,9 @@ def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
         assert states(run)["containerize"] == "success"  # skipped inside: no Docker engine
 
         # a failed smoke check rolls back: champion and the service return to v1
-        with pytest.raises(deploy.RolloutError):
-            deploy.smoke_prediction(Settings(), "3")
-        deploy.rollback(Settings(), "1")
+        with pytest.raises(release.RolloutError):
+            release.smoke_prediction(Settings(), "3")
+        release.rollback(Settings(), "1")
         assert registry.champion_version(client, MODEL) == "1"
         assert httpx.get(f"{url}/health").json()["model"]["version"] == "1"
     swap = re.search(r"swapped model 1 -> 2 in ([0-9.]+)s", log.read_text())

@@ -14,8 +14,8 @@ import bentoml
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from training.api_models import Prediction, Transaction
-from training.serving import FraudScorer, ModelBundle
+from serving.api_models import Prediction, Transaction
+from serving.scorer import FraudScorer, ModelBundle
 
 
 class PredictRequest(BaseModel):

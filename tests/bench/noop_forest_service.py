@@ -19,12 +19,12 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from serving import bentoml_fixes
+from serving.api_models import Prediction, Transaction
+from serving.scorer import BATCHING, MAX_BATCH, ModelBundle, service_config, settle_gc
 from tests.bench.noop_service import answers
-from training import bentoml_patches
-from training.api_models import Prediction, Transaction
 from training.compiled import CompiledModel
 from training.config import get_settings
-from training.serving import BATCHING, MAX_BATCH, ModelBundle, service_config, settle_gc
 
 
 def feature_matrix(model: CompiledModel, rows_file: Path) -> np.ndarray:
@@ -50,8 +50,8 @@ class NoopForestService:
 
     def __init__(self) -> None:
         settings = get_settings()
-        if settings.bentoml_patches:
-            bentoml_patches.apply(skip=settings.skipped_fixes())
+        if settings.bentoml_fixes:
+            bentoml_fixes.apply(skip=settings.skipped_fixes())
         bundle = ModelBundle.load(
             Path(self.bento_model.path),
             self.bento_model.info.metadata,

@@ -14,10 +14,10 @@ import bentoml
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from training import bentoml_patches
-from training.api_models import Prediction, Transaction
+from serving import bentoml_fixes
+from serving.api_models import Prediction, Transaction
+from serving.scorer import BATCHING, MAX_BATCH, service_config, settle_gc
 from training.config import get_settings
-from training.serving import BATCHING, MAX_BATCH, service_config, settle_gc
 
 # The same request-path fixes and GC setting as the real service, unless asked to run BentoML
 # as shipped (`make bench` runs it both ways: the framework's ceiling, stock and lifted).
@@ -27,8 +27,8 @@ STOCK = os.environ.get("NOOP_STOCK") == "1"
 @bentoml.service(name="noop_fraud_detector", **service_config(get_settings()))
 class NoopFraudService:
     def __init__(self) -> None:
-        if get_settings().bentoml_patches and not STOCK:
-            bentoml_patches.apply(skip=get_settings().skipped_fixes())
+        if get_settings().bentoml_fixes and not STOCK:
+            bentoml_fixes.apply(skip=get_settings().skipped_fixes())
         if not STOCK:  # the real service's GC setting after start-up
             settle_gc()
 

@@ -3,8 +3,8 @@
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api     `bentoml serve service:FraudDetector` (this project)
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
-                with the same request-path fixes (training/bentoml_patches.py) and GC
-                setting (training.serving.settle_gc)
+                with the same request-path fixes (serving/bentoml_fixes.py) and GC
+                setting (serving.scorer.settle_gc)
   bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, default GC)
   bentoml-noop-forest  the no-op plus the champion's compiled forest on each batch, nothing
                 else (no features, state, metrics): the ceiling the forest alone leaves
@@ -170,8 +170,8 @@ def hey_rate(
 
 def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, Path]:
     """Transactions that continue the champion's data in time, as request bodies."""
+    from serving.api_models import request_bodies
     from training import features, schema
-    from training.api_models import request_bodies
     from training.simulate import SimulationConfig, simulate
 
     info = json.loads((model_path / "model_info.json").read_text())
@@ -215,8 +215,8 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
 
 def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, float]:
     """Microseconds per transaction: scikit-learn pipeline vs compiled, at 1/100/1000 rows."""
+    from serving.scorer import ModelBundle
     from training import features, schema
-    from training.serving import ModelBundle
 
     bundle = ModelBundle.load(model_path, meta)
     history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
@@ -246,8 +246,8 @@ def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]
     leave the CPU caches; in the server a batch costs about the cold figure)."""
     import gc
 
-    from training.api_models import Transaction
-    from training.serving import FraudScorer, ModelBundle
+    from serving.api_models import Transaction
+    from serving.scorer import FraudScorer, ModelBundle
 
     bundle = ModelBundle.load(model_path, meta)
     with bodies.open() as f:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.api_models import Transaction
+from serving.api_models import Transaction
+from serving.scorer import FraudScorer, ModelBundle, find_bento_model
 from training.config import get_settings
-from training.serving import FraudScorer, ModelBundle, find_bento_model
 
 PARTS = ("validate", "to_record", "features", "model", "record")
 

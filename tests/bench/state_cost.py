@@ -15,10 +15,10 @@ import statistics
 import time
 from uuid import uuid4
 
+from serving.online_features import OnlineFeatures, new_state, records_from_frame
+from serving.redis_state import RedisFeatureState
 from training import schema
 from training.features import FeatureConfig
-from training.online import OnlineFeatures, new_state, records_from_frame
-from training.redis_state import RedisFeatureState
 from training.simulate import SimulationConfig, simulate
 
 

@@ -16,7 +16,7 @@ import threading
 
 from locust import FastHttpUser, between, events, task
 
-from training.api_models import request_bodies
+from serving.api_models import request_bodies
 from training.simulate import SimulationConfig, simulate
 
 STREAM: list[dict] = []

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from training import rollout
+from training import release
 
 from . import engine
 
@@ -40,7 +40,7 @@ SERVICES = {
 
 
 def compose(env_file: Path, *args: str, timeout: float = 1800, check: bool = True) -> str:
-    cmd = [rollout.compose_binary(), "--project-directory", str(engine.PROJECT), "--env-file",
+    cmd = [release.compose_binary(), "--project-directory", str(engine.PROJECT), "--env-file",
            str(env_file), *FILES, *args]  # fmt: skip
     out = subprocess.run(
         cmd, env=engine.docker_env(), capture_output=True, text=True, timeout=timeout
