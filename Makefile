@@ -34,8 +34,12 @@ run: install ## Main job: demo data if none, train if no champion, import, serve
 test: install tools ## Run the whole test suite (real MLflow server, PostgreSQL, bentoml serve, Prometheus, Alertmanager)
 	$(RUN) pytest -q
 
-test-fast: install ## Unit tests only (no servers)
-	$(RUN) pytest -q -m "not slow"
+FAST := not slow and not server and not postgres and not redis
+test-fast: install tools ## Unit tests: no server, PostgreSQL or Redis needed (~3 min)
+	$(RUN) pytest -q -m "$(FAST)"
+
+test-isolated: install tools ## test-fast in a network namespace: proves it needs no PostgreSQL/Redis (root)
+	unshare -n bash -c 'ip link set lo up && $(RUN) pytest -q -p no:cacheprovider -m "$(FAST)"'
 
 lint: install ## ruff + mypy
 	$(RUN) ruff check .

@@ -31,7 +31,7 @@ SMALL = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=7)
 REDIS_URL = os.environ.get("FRAUD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def make_state(request: pytest.FixtureRequest):
     """A factory of empty online states of each kind: in memory, and in a real Redis."""
     from uuid import uuid4

@@ -108,13 +108,14 @@ def test_reference_is_logged_with_the_model_and_imported(champion) -> None:
 
     import bentoml
 
-    from training import registry
+    from training import bento_model, registry
 
     client = registry.configure(champion["settings"])
     version, ref = registry.load_reference(client, "fraud-detector", registry.CHAMPION)
     assert version == champion["imported"].mlflow_version
     assert ref.names == champion["result"].feature_columns
-    bento_ref = Path(bentoml.models.get(champion["imported"].tag).path) / drift.REFERENCE_FILE
+    folder = Path(bentoml.models.get(champion["imported"].tag).path)
+    bento_ref = bento_model.Layout(folder).drift_reference
     assert drift.Reference.load(bento_ref) == ref
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 LOCUSTFILE = Path(__file__).parent / "load" / "locustfile.py"
 
 

@@ -37,7 +37,7 @@ from .observability import (
 )
 from .servers import bento_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 FACTOR = 60  # 5m -> 5 s, 10m -> 10 s, 15m -> 15 s, 7d -> 2.8 h (all the data), 1d -> 24 min
 BATCH = 20  # transactions per /predict request
 PACE_S = 0.1  # between requests: ~200 transactions/s

@@ -22,7 +22,13 @@ WORST = {"n_estimators": [1], "max_depth": [1]}
 GOOD = {"n_estimators": [60], "max_depth": [20]}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres-server"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgres-server", marks=[pytest.mark.postgres, pytest.mark.server]),
+    ],
+)
 def settings(request, tmp_path_factory) -> Iterator[Settings]:
     work = tmp_path_factory.mktemp(request.param)
     if request.param == "sqlite":

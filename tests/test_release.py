@@ -1,4 +1,4 @@
-"""The release's command lines, image naming and Docker check (the real roll-out: the stack test)."""
+"""The release: command lines, image naming, the Docker check (the real roll-out: stack test)."""
 
 from __future__ import annotations
 

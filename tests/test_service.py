@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 T0 = datetime(2018, 6, 16, 10, 0, 0)  # just after the small dataset ends
 

@@ -62,6 +62,9 @@ def two_workers(champion, session_dir: Path):
         _state(prefix).clear()
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
 def test_two_workers_share_one_warmed_state(two_workers) -> None:
     url, _ = two_workers
     seen: dict[int, dict] = {}
@@ -75,6 +78,9 @@ def test_two_workers_share_one_warmed_state(two_workers) -> None:
     assert len(warmed) == 1 and warmed.pop() > 0  # warmed once, by one worker, for both
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
 def test_workers_see_each_others_transactions(two_workers, champion, small_raw) -> None:
     """One transaction per request over new connections (either worker may answer): the served
     probabilities equal an in-process scorer's that saw the same sequence in one process."""
@@ -96,6 +102,7 @@ def test_workers_see_each_others_transactions(two_workers, champion, small_raw) 
     assert all(int(t.value // 1_000_000) in times for t in stream["TX_DATETIME"])
 
 
+@pytest.mark.redis
 def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
     model = bentoml.models.get(champion["imported"].tag)
     bundle = ModelBundle.load(Path(model.path), model.info.metadata)

@@ -6,6 +6,8 @@ import pytest
 
 from ..servers import PROJECT
 
+pytestmark = pytest.mark.postgres  # the Airflow metadata database
+
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):

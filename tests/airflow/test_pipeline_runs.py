@@ -22,7 +22,7 @@ from ..conftest import free_port
 from ..observability import Mailbox, Receiver
 from ..servers import PROJECT, bento_server, mlflow_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.server]
 DATA = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=21)
 GOOD = {"n_estimators": [40], "max_depth": [12]}
 WORSE = {"n_estimators": [1], "max_depth": [1]}

@@ -41,6 +41,7 @@ import pandas as pd
 import psutil
 
 from tests.servers import stop, wait_http
+from training import bento_model
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -174,7 +175,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
     from training import features, schema
     from training.simulate import SimulationConfig, simulate
 
-    info = json.loads((model_path / "model_info.json").read_text())
+    info = json.loads(bento_model.Layout(model_path).info.read_text())
     sim = PROJECT / "data" / "demo" / "simulation.json"
     params = json.loads(sim.read_text()) if sim.exists() else {}
     start = pd.Timestamp(info["data_window"]["data_end"]).normalize() + pd.Timedelta(days=1)
@@ -188,7 +189,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
     new = simulate(cfg)
     new[schema.TRANSACTION_ID] = "bench-" + new[schema.TRANSACTION_ID].astype(str)
     txs = request_bodies(new)
-    history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
+    history = schema.normalize(pd.read_parquet(bento_model.Layout(model_path).warmup))
     both = schema.normalize(pd.concat([history, new], ignore_index=True))
     feats = features.offline_features(both)[columns].iloc[len(history) :]
     rows = feats.to_numpy(dtype=object).tolist()
@@ -219,7 +220,7 @@ def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, fl
     from training import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
-    history = schema.normalize(pd.read_parquet(model_path / "warmup.parquet"))
+    history = schema.normalize(pd.read_parquet(bento_model.Layout(model_path).warmup))
     frame = features.offline_features(history)[columns].iloc[-1000:]
     out: dict[str, float] = {}
     for n in (1, 100, 1000):
@@ -310,14 +311,12 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install -y wrk hey util-linux")
 
-    import bentoml
-
     from training.config import get_settings
 
     settings = get_settings()
-    model = bentoml.models.get(f"{settings.bento_model}:latest")
+    model = bento_model.find(settings.bento_model)
     model_path = Path(model.path)
-    info = json.loads((model_path / "model_info.json").read_text())
+    info = json.loads(bento_model.Layout(model_path).info.read_text())
     columns = info["feature_columns"]
     work = args.out / "bench-work"
     work.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.api_models import Transaction
-from serving.scorer import FraudScorer, ModelBundle, find_bento_model
+from serving.scorer import FraudScorer, ModelBundle
+from training import bento_model
 from training.config import get_settings
 
 PARTS = ("validate", "to_record", "features", "model", "record")
@@ -34,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.bodies.exists():
         raise SystemExit(f"{args.bodies} not found: run `make bench` once to write the bodies")
-    model = find_bento_model(get_settings().bento_model)
+    model = bento_model.find(get_settings().bento_model)
     bundle = ModelBundle.load(Path(model.path), model.info.metadata)
     if bundle.compiled is None:
         raise SystemExit("this model has no compiled twin: nothing to time for the model part")
