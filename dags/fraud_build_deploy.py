@@ -8,7 +8,7 @@ Two deployment targets (FRAUD_DEPLOY_TARGET):
   built when a Docker engine is reachable, as an artefact.
 - `compose` (the Compose stack): the Bento becomes image `fraud-detector:v<N>`, `:champion` is
   re-pointed to it and Compose recreates the fraud-api container (`up --no-deps
-  --force-recreate --wait`; the scheduler has the Docker socket, see the README).
+  --force-recreate --wait`; the scheduler has the Docker socket, see docs/operations.md).
 If the smoke prediction does not come back from the new version, `champion` goes back to the
 previous version, the service is switched back (hot swap or previous image) and the team is
 notified.

@@ -62,7 +62,7 @@ def service_config(settings: Settings) -> dict[str, Any]:
         # The in-memory feature state is per process: one worker unless the state is in Redis.
         "workers": settings.workers,
         "traffic": {"timeout": 30},
-        # Per-request work we do not use (py-spy under load, see README "Performance"): no
+        # Per-request work we do not use (py-spy under load, see docs/performance.md): no
         # tracing spans on the scoring routes, no access-log line per request by default.
         "tracing": {"excluded_urls": ["/predict", "/feedback", "/metrics", "/readyz", "/livez"]},
         "logging": {"access": {"enabled": settings.access_log}},

@@ -51,3 +51,27 @@ def test_request_bodies_round_trip_through_the_scorer(bundle, small_raw) -> None
     bodies = request_bodies(small_raw.tail(5))
     scored = scorer.score([Transaction.model_validate(b).to_record() for b in bodies])
     assert len(scored.proba) == 5 and ((scored.proba >= 0) & (scored.proba <= 1)).all()
+
+
+def test_hot_swap_loads_from_the_bento_store_and_counts_outcomes(bundle, champion) -> None:
+    """HotSwap (what /admin/reload calls): an imported version is loaded and served; a version
+    the store lacks is a LookupError, the served model stays, and both outcomes are counted."""
+    from serving import telemetry as tm
+    from serving.hot_swap import HotSwap
+
+    def swaps(outcome: str) -> float:
+        return tm.MODEL_SWAPS.labels(outcome)._value.get()
+
+    settings = champion["settings"]
+    serving_v0 = {**bundle.metadata, "mlflow_model_version": "0"}
+    scorer = FraudScorer(dataclasses.replace(bundle, metadata=serving_v0))
+    swapper = HotSwap(scorer, settings.bento_model, threads=1)
+    ok, failed = swaps("ok"), swaps("failed")
+    answer = swapper.swap_to(champion["imported"].mlflow_version)
+    assert answer["previous_version"] == "0"
+    assert answer["model_version"] == scorer.model_version == champion["imported"].mlflow_version
+    assert answer["bento_model"] == str(champion["imported"].tag)
+    with pytest.raises(LookupError, match="12345"):
+        swapper.swap_to("12345")
+    assert scorer.model_version == champion["imported"].mlflow_version
+    assert (swaps("ok"), swaps("failed")) == (ok + 1, failed + 1)

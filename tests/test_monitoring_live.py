@@ -226,7 +226,7 @@ def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) 
                 empty.append(f"{path.name}: {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
-    # --- the same panels drawn from live data (README previews come from this) ------------
+    # --- the same panels drawn from live data (the docs previews come from this) ------------
     render = dashboard_renderer()
     out = Path(stack["work"]) / "dashboards"
     for path in GRAFANA_DASHBOARDS:

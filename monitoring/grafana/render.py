@@ -2,7 +2,7 @@
 
     python monitoring/grafana/render.py --prometheus http://127.0.0.1:9090 --minutes 30
 
-For people without a Grafana at hand and for the README previews: every panel's queries are
+For people without a Grafana at hand and for the docs previews: every panel's queries are
 run as range queries and drawn as lines (stat panels show their last value).
 """
 

@@ -124,6 +124,13 @@ def test_first_model_trained_and_registered_through_the_stack_mlflow(stack) -> N
     assert aliases.get("champion") == "1", versions
     health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()
     assert health["model"]["version"] == "1" and health["model"]["compiled"] is True
+    assert len(health["bentoml_fixes"]) >= 7, health  # the containerized Bento applied them
+
+
+def test_the_docker_check_finds_the_real_engine(monkeypatch: pytest.MonkeyPatch, stack) -> None:
+    """What the build-deploy DAG asks before containerizing, against the private dockerd."""
+    monkeypatch.setenv("DOCKER_HOST", engine.docker_env()["DOCKER_HOST"])
+    assert release.docker_reachable() is True
 
 
 def airflow_token(stack) -> str:
