@@ -81,7 +81,7 @@ def _cached_local_call(original: Any) -> Any:
 
 # response_headers — what: _add_response_headers resolves its logging format once.
 # why: simple_di's @inject bound an inspect.Signature on every response.
-# gain: a few % of a no-op worker's CPU (py-spy).
+# gain: with root_json and metrics_pid, CPU a request 247 -> 215 µs (A/B, 3-5 rounds).
 def _resolved_headers(original: Any) -> Any:
     """``ServiceAppFactory._add_response_headers`` with its injected logging format resolved
     once (the undecorated function is simple_di's ``__wrapped__``)."""
@@ -101,7 +101,7 @@ def _resolved_headers(original: Any) -> Any:
 
 # root_json — what: IORootModel.model_dump_json in one pydantic-core call.
 # why: it built Python objects with model_dump(mode="json"), then encoded them with json.dumps.
-# gain: list responses serialised several times faster (see docs/performance.md).
+# gain: with response_headers and metrics_pid, CPU a request 247 -> 215 µs (A/B).
 _ROOT_PREFIX = b'{"root":'
 
 
@@ -191,7 +191,7 @@ def _gathering(outbound_call: Any) -> Any:
 
 # metrics_pid — what: prometheus_client's multiprocess values read a cached pid (fork-safe).
 # why: every metric write called os.getpid(): 6-8 syscalls a request.
-# gain: ~7 % of a no-op worker's CPU (py-spy --native).
+# gain: ~7 % of a no-op worker's CPU (py-spy --native); see response_headers for the A/B.
 def cache_metrics_pid(value_class: Any = None) -> Callable[[], None] | None:
     """Let prometheus_client's multiprocess values (``value_class``, default the one in use)
     read a cached pid, refreshed after a fork, instead of calling ``os.getpid()`` on every
