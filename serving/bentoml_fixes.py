@@ -385,21 +385,19 @@ def applied() -> list[str]:
     return list(_undo)
 
 
-def apply(skip: Collection[str] = (), version: str | None = None) -> list[str]:
+def apply(skip: Collection[str] = ()) -> list[str]:
     """Apply every fix but those in ``skip`` (names checked first); returns the fixes in force.
 
-    Idempotent. On a BentoML other than :data:`TESTED_BENTOML` (``version``: default the
-    installed one, read before any private import) nothing is patched; a fix whose targets
-    changed shape is skipped; each case logs one warning naming it."""
-    check_names(skip)
-    if version is None:
-        import bentoml
+    Idempotent. On a BentoML other than :data:`TESTED_BENTOML` (read from the public package,
+    before any private import) nothing is patched; a fix whose targets changed shape is
+    skipped; each case logs one warning naming it."""
+    import bentoml
 
-        version = bentoml.__version__
-    if version != TESTED_BENTOML:
+    check_names(skip)
+    if bentoml.__version__ != TESTED_BENTOML:
         log.warning(
             "BentoML %s: request-path fixes not applied (written against %s)",
-            version,
+            bentoml.__version__,
             TESTED_BENTOML,
         )
         return applied()
