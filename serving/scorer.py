@@ -86,7 +86,7 @@ class ModelBundle:
     @classmethod
     def load(cls, path: Path, metadata: dict[str, Any], threads: int = 1) -> ModelBundle:
         """The bundle in ``path``; the compiled twin runs large batches on ``threads`` threads."""
-        files = bento_model.Layout(path)
+        files = bento_model.Layout.of(path)
         return cls(
             path=path,
             info=json.loads(files.info.read_text()),
@@ -105,7 +105,7 @@ class ModelBundle:
     @property
     def pipeline(self) -> Any:
         if self._pipeline is None:
-            pipeline = joblib.load(bento_model.Layout(self.path).pipeline)
+            pipeline = joblib.load(bento_model.Layout.of(self.path).pipeline)
             forest = getattr(pipeline, "named_steps", {}).get("forest")
             if forest is not None:  # one thread: joblib's pool costs ~20 ms a call at this size
                 forest.n_jobs = 1

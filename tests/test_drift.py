@@ -115,7 +115,7 @@ def test_reference_is_logged_with_the_model_and_imported(champion) -> None:
     assert version == champion["imported"].mlflow_version
     assert ref.names == champion["result"].feature_columns
     folder = Path(bentoml.models.get(champion["imported"].tag).path)
-    bento_ref = bento_model.Layout(folder).drift_reference
+    bento_ref = bento_model.Layout.of(folder).drift_reference
     assert drift.Reference.load(bento_ref) == ref
 
 

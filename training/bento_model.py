@@ -21,27 +21,15 @@ DRIFT_REFERENCE = "reference.json"  # training distribution of every feature (PS
 class Layout:
     """Paths of the files inside one Bento model folder."""
 
-    root: Path
+    pipeline: Path
+    info: Path
+    warmup: Path
+    compiled: Path
+    drift_reference: Path
 
-    @property
-    def pipeline(self) -> Path:
-        return self.root / PIPELINE
-
-    @property
-    def info(self) -> Path:
-        return self.root / INFO
-
-    @property
-    def warmup(self) -> Path:
-        return self.root / WARMUP
-
-    @property
-    def compiled(self) -> Path:
-        return self.root / COMPILED
-
-    @property
-    def drift_reference(self) -> Path:
-        return self.root / DRIFT_REFERENCE
+    @classmethod
+    def of(cls, root: Path) -> Layout:
+        return cls(*(root / name for name in (PIPELINE, INFO, WARMUP, COMPILED, DRIFT_REFERENCE)))
 
 
 def find(name: str, mlflow_version: str | None = None, registered_model: str | None = None) -> Any:

@@ -70,7 +70,7 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
     with bentoml.models.create(
         settings.bento_model, metadata=metadata, labels={"stage": alias}
     ) as model:
-        files = bento_model.Layout(Path(model.path_of("")))
+        files = bento_model.Layout.of(Path(model.path_of("")))
         joblib.dump(pipeline, files.pipeline)
         files.info.write_text(json.dumps(meta, indent=2))
         warm = mlflow.artifacts.download_artifacts(

@@ -175,7 +175,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
     from training import features, schema
     from training.simulate import SimulationConfig, simulate
 
-    info = json.loads(bento_model.Layout(model_path).info.read_text())
+    info = json.loads(bento_model.Layout.of(model_path).info.read_text())
     sim = PROJECT / "data" / "demo" / "simulation.json"
     params = json.loads(sim.read_text()) if sim.exists() else {}
     start = pd.Timestamp(info["data_window"]["data_end"]).normalize() + pd.Timedelta(days=1)
@@ -189,7 +189,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
     new = simulate(cfg)
     new[schema.TRANSACTION_ID] = "bench-" + new[schema.TRANSACTION_ID].astype(str)
     txs = request_bodies(new)
-    history = schema.normalize(pd.read_parquet(bento_model.Layout(model_path).warmup))
+    history = schema.normalize(pd.read_parquet(bento_model.Layout.of(model_path).warmup))
     both = schema.normalize(pd.concat([history, new], ignore_index=True))
     feats = features.offline_features(both)[columns].iloc[len(history) :]
     rows = feats.to_numpy(dtype=object).tolist()
@@ -220,7 +220,7 @@ def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, fl
     from training import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
-    history = schema.normalize(pd.read_parquet(bento_model.Layout(model_path).warmup))
+    history = schema.normalize(pd.read_parquet(bento_model.Layout.of(model_path).warmup))
     frame = features.offline_features(history)[columns].iloc[-1000:]
     out: dict[str, float] = {}
     for n in (1, 100, 1000):
@@ -316,7 +316,7 @@ def main() -> None:
     settings = get_settings()
     model = bento_model.find(settings.bento_model)
     model_path = Path(model.path)
-    info = json.loads(bento_model.Layout(model_path).info.read_text())
+    info = json.loads(bento_model.Layout.of(model_path).info.read_text())
     columns = info["feature_columns"]
     work = args.out / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
