@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -467,12 +469,49 @@ def status() -> None:
     console.print(table)
 
 
+STOP_GRACE_S = 15.0  # SIGTERM/SIGINT: in-flight requests drain, then what is left is killed
+
+
+def _stop_tree(root: int, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM ``root`` and every process below it (BentoML's circusd and its workers, which run
+    in sessions of their own), wait up to ``grace`` seconds while they drain, then SIGKILL what
+    is left, including a worker respawned meanwhile."""
+    import psutil
+
+    def tree(pids: set[int]) -> set[int]:
+        found = set(pids)
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                found |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        return {pid for pid in found if psutil.pid_exists(pid)}
+
+    known = tree({root})
+    for pid in known:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        known = tree(known)
+        alive = []
+        for pid in known:
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+        if not alive:
+            return
+        time.sleep(0.1)
+    for pid in tree(known):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @app.command()
 def serve(
     host: str | None = None,
     port: int | None = None,
 ) -> None:
-    """Serve the Bento-store champion with `bentoml serve` (blocks).
+    """Serve the Bento-store champion with `bentoml serve` (blocks). SIGTERM or Ctrl-C drains
+    in-flight requests and stops every BentoML process within 15 s.
 
     Example: `fraudops serve --port 8080`
     """
@@ -494,7 +533,17 @@ def serve(
         env["FRAUD_PORT"],
     ]
     console.print(" ".join(cmd))
-    raise typer.Exit(subprocess.call(cmd, cwd=PROJECT, env=env))
+    # Its own session: a terminal's Ctrl-C reaches this process only, which stops the tree.
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, start_new_session=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        console.print(f"{signal.Signals(signum).name}: stopping the service")
+        _stop_tree(proc.pid)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    code = proc.wait()
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM) else code)
 
 
 @app.command()

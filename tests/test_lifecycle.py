@@ -1,0 +1,84 @@
+"""`fraudops serve` stops cleanly: SIGTERM or SIGINT drains in-flight requests and leaves no
+BentoML process (CLI, circusd, workers) behind or holding the port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from serving.api_models import request_bodies
+
+from .conftest import free_port
+from .servers import BIN, PROJECT, wait_http
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_process_within_15_s_and_drains(
+    champion, small_raw, session_dir: Path, signum: int
+) -> None:
+    port = free_port()
+    log = session_dir / f"fraudops-serve-{signum}.log"
+    proc = subprocess.Popen(
+        [str(BIN / "fraudops"), "serve", "--port", str(port)],
+        cwd=PROJECT,
+        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/readyz", proc, log)
+        tree = {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
+        assert len(tree) >= 3, tree  # fraudops, bentoml serve / circusd, a worker
+        bodies = [{"transactions": request_bodies(small_raw.tail(20))}]
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    try:
+                        statuses.append(client.post(f"{url}/predict", json=bodies[0]).status_code)
+                    except httpx.TransportError:
+                        return  # the server has stopped accepting: expected once it drains
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signum)  # only the CLI: it must take the rest down
+        deadline = t0 + 15
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) and
+                psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in tree):  # fmt: skip
+            time.sleep(0.1)
+        stopped_s = time.monotonic() - t0
+        stop.set()
+        for t in threads:
+            t.join(30)
+        proc.wait(5)
+        left = [p for p in tree if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        assert not left, f"still running after {stopped_s:.1f}s: {left}"
+        assert stopped_s <= 15
+        assert statuses and set(statuses) == {200}, sorted(set(statuses))
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing holds the port
+        print(
+            f"{signal.Signals(signum).name}: stopped in {stopped_s:.1f}s, {len(statuses)} answers"
+        )
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
