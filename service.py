@@ -15,20 +15,21 @@ import bentoml
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from serving import bentoml_fixes
 from serving import telemetry as tm
 from serving.api_models import (
     FeedbackResult,
-    Label,
-    LabelledTransaction,
+    LabelledTransactions,
+    Labels,
     Prediction,
     Transaction,
     epoch_ms,
+    unique_ids,
 )
 from serving.hot_swap import HotSwap
-from serving.http_guard import JsonOnly, admin_allowed, quiet_client_errors
+from serving.http_guard import JsonOnly, Limits, admin_allowed, quiet_client_errors
 from serving.scorer import (
     BATCHING,
     MAX_BATCH,
@@ -100,7 +101,11 @@ class FraudDetector:
     @bentoml.api(batchable=True, **BATCHING)
     async def predict(
         self,
-        transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],
+        transactions: Annotated[
+            list[Transaction],
+            Field(min_length=1, max_length=MAX_BATCH),
+            AfterValidator(unique_ids),
+        ],
     ) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Score transactions: fraud probability, decision at the model's threshold, version.
 
@@ -145,8 +150,8 @@ class FraudDetector:
     @bentoml.api
     def feedback(
         self,
-        labels: Annotated[list[Label], Field(max_length=10_000)] = [],  # noqa: B006
-        transactions: Annotated[list[LabelledTransaction], Field(max_length=10_000)] = [],  # noqa: B006
+        labels: Labels = [],  # noqa: B006
+        transactions: LabelledTransactions = [],  # noqa: B006
     ) -> Annotated[FeedbackResult, ContentType("application/json")]:
         """Confirmed outcomes (chargebacks): by transaction id for scored transactions, or as
         full records for transactions this service never saw. Feeds terminal risk."""
@@ -233,6 +238,9 @@ class FraudDetector:
         }
 
 
-# The first middleware added is the outermost: request metrics also see JsonOnly's 415s.
+# The first middleware added is the outermost: request metrics also see the guards' 413/415/503.
 FraudDetector.add_asgi_middleware(tm.RequestMetrics)  # type: ignore[attr-defined]
+FraudDetector.add_asgi_middleware(  # type: ignore[attr-defined]
+    Limits, max_body=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight
+)
 FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from serving.online_features import TxRecord
 from training import schema
@@ -68,6 +68,20 @@ class Transaction(BaseModel):
         )
 
 
+def unique_ids(items: list[Any]) -> list[Any]:
+    """A request's items with distinct ``transaction_id`` (``1`` and ``"1"`` are the same id);
+    ValueError naming the repeated ones otherwise."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for item in items:
+        key = str(item.transaction_id)
+        (repeated if key in seen else seen).add(key)
+    if repeated:
+        shown = sorted(repeated)[:10]
+        raise ValueError(f"transaction_id repeated within one request: {shown}")
+    return items
+
+
 class Prediction(BaseModel):
     transaction_id: str
     fraud_probability: float
@@ -87,6 +101,13 @@ class LabelledTransaction(Transaction):
     """A full transaction record with its outcome, for transactions the service never saw."""
 
     is_fraud: bool
+
+
+FEEDBACK_MAX = 10_000  # labels or labelled transactions a /feedback request
+Labels = Annotated[list[Label], Field(max_length=FEEDBACK_MAX), AfterValidator(unique_ids)]
+LabelledTransactions = Annotated[
+    list[LabelledTransaction], Field(max_length=FEEDBACK_MAX), AfterValidator(unique_ids)
+]
 
 
 class FeedbackResult(BaseModel):

@@ -1,8 +1,5 @@
-"""ASGI middleware: reject request bodies the API does not accept, before the framework parses.
-
-BentoML answers a ``multipart/form-data`` header without a boundary with a 500; our JSON APIs
-answer any non-JSON body with a 415 that names the header instead.
-"""
+"""HTTP guards in front of BentoML: what a request may be before the framework parses it (JSON
+only, a size cap, a cap on requests in flight), the admin check, quiet client-error logs."""
 
 from __future__ import annotations
 
@@ -19,6 +16,29 @@ ASGIApp = Callable[
 JSON_TYPES = {"application/json", ""}
 
 
+async def json_error(
+    send: Callable[[Any], Awaitable[None]],
+    status: int,
+    message: str,
+    detail: dict[str, Any],
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """A JSON error answered straight from ASGI: ``{"error": message, "detail": [detail]}``."""
+    body = json.dumps({"error": message, "detail": [detail]}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class JsonOnly:
     """Only ``application/json`` (or no Content-Type) on POSTs to the given paths."""
 
@@ -33,27 +53,93 @@ class JsonOnly:
             ).decode("latin-1")
             media = ctype.split(";")[0].strip().lower()
             if media not in JSON_TYPES:
-                body = json.dumps(
-                    {
-                        "error": f"Content-Type {media!r} is not supported; send application/json",
-                        "detail": [
-                            {"loc": ["header", "content-type"], "type": "unsupported_media_type"}
-                        ],
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 415,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
+                await json_error(
+                    send,
+                    415,
+                    f"Content-Type {media!r} is not supported; send application/json",
+                    {"loc": ["header", "content-type"], "type": "unsupported_media_type"},
                 )
-                await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class Limits:
+    """Per-worker limits answered before BentoML reads a request: a body over ``max_body``
+    bytes gets a 413 naming the limit (by Content-Length, or counted when chunked); beyond
+    ``max_in_flight`` concurrent requests a 503 with Retry-After. Every 503 that leaves the
+    service (BentoML's batching deadline included) carries Retry-After. Probes and /metrics
+    pass untouched."""
+
+    OPEN = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/health"})
+
+    def __init__(
+        self, app: ASGIApp, max_body: int, max_in_flight: int, retry_after_s: int = 1
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.retry_after = (b"retry-after", str(retry_after_s).encode())
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            await json_error(
+                send,
+                503,
+                f"overloaded: {self.max_in_flight} requests in flight in this worker; retry",
+                {"loc": ["request"], "type": "overloaded", "max_in_flight": self.max_in_flight},
+                (self.retry_after,),
+            )
+            return
+        header = next((v for k, v in scope.get("headers") or () if k == b"content-length"), b"")
+        length = int(header) if header.isdigit() else None
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            receive = await self._buffered(receive)  # chunked: counted while read
+        if receive is None or (length is not None and length > self.max_body):
+            await json_error(
+                send,
+                413,
+                f"request body over {self.max_body:,} bytes; send fewer transactions a request",
+                {"loc": ["body"], "type": "too_large", "max_bytes": self.max_body},
+            )
+            return
+
+        async def send_retry_after(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers") or ())
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    message = {**message, "headers": [*headers, self.retry_after]}
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_retry_after)
+        finally:
+            self.in_flight -= 1
+
+    async def _buffered(self, receive: Callable[[], Awaitable[Any]]) -> Any:
+        """A body without Content-Length, read up to the cap and replayed; None when over it."""
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # a disconnect: let the app see it
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def receive_again() -> Any:
+            return replay.pop() if replay else await receive()
+
+        return receive_again
 
 
 class ClientErrorLogFilter(logging.Filter):

@@ -24,8 +24,8 @@ REQUEST_SECONDS = Histogram(
 )
 ERRORS = Counter(
     "fraud_errors_total",
-    "Failed API requests by kind (validation, unsupported_media, not_found, client, "
-    "overloaded, internal)",
+    "Failed API requests by kind (validation, not_found, too_large, unsupported_media, "
+    "rate_limited, client, overloaded, internal)",
     ["endpoint", "kind"],
 )
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
@@ -162,9 +162,14 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
 def error_kind(status: int) -> str | None:
     if status < 400:
         return None
-    return {400: "validation", 404: "not_found", 415: "unsupported_media", 503: "overloaded"}.get(
-        status, "client" if status < 500 else "internal"
-    )
+    return {
+        400: "validation",
+        404: "not_found",
+        413: "too_large",
+        415: "unsupported_media",
+        429: "rate_limited",
+        503: "overloaded",
+    }.get(status, "client" if status < 500 else "internal")
 
 
 class RequestMetrics:

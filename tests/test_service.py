@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -166,6 +167,8 @@ BAD = [
     ({"transactions": [tx(1, surprise=1)]}, "surprise"),
     ({"transactions": [tx(i) for i in range(1001)]}, "transactions"),
     ({"txs": []}, "transactions"),
+    ({"transactions": [tx(1), tx(2), tx(1)]}, "t-1"),  # a repeated id is named
+    ({"transactions": [tx(5, transaction_id=5), tx(5, transaction_id="5")]}, "'5'"),
 ]
 
 
@@ -181,6 +184,48 @@ def test_bad_feedback(service_url: str) -> None:
     assert r.status_code == 400 and "labels" in r.text
     r = post(service_url, "/feedback", {"labels": [{"transaction_id": "x"}]})
     assert r.status_code == 400 and "is_fraud" in r.text
+
+
+def test_repeated_feedback_ids_are_named(service_url: str) -> None:
+    labels = [{"transaction_id": "dup-1", "is_fraud": True}, {"transaction_id": "dup-1",
+              "is_fraud": False}]  # fmt: skip
+    r = post(service_url, "/feedback", {"labels": labels})
+    assert r.status_code == 400 and "dup-1" in r.text and "repeated" in r.text
+
+
+def largest_valid_body() -> bytes:
+    """1,000 transactions with every field at its longest, pretty-printed: what the body cap
+    must let through."""
+    long = "x" * 64
+    txs = [
+        tx(i, transaction_id=f"{i:064d}", customer_id=long, terminal_id=long,
+           tx_datetime="2018-06-16T10:00:00.123456+00:00", tx_amount=999_999.99,
+           tx_channel="card_not_present", merchant_category=long)
+        for i in range(1000)
+    ]  # fmt: skip
+    return json.dumps({"transactions": txs}, indent=4).encode()
+
+
+def test_the_body_cap_admits_the_largest_valid_request(service_url: str) -> None:
+    body = largest_valid_body()
+    r = httpx.post(f"{service_url}/predict", content=body,
+                   headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()) == 1000
+    print(f"largest valid /predict body: {len(body):,} bytes")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_cap_gets_413_before_parsing(service_url: str, chunked: bool) -> None:
+    from training.config import Settings
+
+    cap = Settings().max_body_bytes
+    body = b'{"transactions": [' + b" " * cap + b"]}"
+    content = (body[i : i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    r = httpx.post(f"{service_url}/predict", content=content,
+                   headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+    assert r.status_code == 413, r.text[:300]
+    assert r.json()["detail"][0] == {"loc": ["body"], "type": "too_large", "max_bytes": cap}
 
 
 def test_malformed_json(service_url: str) -> None:

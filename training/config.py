@@ -47,6 +47,15 @@ class Settings(BaseSettings):
         description="Comma-separated fixes not to apply, e.g. gather_batch (traffic always "
         "light: a lone request then skips the batch's three event-loop iterations)",
     )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1_024,
+        description="Largest request body (413 beyond it, before parsing): room for 1,000 "
+        "transactions with every field at its longest, pretty-printed",
+    )
+    max_in_flight: int = Field(
+        512, ge=1, description="Requests in flight per worker before 503 + Retry-After"
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )
