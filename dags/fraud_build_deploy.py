@@ -35,14 +35,15 @@ PROJECT = Path(__file__).resolve().parent.parent
 def _back_to_previous(
     cfg: Settings, version: str, previous: str | None, exc: Exception, outcome: str
 ) -> None:
-    """Champion and the service back on the version that was serving; the team is told why."""
+    """The service, then champion, back on the version that was serving; the team is told why,
+    and told what the roll-back itself could not do."""
+    status = f"champion and the service are back on v{previous}."
     if previous and previous != version:
-        release.rollback(cfg, previous)
-    send(
-        channels(cfg),
-        f"[fraud-mlops] roll-out of v{version} {outcome}",
-        f"{exc}\nchampion and the service are back on v{previous}.",
-    )
+        try:
+            release.rollback(cfg, previous)
+        except Exception as failure:  # whatever failed, the message still goes out
+            status = f"roll-back incomplete: {failure}"
+    send(channels(cfg), f"[fraud-mlops] roll-out of v{version} {outcome}", f"{exc}\n{status}")
 
 
 @dag(

@@ -36,6 +36,10 @@ class RolloutError(RuntimeError):
     """The running service did not take the new model (or failed its smoke check)."""
 
 
+class RollbackError(RuntimeError):
+    """The service went back to the previous version, but the registry did not follow."""
+
+
 @dataclass(frozen=True)
 class Image:
     name: str  # repository, e.g. fraud-detector
@@ -266,7 +270,18 @@ def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
 
 
 def rollback(settings: Settings, previous: str) -> dict[str, Any] | None:
-    """Give ``champion`` back to ``previous`` and switch the service back to it."""
-    client = registry.configure(settings)
-    client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, previous)
-    return roll_out(settings, previous)
+    """Switch the service back to ``previous`` first (this needs no MLflow), then give it
+    ``champion``. RollbackError, naming what is left to do, when the alias cannot be moved."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    answer = roll_out(settings, previous)
+    try:
+        client = registry.configure(settings)
+        client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, previous)
+    except (MlflowException, requests.RequestException, OSError) as exc:
+        raise RollbackError(
+            f"the service is back on v{previous}, but champion could not be moved back to "
+            f"v{previous} in MLflow ({settings.mlflow_tracking_uri}): {str(exc)[:300]}"
+        ) from exc
+    return answer

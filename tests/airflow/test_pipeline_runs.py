@@ -213,7 +213,19 @@ def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
         # a failed smoke check rolls back: champion and the service return to v1
         with pytest.raises(release.RolloutError):
             release.smoke_prediction(Settings(), "3")
-        release.rollback(Settings(), "1")
+        # MLflow down: the service goes back first all the same, and the error says what is left
+        live = Settings()
+        mp.setenv("MLFLOW_TRACKING_URI", live.mlflow_tracking_uri)  # mlflow rewrites it below
+        mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+        down = live.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+        t_down = time.monotonic()
+        with pytest.raises(release.RollbackError, match=r"service is back on v1.*champion"):
+            release.rollback(down, "1")
+        down_s = time.monotonic() - t_down
+        assert httpx.get(f"{url}/health").json()["model"]["version"] == "1"
+        assert registry.champion_version(registry.configure(live), MODEL) == "2"
+        release.rollback(live, "1")
         assert registry.champion_version(client, MODEL) == "1"
         assert httpx.get(f"{url}/health").json()["model"]["version"] == "1"
     swap = re.search(r"swapped model 1 -> 2 in ([0-9.]+)s", log.read_text())
@@ -221,5 +233,5 @@ def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
     print(
         f"\nfraud_build_deploy wall time {dag_s:.1f}s; promotion -> first v2 answer "
         f"{switch_s:.1f}s; swap {float(swap[1]):.2f}s; {len(answers)} requests during the "
-        f"test, {len(failed)} failed"
+        f"test, {len(failed)} failed; roll-back with MLflow down {down_s:.1f}s"
     )
