@@ -23,6 +23,13 @@ from .servers import BIN, PROJECT, wait_http
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_every_process_within_15_s_and_drains(
     champion, small_raw, session_dir: Path, signum: int
@@ -42,7 +49,7 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
         wait_http(f"{url}/readyz", proc, log)
         tree = {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
         assert len(tree) >= 3, tree  # fraudops, bentoml serve / circusd, a worker
-        bodies = [{"transactions": request_bodies(small_raw.tail(20))}]
+        body = {"transactions": request_bodies(small_raw.tail(20))}
         statuses: list[int] = []
         stop = threading.Event()
 
@@ -50,7 +57,7 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
             with httpx.Client(timeout=30) as client:
                 while not stop.is_set():
                     try:
-                        statuses.append(client.post(f"{url}/predict", json=bodies[0]).status_code)
+                        statuses.append(client.post(f"{url}/predict", json=body).status_code)
                     except httpx.TransportError:
                         return  # the server has stopped accepting: expected once it drains
 
@@ -61,16 +68,14 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
         t0 = time.monotonic()
         os.kill(proc.pid, signum)  # only the CLI: it must take the rest down
         deadline = t0 + 15
-        while time.monotonic() < deadline and any(psutil.pid_exists(p) and
-                psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in tree):  # fmt: skip
+        while time.monotonic() < deadline and any(running(p) for p in tree):
             time.sleep(0.1)
         stopped_s = time.monotonic() - t0
         stop.set()
         for t in threads:
             t.join(30)
         proc.wait(5)
-        left = [p for p in tree if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        left = [p for p in tree if running(p)]
         assert not left, f"still running after {stopped_s:.1f}s: {left}"
         assert stopped_s <= 15
         assert statuses and set(statuses) == {200}, sorted(set(statuses))

@@ -478,29 +478,28 @@ def _stop_tree(root: int, grace: float = STOP_GRACE_S) -> None:
     is left, including a worker respawned meanwhile."""
     import psutil
 
+    def running(pid: int) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return False
+
     def tree(pids: set[int]) -> set[int]:
+        """``pids`` and their descendants, those still running."""
         found = set(pids)
         for pid in pids:
             with contextlib.suppress(psutil.Error):
                 found |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
-        return {pid for pid in found if psutil.pid_exists(pid)}
+        return {pid for pid in found if running(pid)}
 
     known = tree({root})
     for pid in known:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        known = tree(known)
-        alive = []
-        for pid in known:
-            with contextlib.suppress(psutil.Error):
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-        if not alive:
-            return
+    while known and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in tree(known):
+        known = tree(known)
+    for pid in known:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
