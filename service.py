@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import bentoml
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
-from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException
 from pydantic import AfterValidator, BaseModel, Field
 
 from serving import bentoml_fixes
@@ -28,8 +28,9 @@ from serving.api_models import (
     epoch_ms,
     unique_ids,
 )
+from serving.auth import ApiKeyAuth, LoopbackOnly
 from serving.hot_swap import HotSwap
-from serving.http_guard import JsonOnly, Limits, admin_allowed, quiet_client_errors
+from serving.http_guard import JsonOnly, Limits, quiet_client_errors
 from serving.scorer import (
     BATCHING,
     MAX_BATCH,
@@ -68,6 +69,7 @@ class FraudDetector:
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
+        check_keys()
         if SETTINGS.bentoml_fixes:  # in the worker, before its first request
             applied = bentoml_fixes.apply(skip=SETTINGS.skipped_fixes())
             log.info("BentoML request-path fixes applied: %s", applied)
@@ -188,7 +190,11 @@ class FraudDetector:
     @ops.get("/health")
     def health(self) -> dict[str, Any]:
         """Status, model name/version/alias, feature-state size, BentoML fixes, uptime."""
-        return {**self.scorer.health(), "bentoml_fixes": bentoml_fixes.applied()}
+        return {
+            **self.scorer.health(),
+            "auth": SETTINGS.auth,
+            "bentoml_fixes": bentoml_fixes.applied(),
+        }
 
     @ops.get("/state/terminals/{terminal_id}")
     def terminal_state(self, terminal_id: str, at: datetime | None = None) -> dict[str, Any]:
@@ -201,18 +207,9 @@ class FraudDetector:
         }
 
     @ops.post("/admin/reload")
-    def reload(
-        self, request: Request, body: Annotated[ReloadRequest | None, Body()] = None
-    ) -> dict[str, Any]:
+    def reload(self, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
         """Hot swap: load a model from the Bento store beside the served one, then switch
-        atomically; requests keep being answered meanwhile. Bearer token (FRAUD_ADMIN_TOKEN)
-        or, without one configured, loopback clients only."""
-        token = SETTINGS.admin_token.get_secret_value() if SETTINGS.admin_token else None
-        status = admin_allowed(
-            token, request.headers.get("authorization"), request.client and request.client.host
-        )
-        if status != 200:
-            raise HTTPException(status, "admin call not allowed: send the FRAUD_ADMIN_TOKEN")
+        atomically; requests keep being answered meanwhile. Needs a key with scope admin."""
         try:
             return self.hot_swap.swap_to(body.version if body else None)
         except LookupError as exc:
@@ -238,9 +235,32 @@ class FraudDetector:
         }
 
 
-# The first middleware added is the outermost: request metrics also see the guards' 413/415/503.
+def check_keys() -> None:
+    """Refuse to start with FRAUD_AUTH=keys and no active key: every call would be a 401."""
+    from training import api_keys
+
+    if SETTINGS.auth == "keys" and not api_keys.load(SETTINGS.api_keys_file).active():
+        raise RuntimeError(
+            f"FRAUD_AUTH=keys and no active API key in {SETTINGS.api_keys_file}: create one "
+            "with `fraudops keys create --name NAME --scopes score,label,read` (or set "
+            "FRAUD_AUTH=off to serve loopback clients only, without keys)"
+        )
+
+
+# The first middleware added is the outermost: request metrics also see the guards' answers
+# (401/403/429 included); the size and in-flight caps come before the key check.
 FraudDetector.add_asgi_middleware(tm.RequestMetrics)  # type: ignore[attr-defined]
 FraudDetector.add_asgi_middleware(  # type: ignore[attr-defined]
     Limits, max_body=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight
 )
+if SETTINGS.auth == "keys":
+    FraudDetector.add_asgi_middleware(  # type: ignore[attr-defined]
+        ApiKeyAuth,
+        keys_file=SETTINGS.api_keys_file,
+        redis_url=SETTINGS.redis_url if SETTINGS.state_backend == "redis" else None,
+        redis_prefix=SETTINGS.state_prefix,
+        metrics_need_read=SETTINGS.metrics_auth,
+    )
+else:
+    FraudDetector.add_asgi_middleware(LoopbackOnly)  # type: ignore[attr-defined]
 FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """HTTP guards in front of BentoML: what a request may be before the framework parses it (JSON
-only, a size cap, a cap on requests in flight), the admin check, quiet client-error logs."""
+only, a size cap, a cap on requests in flight) and quiet client-error logs."""
 
 from __future__ import annotations
 
@@ -96,9 +96,11 @@ class Limits:
             return
         header = next((v for k, v in scope.get("headers") or () if k == b"content-length"), b"")
         length = int(header) if header.isdigit() else None
+        too_large = length is not None and length > self.max_body
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            receive = await self._buffered(receive)  # chunked: counted while read
-        if receive is None or (length is not None and length > self.max_body):
+            body, receive = await read_body(receive, self.max_body)  # chunked: counted
+            too_large = body is None
+        if too_large:
             await json_error(
                 send,
                 413,
@@ -120,26 +122,31 @@ class Limits:
         finally:
             self.in_flight -= 1
 
-    async def _buffered(self, receive: Callable[[], Awaitable[Any]]) -> Any:
-        """A body without Content-Length, read up to the cap and replayed; None when over it."""
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive  # a disconnect: let the app see it
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        async def receive_again() -> Any:
-            return replay.pop() if replay else await receive()
+async def read_body(
+    receive: Callable[[], Awaitable[Any]], max_bytes: int | None = None
+) -> tuple[bytes | None, Callable[[], Awaitable[Any]]]:
+    """Read a request body and return it with a ``receive`` that replays it; the body is None
+    when it grows over ``max_bytes`` (and b"" on a disconnect, which the app then sees)."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", receive
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            return None, receive
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    replay = [{"type": "http.request", "body": body, "more_body": False}]
 
-        return receive_again
+    async def receive_again() -> Any:
+        return replay.pop() if replay else await receive()
+
+    return body, receive_again
 
 
 class ClientErrorLogFilter(logging.Filter):
@@ -179,15 +186,4 @@ def quiet_client_errors() -> None:
     logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def admin_allowed(token: str | None, authorization: str | None, client_host: str | None) -> int:
-    """HTTP status for an admin call: 200 when allowed, 401 without the right bearer token
-    (when a token is configured), 403 from a non-loopback client (when none is)."""
-    import hmac
-
-    if token:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        return 200 if hmac.compare_digest(given.encode(), token.encode()) else 401
-    return 200 if client_host in LOOPBACK else 403
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

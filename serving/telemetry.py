@@ -24,10 +24,23 @@ REQUEST_SECONDS = Histogram(
 )
 ERRORS = Counter(
     "fraud_errors_total",
-    "Failed API requests by kind (validation, not_found, too_large, unsupported_media, "
-    "rate_limited, client, overloaded, internal)",
+    "Failed API requests by kind (validation, unauthenticated, forbidden, not_found, too_large, "
+    "unsupported_media, rate_limited, client, overloaded, internal)",
     ["endpoint", "kind"],
 )
+AUTH_FAILURES = Counter(
+    "fraud_auth_failures_total",
+    "Requests refused by the API-key check, by reason (missing, invalid, scope)",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "fraud_rate_limited_total", "Requests answered 429 by a key's rate limit, by key", ["key"]
+)
+RATE_LIMIT_FALLBACK = Counter(
+    "fraud_rate_limit_fallback_total",
+    "Shared (Redis) rate-limit checks that failed over to this worker's own buckets",
+)
+API_KEYS = Gauge("fraud_api_keys", "Active API keys in the key file", multiprocess_mode="livemax")
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
 SCORES = Histogram(
     "fraud_score",
@@ -164,6 +177,8 @@ def error_kind(status: int) -> str | None:
         return None
     return {
         400: "validation",
+        401: "unauthenticated",
+        403: "forbidden",
         404: "not_found",
         413: "too_large",
         415: "unsupported_media",

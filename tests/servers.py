@@ -17,6 +17,39 @@ import httpx
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+# The test key (every scope, no limits): a fixed string, hashed into a key file per session.
+KEY = "fm_7e575e11_the-test-suite-key-with-every-scope-and-no-limit"
+SCORE_KEY = "fm_5c0e0001_a-key-with-scope-score-only"
+LIMITED_KEY = "fm_11111111_a-key-with-scope-score-and-3-requests-a-second"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+API = httpx.Client(headers=AUTH, timeout=30)  # a client that sends the test key
+
+
+def test_key_file(folder: Path, name: str = "api-keys.json") -> Path:
+    """A key file holding the test key (every scope, no limits), a key with scope score only
+    and one with score and 3 requests a second."""
+    from datetime import UTC, datetime
+
+    from training import api_keys
+
+    def record(key: str, name: str, scopes: list[api_keys.Scope], rps: float | None = None):
+        return api_keys.ApiKey(
+            id=api_keys.key_id(key) or "",
+            name=name,
+            scopes=scopes,
+            sha256=api_keys.digest(key),
+            requests_per_s=rps,
+            created_at=datetime.now(UTC),
+        )
+
+    path = folder / name
+    keys = [
+        record(KEY, "tests", list(api_keys.SCOPES)),
+        record(SCORE_KEY, "scorer", ["score"]),
+        record(LIMITED_KEY, "limited", ["score"], 3.0),
+    ]
+    api_keys.save(path, api_keys.KeyFile(keys=keys))
+    return path
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
@@ -91,7 +124,10 @@ def mlflow_server(workdir: Path, port: int) -> Iterator[str]:
 
 @contextmanager
 def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    """`bentoml serve service:FraudDetector` in a subprocess."""
+    """`bentoml serve service:FraudDetector` in a subprocess; unless ``env`` says otherwise, with
+    API keys on and the test key (:data:`AUTH`) valid."""
+    if "FRAUD_API_KEYS_FILE" not in env and env.get("FRAUD_AUTH", "keys") == "keys":
+        env = {**env, "FRAUD_API_KEYS_FILE": str(test_key_file(log.parent, f"{log.stem}.keys"))}
     proc = subprocess.Popen(
         [
             str(BIN / "bentoml"),

@@ -19,12 +19,15 @@ COMMANDS = [
     "serve",
     "run",
     "status",
+    "keys create",
+    "keys list",
+    "keys revoke",
 ]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_has_an_example(command: str) -> None:
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output
     assert "fraudops" in result.output
@@ -114,3 +117,31 @@ def test_check_reports_the_champion_on_recent_days(champion, small_data_dir, tmp
     assert 0 < report["ap"] <= 1 and 0 <= report["precision"] <= 1
     assert report["reasons"][0] == "daily schedule"
     assert report["retrain"] == (len(report["reasons"]) > 1)  # schedule alone: not "needed"
+
+
+def test_keys_create_list_revoke(tmp_path) -> None:
+    """`fraudops keys`: the key is printed once on stdout, listed without it, revoked by name."""
+    from training import api_keys
+
+    path = tmp_path / "api-keys.json"
+    made = runner.invoke(
+        app,
+        ["keys", "create", "--name", "checkout", "--scopes", "score,label", "--rps", "50",
+         "--file", str(path)],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("fm_") and key not in path.read_text()
+    stored = api_keys.load(path).find("checkout")
+    assert stored is not None and api_keys.matches(stored, key)
+    assert stored.scopes == ["score", "label"] and stored.requests_per_s == 50
+    listed = runner.invoke(app, ["keys", "list", "--file", str(path)])
+    assert "checkout" in listed.output and "score,label" in listed.output
+    assert key not in listed.output
+    bad = runner.invoke(
+        app, ["keys", "create", "--name", "x", "--scopes", "write", "--file", str(path)]
+    )
+    assert bad.exit_code == 2 and "unknown scope 'write'" in bad.output
+    gone = runner.invoke(app, ["keys", "revoke", "checkout", "--file", str(path)])
+    assert gone.exit_code == 0 and api_keys.load(path).find("checkout") is None
+    assert runner.invoke(app, ["keys", "revoke", "checkout", "--file", str(path)]).exit_code == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-SHARED = {"bento_model", "compiled", "config", "drift", "features", "schema"}
+SHARED = {"api_keys", "bento_model", "compiled", "config", "drift", "features", "schema"}
 
 
 def imported_modules(path: Path) -> set[str]:

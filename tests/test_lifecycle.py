@@ -4,6 +4,7 @@ BentoML process (CLI, circusd, workers) behind or holding the port."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,10 +37,11 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
 ) -> None:
     port = free_port()
     log = session_dir / f"fraudops-serve-{signum}.log"
+    keys = session_dir / f"keys-{signum}" / "api-keys.json"  # none yet: serve creates the local key
     proc = subprocess.Popen(
         [str(BIN / "fraudops"), "serve", "--port", str(port)],
         cwd=PROJECT,
-        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"},
+        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "FRAUD_API_KEYS_FILE": str(keys)},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -47,6 +49,13 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/readyz", proc, log)
+        # The key it printed, as `make run` shows it, is the one it stored and the one it serves.
+        key = re.search(r"export FRAUD_KEY=(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+        assert (keys.parent / "local.key").read_text().strip() == key
+        assert oct(keys.stat().st_mode & 0o777) == "0o600"
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"{url}/test", headers=headers, timeout=30).json()["status"] == "ok"
+        assert httpx.get(f"{url}/test", timeout=30).status_code == 401
         tree = {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
         assert len(tree) >= 3, tree  # fraudops, bentoml serve / circusd, a worker
         body = {"transactions": request_bodies(small_raw.tail(20))}
@@ -54,7 +63,7 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
         stop = threading.Event()
 
         def traffic() -> None:
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=headers) as client:
                 while not stop.is_set():
                     try:
                         statuses.append(client.post(f"{url}/predict", json=body).status_code)

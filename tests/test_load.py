@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .servers import KEY
+
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 LOCUSTFILE = Path(__file__).parent / "load" / "locustfile.py"
 
@@ -24,6 +26,7 @@ def test_locust_smoke(service_url: str, tmp_path: Path) -> None:
         "LOAD_TERMINALS": "1200",
         "LOAD_DAYS": "1",
         "LOAD_START_DATE": "2018-06-15",
+        "FRAUD_KEY": KEY,
     }
     cmd = [
         str(Path(sys.executable).parent / "locust"),

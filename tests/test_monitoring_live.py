@@ -35,7 +35,7 @@ from .observability import (
     dashboard_renderer,
     prometheus,
 )
-from .servers import bento_server
+from .servers import AUTH, bento_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 FACTOR = 60  # 5m -> 5 s, 10m -> 10 s, 15m -> 15 s, 7d -> 2.8 h (all the data), 1d -> 24 min
@@ -63,7 +63,7 @@ class Traffic(threading.Thread):
         return batch
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
+        with httpx.Client(base_url=self.url, timeout=10, headers=AUTH) as client:
             while not self.halt.is_set():
                 r = client.post("/predict", json={"transactions": self.next_batch()})
                 self.count(r.status_code)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+
+from .servers import API, KEY, LIMITED_KEY, SCORE_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -30,7 +33,7 @@ def tx(i: int | str, **kw) -> dict:
 
 
 def post(url: str, path: str, body) -> httpx.Response:
-    return httpx.post(f"{url}{path}", json=body, timeout=30)
+    return API.post(f"{url}{path}", json=body, timeout=30)
 
 
 def test_predict_single(service_url: str, champion) -> None:
@@ -80,7 +83,7 @@ def test_health(service_url: str, champion) -> None:
 
 def test_test_endpoint(service_url: str) -> None:
     for method in ("GET", "POST"):
-        r = httpx.request(method, f"{service_url}/test", timeout=30)
+        r = API.request(method, f"{service_url}/test", timeout=30)
         assert r.status_code == 200
         assert r.json()["status"] == "ok"
         assert r.json()["n"] == 5
@@ -117,14 +120,14 @@ def test_feedback_changes_terminal_risk(service_url: str) -> None:
     assert post(service_url, "/predict", {"transactions": batch("T-bad", "b")}).status_code == 200
     assert post(service_url, "/predict", {"transactions": batch("T-good", "g")}).status_code == 200
     at = (T0 + timedelta(days=7, hours=12)).isoformat()
-    before = httpx.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
+    before = API.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
     assert before["risk_1d"] == 0.0
     labels = [{"transaction_id": f"t-b{i}", "is_fraud": True} for i in range(5)]
     labels += [{"transaction_id": f"t-g{i}", "is_fraud": False} for i in range(5)]
     r = post(service_url, "/feedback", {"labels": labels})
     assert r.status_code == 200, r.text
     assert r.json()["applied"] == 10 and r.json()["unknown_transaction_ids"] == []
-    after = httpx.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
+    after = API.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
     assert after["risk_1d"] == 1.0 and after["risk_30d"] == 1.0
     # Two identical new customers, one at each terminal, a week later.
     later = [
@@ -150,8 +153,7 @@ def test_feedback_full_records_and_unknown_ids(service_url: str) -> None:
     assert body["ingested"] == 1 and body["unknown_transaction_ids"] == ["nope"]
     at = (T0 + timedelta(days=7, hours=1)).isoformat()
     assert (
-        httpx.get(f"{service_url}/state/terminals/T-rec", params={"at": at}).json()["risk_1d"]
-        == 1.0
+        API.get(f"{service_url}/state/terminals/T-rec", params={"at": at}).json()["risk_1d"] == 1.0
     )
 
 
@@ -208,7 +210,7 @@ def largest_valid_body() -> bytes:
 
 def test_the_body_cap_admits_the_largest_valid_request(service_url: str) -> None:
     body = largest_valid_body()
-    r = httpx.post(f"{service_url}/predict", content=body,
+    r = API.post(f"{service_url}/predict", content=body,
                    headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
     assert r.status_code == 200, r.text[:500]
     assert len(r.json()) == 1000
@@ -222,14 +224,14 @@ def test_a_body_over_the_cap_gets_413_before_parsing(service_url: str, chunked: 
     cap = Settings().max_body_bytes
     body = b'{"transactions": [' + b" " * cap + b"]}"
     content = (body[i : i + 65536] for i in range(0, len(body), 65536)) if chunked else body
-    r = httpx.post(f"{service_url}/predict", content=content,
+    r = API.post(f"{service_url}/predict", content=content,
                    headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
     assert r.status_code == 413, r.text[:300]
     assert r.json()["detail"][0] == {"loc": ["body"], "type": "too_large", "max_bytes": cap}
 
 
 def test_malformed_json(service_url: str) -> None:
-    r = httpx.post(
+    r = API.post(
         f"{service_url}/predict", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert 400 <= r.status_code < 500
@@ -242,6 +244,8 @@ def test_schemathesis_no_server_errors(service_url: str, session_dir: Path) -> N
         str(Path(sys.executable).parent / "schemathesis"),
         "run",
         f"{service_url}/docs.json",
+        "--header",
+        f"Authorization: Bearer {KEY}",
         "--checks",
         "not_a_server_error",
         "--max-examples",
@@ -263,7 +267,7 @@ def test_schemathesis_no_server_errors(service_url: str, session_dir: Path) -> N
     "ctype", ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded"]
 )
 def test_non_json_body_gets_415_naming_the_header(service_url: str, ctype: str) -> None:
-    r = httpx.post(
+    r = API.post(
         f"{service_url}/predict", content=b'{"transactions": []}', headers={"content-type": ctype}
     )
     assert r.status_code == 415
@@ -277,3 +281,54 @@ def test_client_errors_are_logged_without_tracebacks(service_url: str, session_d
     log = (session_dir / "bento-serve.log").read_text()
     assert "client error ValidationError" in log
     assert "pydantic_core._pydantic_core.ValidationError" not in log
+
+
+def test_keys_and_scopes_through_the_server(service_url: str) -> None:
+    """401 without a key, 403 for the wrong scope (JSON naming it), open probes, X-API-Key."""
+    body = {"transactions": [tx("auth-1")]}
+    r = httpx.post(f"{service_url}/predict", json=body, timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["detail"][0]["loc"] == ["header", "authorization"]
+    scorer = {"Authorization": f"Bearer {SCORE_KEY}"}
+    assert httpx.post(f"{service_url}/predict", json=body, headers=scorer).status_code == 200
+    x_api_key = {"X-API-Key": SCORE_KEY}
+    assert httpx.post(f"{service_url}/predict", json=body, headers=x_api_key).status_code == 200
+    for method, path, scope in [
+        ("POST", "/feedback", "label"),
+        ("GET", "/state/terminals/42", "read"),
+        ("GET", "/test", "read"),
+        ("POST", "/admin/reload", "admin"),
+    ]:
+        denied = httpx.request(method, f"{service_url}{path}", headers=scorer, timeout=30)
+        assert denied.status_code == 403, (path, denied.text)
+        assert denied.json()["detail"][0]["scope"] == scope
+        assert httpx.request(method, f"{service_url}{path}").status_code == 401
+    for path in ("/health", "/readyz", "/livez", "/metrics", "/docs.json"):
+        assert httpx.get(f"{service_url}{path}", timeout=30).status_code == 200, path
+    text = httpx.get(f"{service_url}/metrics", timeout=10).text
+    assert 'fraud_errors_total{endpoint="/predict",kind="unauthenticated"}' in text
+    assert 'fraud_auth_failures_total{reason="scope"}' in text
+
+
+def test_rate_limit_and_revocation_through_the_server(service_url: str, session_dir: Path) -> None:
+    """The limited key (3 requests a second): a burst gets 429 + Retry-After; revoked in the
+    key file, it is refused within ~1 s, without a restart."""
+    from training import api_keys
+
+    limited = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    body = {"transactions": [tx("rl-1")]}
+    with httpx.Client(headers=limited, timeout=30) as client:
+        statuses = [client.post(f"{service_url}/predict", json=body).status_code for _ in range(8)]
+        assert statuses[:3] == [200] * 3 and 429 in statuses, statuses
+        refused = client.post(f"{service_url}/predict", json=body)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["detail"][0]["type"] == "rate_limited"
+        time.sleep(1.1)
+        assert client.post(f"{service_url}/predict", json=body).status_code == 200
+        keys = session_dir / "bento-serve.keys"  # written by servers.bento_server
+        api_keys.revoke(keys, "limited")
+        t0 = time.monotonic()
+        while client.post(f"{service_url}/predict", json=body).status_code != 401:
+            assert time.monotonic() - t0 < 3, "revoked key still accepted after 3 s"
+            time.sleep(0.1)
+        print(f"revoked key refused after {time.monotonic() - t0:.2f}s")

@@ -18,6 +18,7 @@ from serving.scorer import FraudScorer, ModelBundle
 from training.features import FeatureConfig
 
 from .conftest import REDIS_URL, free_port
+from .servers import API
 
 
 def _state(prefix: str) -> RedisFeatureState:
@@ -88,7 +89,7 @@ def test_workers_see_each_others_transactions(two_workers, champion, small_raw) 
     stream = _stream(small_raw, 24)
     served = []
     for body in request_bodies(stream):
-        reply = httpx.post(f"{url}/predict", json={"transactions": [body]}, timeout=10)
+        reply = API.post(f"{url}/predict", json={"transactions": [body]}, timeout=10)
         assert reply.status_code == 200, reply.text
         served.append(reply.json()[0]["fraud_probability"])
     model = bentoml.models.get(champion["imported"].tag)

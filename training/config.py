@@ -103,8 +103,18 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "http://127.0.0.1:8080", description="The running fraud API the roll-out switches"
     )
-    admin_token: SecretStr | None = Field(
-        None, description="Token for /admin/* (without one, only loopback clients may call it)"
+    auth: Literal["keys", "off"] = Field(
+        "keys",
+        description="API keys with scopes (keys), or none with loopback clients only (off)",
+    )
+    api_keys_file: Path = Field(
+        Path(".fraud/api-keys.json"),
+        description="Key file (hashes, scopes, limits) the service reads; `fraudops keys` "
+        "manages it (`make run` creates a local key on first run)",
+    )
+    metrics_auth: bool = Field(False, description="/metrics needs a key with scope read")
+    admin_key: SecretStr | None = Field(
+        None, description="Key with scope admin the roll-out sends to /admin/reload"
     )
     notify_webhook_url: str | None = Field(None, description="Slack-compatible webhook URL")
     notify_smtp_host: str | None = None
@@ -114,6 +124,10 @@ class Settings(BaseSettings):
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "fraud-mlops@localhost"
     notify_email_to: str = Field("", description="Comma-separated recipients")
+
+    def local_key_file(self) -> Path:
+        """Where ``make run`` keeps its own key (beside the key file, owner-only)."""
+        return self.api_keys_file.with_name("local.key")
 
     def skipped_fixes(self) -> set[str]:
         """The BentoML fixes ``bentoml_fixes_skip`` names (checked by the service at start-up)."""

@@ -204,8 +204,8 @@ def containerize(settings: Settings, bento_tag: str, version: str) -> str:
 
 
 def _admin_headers(settings: Settings) -> dict[str, str]:
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def reload_service(settings: Settings, version: str) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from training.simulate import SimulationConfig, save_config, simulate, write_per
 
 from ..conftest import free_port
 from ..observability import Mailbox, Receiver
-from ..servers import PROJECT, bento_server, mlflow_server
+from ..servers import AUTH, KEY, PROJECT, bento_server, mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.server]
 DATA = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=21)
@@ -158,7 +158,7 @@ class Traffic(threading.Thread):
         self.answers: list[tuple[float, int, str | None]] = []
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=30, headers=AUTH) as client:
             i = 0
             while not self.halt.is_set():
                 tx = {**self.bodies[i % len(self.bodies)], "transaction_id": f"swap-{i}"}
@@ -185,6 +185,7 @@ def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
     bodies = request_bodies(raw.tail(2_000))
     with bento_server(port, server_env, log) as url, pytest.MonkeyPatch.context() as mp:
         mp.setenv("FRAUD_API_URL", url)
+        mp.setenv("FRAUD_ADMIN_KEY", KEY)  # the roll-out's hot swap needs scope admin
         get_settings.cache_clear()
         traffic = Traffic(url, bodies)
         traffic.start()

@@ -1,5 +1,6 @@
 -- wrk script: POST a different pre-generated JSON body (one per line of the file) each request,
 -- and print the summary as one JSON line.  wrk ... -s bodies.lua URL -- bodies.jsonl [think_ms]
+-- FRAUD_KEY in the environment: sent as a bearer key.
 -- With think_ms, each connection waits a random (exponential) time of that mean before each
 -- request: C connections then offer ~C * 1000 / think_ms req/s in unsynchronised arrivals
 -- (close to Poisson while responses are fast), where hey's clients fire together.
@@ -16,9 +17,11 @@ function delay()
   if think_ms == nil then return 0 end
   return math.floor(-math.log(1 - math.random()) * think_ms)
 end
+local headers = {["Content-Type"] = "application/json"}
+if os.getenv("FRAUD_KEY") then headers["Authorization"] = "Bearer " .. os.getenv("FRAUD_KEY") end
 function request()
   i = i % #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+  return wrk.format("POST", nil, headers, bodies[i])
 end
 function done(summary, latency, requests)
   io.write(string.format(

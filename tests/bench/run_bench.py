@@ -1,7 +1,9 @@
 """`make bench`: the fraud service side by side with its baselines, in one run, one table.
 
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
-  fraud-api     `bentoml serve service:FraudDetector` (this project)
+  fraud-api     `bentoml serve service:FraudDetector` (this project; API key + both rate limits
+                checked on every request, limits never reached)
+  fraud-api-open  the same with FRAUD_AUTH=off (no key check, no limits)
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
                 with the same request-path fixes (serving/bentoml_fixes.py) and GC
                 setting (serving.scorer.settle_gc)
@@ -145,6 +147,8 @@ def hey_rate(
             "POST",
             "-T",
             "application/json",
+            "-H",
+            f"Authorization: Bearer {BENCH_KEY}",
             "-D",
             str(body),
             url,
@@ -273,6 +277,32 @@ def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]
     return out
 
 
+BENCH_KEY = "fm_be7c4000_the-bench-key-limits-on-but-never-reached"
+
+
+def bench_keys(work: Path) -> Path:
+    """The bench's key file: one key with every scope and rate limits far above any load here,
+    so fraud-api pays for the key check and both token buckets on every request; the key is
+    exported as FRAUD_KEY for wrk (bodies.lua) and sent by hey."""
+    from datetime import UTC, datetime
+
+    from training import api_keys
+
+    record = api_keys.ApiKey(
+        id=api_keys.key_id(BENCH_KEY) or "",
+        name="bench",
+        scopes=list(api_keys.SCOPES),
+        sha256=api_keys.digest(BENCH_KEY),
+        requests_per_s=1e7,
+        transactions_per_s=1e9,
+        created_at=datetime.now(UTC),
+    )
+    path = work / "api-keys.json"
+    api_keys.save(path, api_keys.KeyFile(keys=[record]))
+    os.environ["FRAUD_KEY"] = BENCH_KEY
+    return path
+
+
 def own_bentoml_home(work: Path, name: str) -> Path:
     """A BentoML home per bench server sharing the real model store: BentoML keeps its
     Prometheus multiprocess files in the home and empties that folder at start, so servers run
@@ -325,8 +355,10 @@ def main() -> None:
     cost = model_cost(model_path, columns, model.info.metadata)
     scoring = scoring_cost(model_path, model.info.metadata, bodies["single"])
 
+    keys = bench_keys(work)
     env = {
         **os.environ,
+        "FRAUD_API_KEYS_FILE": str(keys),
         "BENTOML_DO_NOT_TRACK": "True",
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -334,6 +366,10 @@ def main() -> None:
     uri = f"models:/{settings.registered_model}@champion"
     servers = {
         "fraud-api": (["bentoml", "serve", "service:FraudDetector", "--port", "{port}"], "tx"),
+        "fraud-api-open": (
+            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
+            "tx",
+        ),
         "bentoml-noop": (
             ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
             "tx",
@@ -388,7 +424,13 @@ def main() -> None:
     # fraud-api and the no-op run side by side (both idle unless loaded) and their runs are
     # interleaved A, B, A, B...: drift of a shared machine then hits both alike.
     groups = [
-        ["fraud-api", "bentoml-noop", "bentoml-noop-stock", "bentoml-noop-forest"],
+        [
+            "fraud-api",
+            "fraud-api-open",
+            "bentoml-noop",
+            "bentoml-noop-stock",
+            "bentoml-noop-forest",
+        ],
         ["fastapi-seed"],
         ["mlflow-serve"],
     ]
@@ -415,9 +457,10 @@ def main() -> None:
                         # server may run on both CPUs (CompiledModel.session_for)
                         **(
                             {"FRAUD_MODEL_THREADS": "2"}
-                            if name in ("fraud-api", "bentoml-noop-forest")
+                            if name in ("fraud-api", "fraud-api-open", "bentoml-noop-forest")
                             else {}
                         ),
+                        **({"FRAUD_AUTH": "off"} if name == "fraud-api-open" else {}),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                         **(
                             {"NOOP_FOREST_ROWS": str(bodies["f_single"])}
@@ -581,6 +624,14 @@ def render(report: dict[str, Any]) -> str:
         )
     if all(k in s for k in ("fraud-api", "bentoml-noop", "bentoml-noop-forest")):
         lines.append(forest_budget(s["fraud-api"], s["bentoml-noop"], s["bentoml-noop-forest"]))
+    if "fraud-api" in s and "fraud-api-open" in s:
+        a, o = s["fraud-api"], s["fraud-api-open"]
+        lines.append(
+            "API keys + rate limits: peak fraud-api / fraud-api-open (FRAUD_AUTH=off) = "
+            f"{a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at 500 req/s = "
+            f"{a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; server CPU per request "
+            f"at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
+        )
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]
         lines.append(

@@ -13,6 +13,7 @@ import itertools
 import os
 import random
 import threading
+from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
@@ -74,12 +75,29 @@ BAD_BODIES = [
 ]
 
 
+def api_key() -> str:
+    """FRAUD_KEY, else the local key `make run` created (.fraud/local.key)."""
+    key = os.environ.get("FRAUD_KEY")
+    if key:
+        return key
+    local = Path(os.environ.get("FRAUD_API_KEYS_FILE", ".fraud/api-keys.json"))
+    path = local.with_name("local.key")
+    return path.read_text().strip() if path.exists() else ""
+
+
+HEADERS = {"Authorization": f"Bearer {api_key()}"}
+
+
 class FraudApiUser(FastHttpUser):
     wait_time = between(0.0, 0.05)
 
     def _predict(self, txs: list[dict], name: str) -> None:
         with self.client.post(
-            "/predict", json={"transactions": txs}, name=name, catch_response=True
+            "/predict",
+            json={"transactions": txs},
+            name=name,
+            headers=HEADERS,
+            catch_response=True,
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {resp.text[:200]}")
@@ -106,7 +124,11 @@ class FraudApiUser(FastHttpUser):
     def bad(self) -> None:
         body = random.choice(BAD_BODIES)
         with self.client.post(
-            "/predict", json=body, name="/predict [bad input]", catch_response=True
+            "/predict",
+            json=body,
+            name="/predict [bad input]",
+            headers=HEADERS,
+            catch_response=True,
         ) as resp:
             if 400 <= resp.status_code < 500:
                 resp.success()
