@@ -22,6 +22,7 @@ COMMANDS = [
     "keys create",
     "keys list",
     "keys revoke",
+    "keys env",
 ]
 
 
@@ -142,6 +143,11 @@ def test_keys_create_list_revoke(tmp_path) -> None:
         app, ["keys", "create", "--name", "x", "--scopes", "write", "--file", str(path)]
     )
     assert bad.exit_code == 2 and "unknown scope 'write'" in bad.output
+    line = runner.invoke(app, ["keys", "env", "--file", str(path)]).stdout.strip()
+    assert line.startswith("FRAUD_API_KEYS_JSON='") and key not in line
+    assert api_keys.KeyFile.model_validate_json(line.split("=", 1)[1].strip("'")) == api_keys.load(
+        path
+    )
     gone = runner.invoke(app, ["keys", "revoke", "checkout", "--file", str(path)])
     assert gone.exit_code == 0 and api_keys.load(path).find("checkout") is None
     assert runner.invoke(app, ["keys", "revoke", "checkout", "--file", str(path)]).exit_code == 1

@@ -20,7 +20,8 @@ SECRETS = {
     "AIRFLOW_DB_PASSWORD": "a",
     "AIRFLOW_JWT_SECRET": "j",
     "AIRFLOW_SECRET_KEY": "k",
-    "FRAUD_ADMIN_TOKEN": "t",
+    "FRAUD_ADMIN_KEY": "fm_00000000_t",
+    "FRAUD_API_KEYS_JSON": '{"keys": []}',
     "GRAFANA_ADMIN_PASSWORD": "g",
     "SLACK_WEBHOOK_URL": "http://hooks.invalid/x",
 }
@@ -58,8 +59,8 @@ def test_compose_config_is_valid_v2(env_file) -> None:
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
 def test_every_secret_is_required(tmp_path, missing: str) -> None:
-    if missing == "SLACK_WEBHOOK_URL":  # a secret source: checked at `up`, not by `config`
-        return
+    if missing in ("SLACK_WEBHOOK_URL", "FRAUD_API_KEYS_JSON"):
+        pytest.skip("a secret's source: checked at `up`, not by `config`")
     env = tmp_path / "partial.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items() if k != missing))
     out = compose(env, "--profile", "grafana", "config", "-q")
@@ -125,7 +126,13 @@ def test_kubernetes_manifests_validate_strict() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     kinds = {yaml.safe_load(p.read_text())["kind"] for p in resources}
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     kustomization = yaml.safe_load((K8S / "fraud-api" / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(p.name for p in resources)
     deployment = yaml.safe_load((K8S / "fraud-api" / "deployment.yaml").read_text())
@@ -133,6 +140,16 @@ def test_kubernetes_manifests_validate_strict() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["resources"]["requests"]["cpu"]
+    # Keys are mandatory: auth on, the key file from a Secret that is not optional.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FRAUD_AUTH"] == "keys" and "FRAUD_ADMIN_TOKEN" not in env
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert env["FRAUD_API_KEYS_FILE"].startswith(mount["mountPath"] + "/")
+    assert not volumes["api-keys"]["secret"].get("optional", False)
+    policy = yaml.safe_load((K8S / "fraud-api" / "networkpolicy.yaml").read_text())
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
 
 def test_airflow_helm_values_use_the_kubernetes_executor() -> None:

@@ -591,6 +591,23 @@ def keys_revoke(
     console.print(f"revoked key {record.id} {record.name!r}")
 
 
+@keys_app.command("env")
+def keys_env(file: KeysFileOpt = None) -> None:
+    """Print the key file on one line as `FRAUD_API_KEYS_JSON='...'` for the Compose `.env`
+    (the stack mounts it as the service's key file; hashes only, no key).
+
+    Example: `fraudops keys env --file secrets/api-keys.json >> .env`
+    """
+    from training import api_keys
+
+    path = file or get_settings().api_keys_file
+    keys = api_keys.load(path)
+    if not keys.active():
+        console.print(f"[red]no active key in {path}: `fraudops keys create` first")
+        raise typer.Exit(1)
+    print(f"FRAUD_API_KEYS_JSON='{keys.model_dump_json(exclude_none=True)}'")
+
+
 def _local_key(settings: Settings, host: str, port: str) -> None:
     """FRAUD_AUTH=keys with no key file: create the local key; print a curl line with it."""
     from training import api_keys

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from training import release
+from training import api_keys, release
 
 from . import engine
 
@@ -58,11 +58,16 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         k: secrets.token_urlsafe(18)
         for k in (
             "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD",
-            "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "FRAUD_ADMIN_TOKEN",
+            "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY",
             "GRAFANA_ADMIN_PASSWORD",
         )
     }  # fmt: skip
+    keys = work / "api-keys.json"  # what .env.example tells an operator to do
+    admin_key, _ = api_keys.create(keys, "airflow", ["admin"])
+    client_key, _ = api_keys.create(keys, "stack-test", ["score", "label", "read"])
     values.update(
+        FRAUD_ADMIN_KEY=admin_key,
+        FRAUD_API_KEYS_JSON=f"'{api_keys.load(keys).model_dump_json(exclude_none=True)}'",
         DOCKER_SOCKET=str(engine.SOCKET),
         FRAUD_COMPOSE_ENV_FILE="/run/fraud-stack.env",  # mounted by the test's override below
         SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused",
@@ -93,7 +98,13 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
             )
             up_s = time.monotonic() - t_up
             engine.log(f"stack healthy in {up_s:.0f}s")
-            yield {"env": env_file, "values": values, "up_s": up_s, "t0": t0}
+            yield {
+                "env": env_file,
+                "values": values,
+                "up_s": up_s,
+                "t0": t0,
+                "auth": {"Authorization": f"Bearer {client_key}"},
+            }
         except Exception:
             print(compose(env_file, "ps", "-a", check=False))
             print(compose(env_file, "logs", "--tail", "60", check=False)[-20_000:])
@@ -210,13 +221,20 @@ def test_promotion_rolls_out_a_new_image_through_fraud_build_deploy(stack) -> No
     assert image_id("fraud-detector:champion") == image_id("fraud-detector:v2")
     health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()
     assert health["model"]["version"] == "2", health
-    assert httpx.get("http://127.0.0.1:8080/test", timeout=30).json()["status"] == "ok"
+    assert httpx.get("http://127.0.0.1:8080/test", timeout=30).status_code == 401
+    test = httpx.get("http://127.0.0.1:8080/test", headers=stack["auth"], timeout=30)
+    assert test.json()["status"] == "ok"
 
 
 def test_scored_transactions_reach_prometheus(stack) -> None:
     sample = json.loads((engine.PROJECT / "data" / "sample" / "transactions.json").read_text())
     txs = [{**t, "transaction_id": f"stack-{i}"} for i, t in enumerate(sample)]
-    r = httpx.post("http://127.0.0.1:8080/predict", json={"transactions": txs}, timeout=30)
+    r = httpx.post(
+        "http://127.0.0.1:8080/predict",
+        json={"transactions": txs},
+        headers=stack["auth"],
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()) == len(txs)
     deadline = time.monotonic() + 90
