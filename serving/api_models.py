@@ -6,8 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
+from serving import clock
 from serving.online_features import TxRecord
 from training import schema
 
@@ -55,6 +64,15 @@ class Transaction(BaseModel):
     merchant_category: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None
     ) = None
+
+    @field_validator("tx_datetime")
+    @classmethod
+    def _inside_the_service_clock(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """Refuse a time outside the service clock's window (a 400 naming ``tx_datetime``);
+        ``context={"any_time": True}`` skips it (the built-in sample of /test)."""
+        if not (info.context and info.context.get("any_time")):
+            clock.check(epoch_ms(value))
+        return value
 
     def to_record(self) -> TxRecord:
         return TxRecord(

@@ -7,6 +7,7 @@ Layout (``P`` is the key prefix; every value is packed little-endian int64s, app
 - ``P:t:<terminal>``  time ms per transaction
 - ``P:f:<terminal>``  (time ms of the transaction, +1/-1) per fraud label set / withdrawn
 - ``P:x:<tx id>``     time ms, decision (int8), label (int8), terminal id: dedup + labels
+- ``P:clock``         the stream clock (ms) shared by the workers (``serving.clock``)
 
 A scoring batch is one script call (``RECORD``): it reads the histories of the batch's
 customers and terminals and appends the batch, atomically, so concurrent workers see each other's
@@ -115,6 +116,14 @@ end
 return #KEYS
 """
 
+# KEYS: the clock key. ARGV: a worker's stream clock (ms). Keeps and returns the larger.
+MAX_CLOCK = """
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(v) >= tonumber(ARGV[1]) then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
 # KEYS: transaction keys. ARGV: labels (int8 each), fraud key prefix, ttl s.
 # Returns per transaction 3 bytes: found (0/1), decision, previous label.
 LABELS = """
@@ -161,6 +170,7 @@ class RedisFeatureState(FeatureState):
         self.ttl_s = (2 * max(customer_retention_ms, terminal_retention_ms) + MS_PER_DAY) // 1000
         self._c, self._t = f"{prefix}:c:", f"{prefix}:t:"
         self._f, self._x = f"{prefix}:f:", f"{prefix}:x:"
+        self._max_clock = client.register_script(MAX_CLOCK)
         self._record = client.register_script(RECORD)
         self._decide = client.register_script(DECIDE)
         self._labels = client.register_script(LABELS)
@@ -335,6 +345,10 @@ class RedisFeatureState(FeatureState):
 
     def warmup_done(self, token: str, transactions: int) -> None:
         self.r.set(f"{self.prefix}:warm:{token}", str(transactions), ex=self.ttl_s)
+
+    def stream_clock(self, t_ms: int) -> int:
+        """Record a worker's stream clock; returns the furthest any worker has recorded."""
+        return int(self._max_clock(keys=[f"{self.prefix}:clock"], args=[t_ms]))
 
     def announce_model(self, version: str) -> None:
         """Tell the other workers which model version to serve (after a hot swap)."""

@@ -19,6 +19,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from serving.clock import ServiceClock, now_ms
 from serving.online_features import OnlineFeatures, TxRecord, new_state, terminal_windows
 from serving.redis_state import RedisFeatureState
 from serving.state import FeatureState, LabelUpdate
@@ -102,6 +103,15 @@ class ModelBundle:
             ),
         )
 
+    def history_end_ms(self) -> int:
+        """The time of the last transaction in the shipped history (now, without one)."""
+        if self.warmup_path is None:
+            return now_ms()
+        times = pd.read_parquet(self.warmup_path, columns=[schema.TX_DATETIME])[schema.TX_DATETIME]
+        if times.empty:
+            return now_ms()
+        return int(pd.Timestamp(times.max()).value // 1_000_000)
+
     @property
     def pipeline(self) -> Any:
         if self._pipeline is None:
@@ -130,6 +140,20 @@ def state_for(settings: Settings, cfg: FeatureConfig) -> FeatureState:
             settings.state_prefix,
         )
     return new_state(cfg)
+
+
+def clock_for(settings: Settings, scorer: FraudScorer) -> ServiceClock:
+    """The service clock the settings ask for; a stream clock starts where the model's
+    history ends (or, with the Redis state, where the furthest worker's clock is)."""
+    state = scorer.features.state
+    return ServiceClock(
+        settings.clock,
+        max_age_ms=min(scorer.cfg.customer_retention_ms, scorer.cfg.terminal_retention_ms),
+        max_ahead_ms=1000
+        * (settings.clock_max_step_s if settings.clock == "stream" else settings.clock_max_skew_s),
+        start_ms=scorer.bundle.history_end_ms(),
+        shared=state.stream_clock if isinstance(state, RedisFeatureState) else None,
+    )
 
 
 class Scored(NamedTuple):

@@ -149,3 +149,32 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def assert_times_outside_the_clock_are_refused(url: str, customer: str, at: str) -> None:
+    """9999-12-31, 1970-01-01 and a 2-day jump (from ``at``, a time the stream is at) get a 400
+    naming ``tx_datetime`` and leave the customer's history as it was; the stream then goes on."""
+    from datetime import datetime, timedelta
+
+    def body(tx_id: str, when: str) -> dict:
+        return {"transactions": [{"transaction_id": tx_id, "tx_datetime": when,
+                "customer_id": customer, "terminal_id": "clock-T", "tx_amount": 20.0}]}  # fmt: skip
+
+    first = API.post(f"{url}/predict", json=body("clock-0", at))
+    assert first.status_code == 200, first.text
+    before = API.get(f"{url}/health").json()["feature_state"]
+    jump = (datetime.fromisoformat(at) + timedelta(days=2)).isoformat()
+    for when in ("9999-12-31T00:00:00Z", "1970-01-01T00:00:00Z", jump):
+        r = API.post(f"{url}/predict", json=body(f"clock-{when}", when))
+        assert r.status_code == 400, (when, r.text)
+        (detail,) = r.json()["detail"]
+        assert detail["loc"][-1] == "tx_datetime" and "service clock" in detail["msg"], detail
+        fed = API.post(f"{url}/feedback", json={"transactions": [
+            {**body(f"fb-{when}", when)["transactions"][0], "is_fraud": True}]})  # fmt: skip
+        assert fed.status_code == 400 and fed.json()["detail"][0]["loc"][-1] == "tx_datetime"
+    after = API.get(f"{url}/health").json()["feature_state"]
+    assert after == before  # nothing recorded, nothing expired
+    # The same customer a minute later: scored with the history the bad times never touched.
+    later = (datetime.fromisoformat(at) + timedelta(minutes=1)).isoformat()
+    r = API.post(f"{url}/predict", json=body("clock-1", later))
+    assert r.status_code == 200, r.text

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .servers import API, KEY, LIMITED_KEY, SCORE_KEY
+from .servers import API, KEY, LIMITED_KEY, SCORE_KEY, assert_times_outside_the_clock_are_refused
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-T0 = datetime(2018, 6, 16, 10, 0, 0)  # just after the small dataset ends
+T0 = datetime(2018, 6, 15, 10, 0, 0)  # the day after the small dataset ends (stream clock)
 
 
 def tx(i: int | str, **kw) -> dict:
@@ -129,7 +129,9 @@ def test_feedback_changes_terminal_risk(service_url: str) -> None:
     assert r.json()["applied"] == 10 and r.json()["unknown_transaction_ids"] == []
     after = API.get(f"{service_url}/state/terminals/T-bad", params={"at": at}).json()
     assert after["risk_1d"] == 1.0 and after["risk_30d"] == 1.0
-    # Two identical new customers, one at each terminal, a week later.
+    # Two identical new customers, one at each terminal, a week later (the stream gets there
+    # a day at a time: the service clock refuses a jump of more than a day).
+    walk_clock(service_url, T0 + timedelta(days=7, hours=12))
     later = [
         tx("late-bad", terminal_id="T-bad", customer_id="new-1", tx_datetime=at),
         tx("late-good", terminal_id="T-good", customer_id="new-2", tx_datetime=at),
@@ -139,6 +141,17 @@ def test_feedback_changes_terminal_risk(service_url: str) -> None:
         for x in post(service_url, "/predict", {"transactions": later}).json()
     )
     assert bad > good
+
+
+def walk_clock(url: str, until: datetime) -> None:
+    """Advance the service's stream clock to ``until`` with a transaction every 20 hours."""
+    at, i = T0, 0
+    while at < until:
+        at = min(at + timedelta(hours=20), until)
+        i += 1
+        step = tx(f"walk-{at.isoformat()}", customer_id=f"walker-{i}", terminal_id="T-walk")
+        r = post(url, "/predict", {"transactions": [{**step, "tx_datetime": at.isoformat()}]})
+        assert r.status_code == 200, r.text
 
 
 def test_feedback_full_records_and_unknown_ids(service_url: str) -> None:
@@ -332,3 +345,7 @@ def test_rate_limit_and_revocation_through_the_server(service_url: str, session_
             assert time.monotonic() - t0 < 3, "revoked key still accepted after 3 s"
             time.sleep(0.1)
         print(f"revoked key refused after {time.monotonic() - t0:.2f}s")
+
+
+def test_times_outside_the_service_clock_are_refused(service_url: str) -> None:
+    assert_times_outside_the_clock_are_refused(service_url, "clock-mem", T0.isoformat() + "Z")

@@ -18,7 +18,7 @@ from serving.scorer import FraudScorer, ModelBundle
 from training.features import FeatureConfig
 
 from .conftest import REDIS_URL, free_port
-from .servers import API
+from .servers import API, assert_times_outside_the_clock_are_refused
 
 
 def _state(prefix: str) -> RedisFeatureState:
@@ -101,6 +101,16 @@ def test_workers_see_each_others_transactions(two_workers, champion, small_raw) 
     hist = _state(prefix).customer_histories(stream["CUSTOMER_ID"].unique().tolist())
     times = {t for h in hist.values() for t in h[0]}
     assert all(int(t.value // 1_000_000) in times for t in stream["TX_DATETIME"])
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
+def test_times_outside_the_clock_are_refused_by_both_workers(two_workers, small_raw) -> None:
+    url, _ = two_workers
+    at = (small_raw["TX_DATETIME"].max() + pd.Timedelta(hours=1)).isoformat() + "Z"
+    for i in range(4):  # new connections: both workers, one shared clock
+        assert_times_outside_the_clock_are_refused(url, f"clock-redis-{i}", at)
 
 
 @pytest.mark.redis

@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         512, ge=1, description="Requests in flight per worker before 503 + Retry-After"
     )
+    clock: Literal["stream", "wall"] = Field(
+        "stream",
+        description="The service clock transaction times are checked against: the latest "
+        "accepted transaction time (stream: the demo, replays of past data) or the wall clock "
+        "(wall: live traffic)",
+    )
+    clock_max_step_s: int = Field(
+        86_400,
+        ge=60,
+        description="stream clock: how far after the clock a transaction may be (so the most "
+        "one request moves it)",
+    )
+    clock_max_skew_s: int = Field(
+        300, ge=0, description="wall clock: how far in the future a transaction may be"
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 
 from serving.api_models import request_bodies
@@ -182,7 +183,11 @@ def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
     log = env["work"] / "bento-serve.log"
     server_env = {"FRAUD_PORT": str(port), "BENTOML_DO_NOT_TRACK": "True"}
     raw = simulate(SimulationConfig(**{**DATA.__dict__, "n_days": DATA.n_days + 3}))
-    bodies = request_bodies(raw.tail(2_000))
+    # The first 2,000 transactions after the data the model saw (the service's stream clock
+    # refuses a jump of more than a day past its history).
+    seen_until = pd.Timestamp(DATA.start_date) + pd.Timedelta(days=DATA.n_days)
+    fresh = raw[raw["TX_DATETIME"] >= seen_until]
+    bodies = request_bodies(fresh.head(2_000))
     with bento_server(port, server_env, log) as url, pytest.MonkeyPatch.context() as mp:
         mp.setenv("FRAUD_API_URL", url)
         mp.setenv("FRAUD_ADMIN_KEY", KEY)  # the roll-out's hot swap needs scope admin
