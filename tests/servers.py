@@ -151,10 +151,12 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
         stop(proc)
 
 
-def assert_times_outside_the_clock_are_refused(url: str, customer: str, at: str) -> None:
-    """9999-12-31, 1970-01-01 and a 2-day jump (from ``at``, a time the stream is at) get a 400
-    naming ``tx_datetime`` and leave the customer's history as it was; the stream then goes on."""
+def assert_times_outside_the_clock_are_refused(url: str, customer: str) -> None:
+    """9999-12-31, 1970-01-01 and a 2-day jump from the service's clock get a 400 naming
+    ``tx_datetime`` and leave the customer's history as it was; the stream then goes on."""
     from datetime import datetime, timedelta
+
+    at = API.get(f"{url}/health").json()["clock"]["now"].replace("Z", "+00:00")
 
     def body(tx_id: str, when: str) -> dict:
         return {"transactions": [{"transaction_id": tx_id, "tx_datetime": when,

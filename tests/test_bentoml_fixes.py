@@ -16,12 +16,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import bentoml
+import pandas as pd
 import pytest
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from serving import bentoml_fixes
 from serving.api_models import Prediction, Transaction
+
+from .servers import AUTH, test_key_file
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -407,17 +410,22 @@ def test_revert_restores_bentoml_as_shipped() -> None:
     ],
     ids=["other-version", "changed-shape"],
 )  # fmt: skip
-def test_the_service_still_answers_without_its_fixes(champion, setup: str, expected) -> None:
+def test_the_service_still_answers_without_its_fixes(
+    champion, small_raw, tmp_path: Path, setup: str, expected
+) -> None:
     """The real service, built in process on BentoML's own ASGI app (request path, adaptive
     batcher), scores a transaction; ``/health`` lists exactly the fixes in force."""
-    body = {"transactions": [Transaction.model_config["json_schema_extra"]["example"]]}
+    example = Transaction.model_config["json_schema_extra"]["example"]
+    at = small_raw["TX_DATETIME"].max() + pd.Timedelta(hours=1)  # on the service's clock
+    body = {"transactions": [{**example, "tx_datetime": at.isoformat()}]}
     status, answer, health = _fresh(
         setup + "from starlette.testclient import TestClient\n"
         "import service\n"
         "with TestClient(service.FraudDetector.to_asgi()) as client:\n"
-        f"    r = client.post('/predict', json={body!r})\n"
+        f"    r = client.post('/predict', json={body!r}, headers={AUTH!r})\n"
         "    h = client.get('/health').json()\n"
-        "print(json.dumps([r.status_code, r.json(), h]))\n"
+        "print(json.dumps([r.status_code, r.json(), h]))\n",
+        {"FRAUD_API_KEYS_FILE": str(test_key_file(tmp_path))},
     )
     assert status == 200 and 0.0 <= answer[0]["fraud_probability"] <= 1.0
     assert health["bentoml_fixes"] == expected

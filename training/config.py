@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     )
     metrics_auth: bool = Field(False, description="/metrics needs a key with scope read")
     admin_key: SecretStr | None = Field(
-        None, description="Key with scope admin the roll-out sends to /admin/reload"
+        None,
+        description="Key the roll-out sends: scope admin for /admin/reload, read for its smoke "
+        "check on /test",
     )
     notify_webhook_url: str | None = Field(None, description="Slack-compatible webhook URL")
     notify_smtp_host: str | None = None

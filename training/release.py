@@ -230,10 +230,11 @@ def reload_service(settings: Settings, version: str) -> dict[str, Any] | None:
 
 
 def smoke_prediction(settings: Settings, version: str) -> dict[str, Any]:
-    """The service scores its built-in sample with ``version`` (``/test`` records nothing)."""
+    """The service scores its built-in sample with ``version`` (``/test`` records nothing;
+    ``FRAUD_ADMIN_KEY`` needs scope read for it)."""
     import httpx
 
-    resp = httpx.get(f"{settings.api_url}/test", timeout=30)
+    resp = httpx.get(f"{settings.api_url}/test", headers=_admin_headers(settings), timeout=30)
     body: dict[str, Any] = resp.json() if resp.status_code == 200 else {}
     if body.get("status") != "ok" or str(body.get("model_version")) != str(version):
         raise RolloutError(

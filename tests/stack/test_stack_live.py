@@ -63,7 +63,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         )
     }  # fmt: skip
     keys = work / "api-keys.json"  # what .env.example tells an operator to do
-    admin_key, _ = api_keys.create(keys, "airflow", ["admin"])
+    admin_key, _ = api_keys.create(keys, "airflow", ["admin", "read"])
     client_key, _ = api_keys.create(keys, "stack-test", ["score", "label", "read"])
     values.update(
         FRAUD_ADMIN_KEY=admin_key,
