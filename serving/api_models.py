@@ -105,6 +105,11 @@ class Prediction(BaseModel):
     fraud_probability: float
     is_fraud: bool
     model_version: str
+    degraded: bool = Field(
+        False,
+        description="Scored without the customer's and terminal's history: the state store "
+        "was unavailable (FRAUD_STATE_FAILURE=fallback)",
+    )
 
 
 class Label(BaseModel):

@@ -151,7 +151,8 @@ async def read_body(
 
 class ClientErrorLogFilter(logging.Filter):
     """Turn BentoML's ERROR-with-traceback for a client error (a 4xx: validation failed, bad
-    argument) into a one-line WARNING, so bad traffic cannot flood the log with tracebacks."""
+    argument) or a 503 (the state store unavailable) into a one-line WARNING, so bad traffic or
+    an outage cannot flood the log with tracebacks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -177,8 +178,8 @@ def _is_client_error(exc: BaseException) -> bool:
 
     if isinstance(exc, ValidationError):
         return True
-    code = getattr(getattr(exc, "error_code", None), "value", 500)
-    return isinstance(exc, BentoMLException) and 400 <= int(code) < 500
+    code = int(getattr(getattr(exc, "error_code", None), "value", 500))
+    return isinstance(exc, BentoMLException) and (400 <= code < 500 or code == 503)
 
 
 def quiet_client_errors() -> None:

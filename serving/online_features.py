@@ -138,7 +138,10 @@ class OnlineFeatures:
             if schema.TX_FRAUD in history.columns
             else [UNKNOWN_LABEL] * len(history)
         )
-        self.ingest(records_from_frame(history), labels)
+        self.state.load(
+            Event(r.transaction_id, r.customer_id, r.terminal_id, r.time_ms, r.amount_cents, lab)
+            for r, lab in zip(records_from_frame(history), labels, strict=True)
+        )
         return len(history)
 
 

@@ -18,6 +18,13 @@ trimmed from the front of a history when a batch touches it; keys also carry a w
 twice the longest retention plus a day, set at creation and renewed at each trim, so customers and
 terminals that go quiet disappear.
 
+Faults: the scoring path's calls use a client with short timeouts (``timeout_s``, 50 ms by
+default) and no retries; a failed call raises :class:`StateUnavailable` and, for ``RETRY_S``,
+every call fails at once without touching Redis (so an unreachable Redis costs one timeout, not
+one per batch), then Redis is tried again: recovery needs no restart. Warm-up goes through a
+second client with long timeouts. ``P:warm:<history>`` marks a warmed state: a Redis that comes
+back empty has lost it, which :meth:`warmed` tells.
+
 Single Redis instance (or a primary): the scripts build some key names themselves, which a Redis
 Cluster would not route.
 """
@@ -26,8 +33,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +46,7 @@ from serving.state import (
     FeatureState,
     History,
     LabelUpdate,
+    StateUnavailable,
     TxRecord,
 )
 from training.features import MS_PER_DAY
@@ -148,7 +156,9 @@ end
 return table.concat(out)
 """
 
-CHUNK = 1_000  # transactions per script call when ingesting (warm-up, back-fill)
+CHUNK = 1_000  # transactions (or labels) per script call when ingesting (warm-up, back-fill)
+RETRY_S = 0.5  # after a failed call, calls fail at once for this long, then Redis is tried again
+T = TypeVar("T")
 
 
 class RedisFeatureState(FeatureState):
@@ -160,9 +170,18 @@ class RedisFeatureState(FeatureState):
         customer_retention_ms: int,
         terminal_retention_ms: int,
         prefix: str = "fraud",
+        bulk: redis.Redis | None = None,
+        where: str = "Redis",
     ) -> None:
+        import redis as redis_mod
+
         self.r = client
+        self.bulk = bulk or client  # long timeouts: warm-up, clear
+        self.where = where
         self.prefix = prefix
+        self.down_until = 0.0  # monotonic time until which calls fail at once
+        self.error: str | None = None  # the last failure, while it lasts
+        self._faults = (redis_mod.RedisError, OSError)
         self.customer_retention_ms = customer_retention_ms
         self.terminal_retention_ms = terminal_retention_ms
         # Wall-clock TTL of a history: set at creation, renewed at each trim. A key in use is
@@ -177,16 +196,56 @@ class RedisFeatureState(FeatureState):
 
     @classmethod
     def from_url(
-        cls, url: str, customer_retention_ms: int, terminal_retention_ms: int, prefix: str
+        cls,
+        url: str,
+        customer_retention_ms: int,
+        terminal_retention_ms: int,
+        prefix: str,
+        timeout_s: float = 0.05,
     ) -> RedisFeatureState:
+        """Connected and checked (a start-up without Redis fails, naming it)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        client = redis.Redis.from_url(url)
+        fast = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        bulk = redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=5)
         try:
-            client.ping()
+            bulk.ping()
         except redis.RedisError as exc:
             raise ConnectionError(f"feature state: cannot reach Redis at {url}: {exc}") from exc
-        return cls(client, customer_retention_ms, terminal_retention_ms, prefix)
+        where = f"Redis at {url.rsplit('@', 1)[-1]}"  # never the password of a URL
+        return cls(fast, customer_retention_ms, terminal_retention_ms, prefix, bulk, where)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def _guard(self, call: Callable[[], T]) -> T:
+        """Run a Redis call; StateUnavailable when it fails or failed less than RETRY_S ago."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise StateUnavailable(self.error or f"{self.where} unreachable")
+        try:
+            out = call()
+        except self._faults as exc:
+            self.error = f"{self.where} unreachable: {type(exc).__name__}: {exc}"
+            self.down_until = time.monotonic() + RETRY_S
+            raise StateUnavailable(self.error) from exc
+        if self.down_until:
+            self.down_until, self.error = 0.0, None
+        return out
+
+    def ping(self) -> None:
+        """StateUnavailable unless Redis answers now (probes)."""
+        self._guard(self.r.ping)
+
+    def warmed(self, token: str) -> bool:
+        """Whether the warm-up of history ``token`` is in this Redis (False: it came back empty,
+        was flushed, or failed over to an empty replica)."""
+        return bool(self._guard(lambda: self.r.exists(f"{self.prefix}:warm:{token}")))
 
     # -- scoring path -------------------------------------------------------------------------
 
@@ -196,7 +255,9 @@ class RedisFeatureState(FeatureState):
         if not record:
             return super().histories(batch, record)
         labels = [UNKNOWN_LABEL] * len(batch)
-        customers, terminals, reply = self._run_record(batch, labels, read=True)
+        customers, terminals, reply = self._guard(
+            lambda: self._run_record(batch, labels, read=True, client=self.r)
+        )
         nc, nt = len(customers), len(terminals)
         return (
             _customer_histories(customers, reply[:nc]),
@@ -206,41 +267,55 @@ class RedisFeatureState(FeatureState):
     def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
         self._set_decisions([r.transaction_id for r in batch], decisions)
 
-    def _set_decisions(self, ids: Sequence[str], decisions: Sequence[int]) -> None:
+    def _set_decisions(
+        self, ids: Sequence[str], decisions: Sequence[int], client: Any = None
+    ) -> None:
         if ids:
-            self._decide(
-                keys=[self._x + i for i in ids], args=[struct.pack(f"{len(ids)}b", *decisions)]
-            )
+            keys = [self._x + i for i in ids]
+            packed = struct.pack(f"{len(ids)}b", *decisions)
+            self._guard(lambda: self._decide(keys=keys, args=[packed], client=client or self.r))
 
     # -- reads ----------------------------------------------------------------------------------
 
     def customer_histories(self, customers: Sequence[str]) -> dict[str, History]:
         if not customers:
             return {}
-        blobs = self.r.mget([self._c + c for c in customers])
+        blobs = self._guard(lambda: self.r.mget([self._c + c for c in customers]))
         return _customer_histories(customers, blobs)
 
     def terminal_histories(self, terminals: Sequence[str]) -> dict[str, History]:
         if not terminals:
             return {}
-        blobs = self.r.mget([self._t + t for t in terminals] + [self._f + t for t in terminals])
+        keys = [self._t + t for t in terminals] + [self._f + t for t in terminals]
+        blobs = self._guard(lambda: self.r.mget(keys))
         n = len(terminals)
         return _terminal_histories(terminals, blobs[:n], blobs[n:])
 
     # -- writes outside scoring -------------------------------------------------------------------
 
     def append(self, events: Iterable[Event]) -> None:
+        """Record events (labelled records from /feedback): the short-timeout client, a chunk
+        of CHUNK a call."""
         for chunk in _chunks(events, CHUNK):
-            self._append_chunk(chunk)
+            self._append_chunk(chunk, self.r)
 
-    def _append_chunk(self, events: list[Event]) -> None:
+    def load(self, events: Iterable[Event]) -> None:
+        """Warm-up: the long-timeout client."""
+        for chunk in _chunks(events, CHUNK):
+            self._append_chunk(chunk, self.bulk)
+
+    def _append_chunk(self, events: list[Event], client: Any) -> None:
         batch = [
             TxRecord(e.transaction_id, e.customer_id, e.terminal_id, e.time_ms, e.amount_cents)
             for e in events
         ]
-        flags = self._run_record(batch, [e.label for e in events], read=False)[2][-1]
+        labels = [e.label for e in events]
+        flags = self._guard(lambda: self._run_record(batch, labels, read=False, client=client))
+        flags = flags[2][-1]
         decided = [e for e in events if e.decision != NOT_SCORED]
-        self._set_decisions([e.transaction_id for e in decided], [e.decision for e in decided])
+        self._set_decisions(
+            [e.transaction_id for e in decided], [e.decision for e in decided], client
+        )
         # Known transactions that arrive again with a label: set it, as the in-memory state does.
         relabel = {
             e.transaction_id: e.label
@@ -251,7 +326,7 @@ class RedisFeatureState(FeatureState):
             self.set_labels(relabel)
 
     def _run_record(
-        self, batch: Sequence[TxRecord], labels: Sequence[int], read: bool
+        self, batch: Sequence[TxRecord], labels: Sequence[int], read: bool, client: Any
     ) -> tuple[list[str], list[str], list[Any]]:
         """Run ``RECORD``: the batch's distinct customers and terminals, and the reply."""
         n = len(batch)
@@ -294,18 +369,22 @@ class RedisFeatureState(FeatureState):
             frec.tobytes(),
             self._t,
         ]
-        return customers, terminals, list(self._record(keys=keys, args=args))
+        return customers, terminals, list(self._record(keys=keys, args=args, client=client))
 
     def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:
         update = LabelUpdate()
-        if not labels:
-            return update
         ids = list(labels)
+        for start in range(0, len(ids), CHUNK):
+            self._set_label_chunk(ids[start : start + CHUNK], labels, update)
+        return update
+
+    def _set_label_chunk(
+        self, ids: list[str], labels: Mapping[str, int], update: LabelUpdate
+    ) -> None:
         values = [int(labels[i]) for i in ids]
-        reply = self._labels(
-            keys=[self._x + i for i in ids],
-            args=[struct.pack(f"{len(ids)}b", *values), self._f, self.ttl_s],
-        )
+        keys = [self._x + i for i in ids]
+        args: list[bytes | str | int] = [struct.pack(f"{len(ids)}b", *values), self._f, self.ttl_s]
+        reply = self._guard(lambda: self._labels(keys=keys, args=args))
         confusion = update.confusion
         for k, (tx_id, label) in enumerate(zip(ids, values, strict=True)):
             found, decision, previous = struct.unpack_from("bbb", reply, 3 * k)
@@ -313,17 +392,16 @@ class RedisFeatureState(FeatureState):
                 update.unknown.append(tx_id)
             elif previous == UNKNOWN_LABEL and decision != NOT_SCORED:  # count each once
                 confusion[_OUTCOME[decision, label]] += 1
-        return update
 
     def stats(self) -> dict[str, int]:
         """Keys in the Redis database (histories, transactions; shared by every worker)."""
-        return {"redis_keys": int(self.r.dbsize())}
+        return {"redis_keys": int(self._guard(self.r.dbsize))}
 
     def clear(self) -> int:
         """Delete every key under this state's prefix (tests, a re-warm from scratch)."""
         deleted = 0
-        for keys in _chunks(self.r.scan_iter(match=f"{self.prefix}:*", count=1_000), 1_000):
-            deleted += self.r.unlink(*keys)
+        for keys in _chunks(self.bulk.scan_iter(match=f"{self.prefix}:*", count=1_000), 1_000):
+            deleted += self.bulk.unlink(*keys)
         return deleted
 
     def claim_warmup(self, token: str, wait_s: float = 600.0) -> int | None:
@@ -331,11 +409,11 @@ class RedisFeatureState(FeatureState):
         :meth:`warmup_done`); else the transactions another process warmed it with (waits while
         another one is at it)."""
         key = f"{self.prefix}:warm:{token}"
-        if self.r.set(key, "running", nx=True, ex=int(wait_s)):
+        if self.bulk.set(key, "running", nx=True, ex=int(wait_s)):
             return None
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            value = self.r.get(key)
+            value = self.bulk.get(key)
             if value is None:  # the warming process died: take over
                 return self.claim_warmup(token, wait_s)
             if value != b"running":
@@ -344,26 +422,28 @@ class RedisFeatureState(FeatureState):
         raise TimeoutError(f"feature state: another worker has been warming it for {wait_s}s")
 
     def warmup_done(self, token: str, transactions: int) -> None:
-        self.r.set(f"{self.prefix}:warm:{token}", str(transactions), ex=self.ttl_s)
+        """Mark the warm-up done (no expiry: the marker's absence means Redis lost the state)."""
+        self.bulk.set(f"{self.prefix}:warm:{token}", str(transactions))
 
     def stream_clock(self, t_ms: int) -> int:
         """Record a worker's stream clock; returns the furthest any worker has recorded."""
-        return int(self._max_clock(keys=[f"{self.prefix}:clock"], args=[t_ms]))
+        key = f"{self.prefix}:clock"
+        return int(self._guard(lambda: self._max_clock(keys=[key], args=[t_ms])))
 
     def announce_model(self, version: str) -> None:
         """Tell the other workers which model version to serve (after a hot swap)."""
-        generation = self.r.incr(f"{self.prefix}:model:generation")
-        self.r.set(f"{self.prefix}:model", f"{generation} {version}")
+        generation = self.bulk.incr(f"{self.prefix}:model:generation")
+        self.bulk.set(f"{self.prefix}:model", f"{generation} {version}")
 
     def model_generation(self) -> int:
         """How many hot swaps have been announced (a process notes it when it starts)."""
-        return int(self.r.get(f"{self.prefix}:model:generation") or 0)
+        return int(self._guard(lambda: self.r.get(f"{self.prefix}:model:generation")) or 0)
 
     def announced_model(self, after: int) -> str | None:
         """The version of the latest announcement if it came after generation ``after``: a
         process started later serves its own model, not a swap made before it existed. A counter,
         not a clock: processes on different machines need not agree on the time."""
-        value = self.r.get(f"{self.prefix}:model")
+        value = self._guard(lambda: self.r.get(f"{self.prefix}:model"))
         if value is None:
             return None
         generation, _, version = (value.decode() if isinstance(value, bytes) else value).partition(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ import pandas as pd
 from serving.clock import ServiceClock, now_ms
 from serving.online_features import OnlineFeatures, TxRecord, new_state, terminal_windows
 from serving.redis_state import RedisFeatureState
-from serving.state import FeatureState, LabelUpdate
+from serving.state import FeatureState, LabelUpdate, StateUnavailable
 from training import bento_model, drift, features, schema
 from training.compiled import CompiledModel
 from training.config import Settings
@@ -138,6 +139,7 @@ def state_for(settings: Settings, cfg: FeatureConfig) -> FeatureState:
             cfg.customer_retention_ms,
             cfg.terminal_retention_ms,
             settings.state_prefix,
+            timeout_s=settings.redis_timeout_ms / 1000,
         )
     return new_state(cfg)
 
@@ -154,6 +156,10 @@ def clock_for(settings: Settings, scorer: FraudScorer) -> ServiceClock:
         start_ms=scorer.bundle.history_end_ms(),
         shared=state.stream_clock if isinstance(state, RedisFeatureState) else None,
     )
+
+
+log = logging.getLogger("bentoml.fraud_service.state")
+REWARMING = "the state store came back empty: warming it again from the model's history"
 
 
 class Scored(NamedTuple):
@@ -190,6 +196,13 @@ class FraudScorer:
             state.model_generation() if isinstance(state, RedisFeatureState) else 0
         )
         self.warmed = 0
+        self.warm_token: str | None = None  # the warm-up's history (Redis: its marker)
+        self.rewarming = False  # the state store came back empty and is being warmed again
+        self.rewarms = 0
+        # Degraded scoring: the same features over an empty state (no history at all).
+        self.stateless = OnlineFeatures(
+            new_state(self.cfg), self.cfg, bool(bundle.info.get("categorical"))
+        )
         self._install(bundle)
 
     def _install(self, bundle: ModelBundle) -> None:
@@ -198,6 +211,7 @@ class FraudScorer:
         self.threshold = float(bundle.info["threshold"])
         self.categorical = bool(bundle.info.get("categorical"))
         self.features.categorical = self.categorical
+        self.stateless.categorical = self.categorical
         self.drift = (
             drift.DriftWindow(bundle.reference, self.drift_size, skip=features.CALENDAR_FEATURES)
             if bundle.reference
@@ -242,6 +256,7 @@ class FraudScorer:
         state = self.features.state
         if isinstance(state, RedisFeatureState):  # shared: the first worker warms it for all
             token = hashlib.sha1(self.bundle.warmup_path.read_bytes()).hexdigest()[:16]
+            self.warm_token = token
             done = state.claim_warmup(token)
             if done is not None:
                 self.warmed = done
@@ -254,8 +269,43 @@ class FraudScorer:
 
     def _warm_from(self, path: Path) -> int:
         history = schema.normalize(pd.read_parquet(path))
+        if isinstance(self.features.state, RedisFeatureState):  # atomic scripts: no lock needed
+            return self.features.warm(history)
         with self.lock:
             return self.features.warm(history)
+
+    def check_state(self) -> str | None:
+        """What is wrong with the state store now (None: nothing). Pings a Redis state; when
+        it came back empty, starts warming it again from the model's history in a thread."""
+        state = self.features.state
+        if not isinstance(state, RedisFeatureState):
+            return None
+        if self.rewarming:
+            return REWARMING
+        try:
+            state.ping()
+            if self.warm_token is None or state.warmed(self.warm_token):
+                return None
+        except StateUnavailable as exc:
+            return str(exc)
+        self.rewarming = True
+        threading.Thread(target=self._rewarm, name="state-rewarm", daemon=True).start()
+        return REWARMING
+
+    def _rewarm(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            n = self.warm()
+            self.rewarms += 1
+            log.warning(
+                "state store came back empty: warmed again with %d transactions in %.1fs",
+                n,
+                time.perf_counter() - t0,
+            )
+        except Exception:  # retried at the next check
+            log.exception("state store: re-warm failed")
+        finally:
+            self.rewarming = False
 
     def score(self, batch: Sequence[TxRecord], record: bool = True) -> Scored:
         """Fraud probabilities, decisions and the model version that produced them (read under
@@ -263,6 +313,8 @@ class FraudScorer:
         ``record`` is off."""
         if not batch:
             return Scored(np.zeros(0), np.zeros(0, dtype=bool), self.model_version)
+        if self.rewarming:
+            raise StateUnavailable(REWARMING)
         with self.lock:
             cols = self.features.compute_columns(batch, record, decided_later=True)
             if self.bundle.compiled is not None:
@@ -278,6 +330,18 @@ class FraudScorer:
             version = self.model_version
         return Scored(proba, flagged, version)
 
+    def score_without_state(self, batch: Sequence[TxRecord]) -> Scored:
+        """Degraded scoring while the state store is unavailable: the features computed with
+        no history (as for a first-time customer at a new terminal); nothing is recorded."""
+        bundle = self.bundle
+        cols = self.stateless.compute_columns(batch, record=False)
+        if bundle.compiled is not None:
+            proba = bundle.compiled.predict_proba(cols)
+        else:
+            frame = pd.DataFrame({c: cols[c] for c in self.columns})
+            proba = bundle.pipeline.predict_proba(frame)[:, 1]
+        return Scored(proba, proba >= self.threshold, self.model_version)
+
     def feedback(
         self,
         labels: dict[str, int],
@@ -286,6 +350,8 @@ class FraudScorer:
     ) -> LabelUpdate:
         """Apply labels by id and ingest labelled records never seen; unknown ids and the
         confusion counts of the decisions the labels resolve."""
+        if self.rewarming:
+            raise StateUnavailable(REWARMING)
         with self.lock:
             if records:
                 self.features.ingest(records, record_labels)
@@ -309,8 +375,20 @@ class FraudScorer:
 
     def health(self) -> dict[str, Any]:
         meta = self.bundle.metadata
+        problem = self.check_state()
+        try:
+            sizes = self.features.state.stats()
+        except StateUnavailable:
+            sizes = {}
+        state = self.features.state
         return {
-            "status": "ok",
+            "status": "ok" if problem is None else "degraded",
+            "state_store": {
+                "backend": "redis" if isinstance(state, RedisFeatureState) else "memory",
+                "ok": problem is None,
+                "problem": problem,
+                "rewarmed": self.rewarms,
+            },
             "model": {
                 "name": meta.get("mlflow_model_name"),
                 "version": self.model_version,
@@ -320,7 +398,7 @@ class FraudScorer:
                 "feature_set_version": self.bundle.info.get("feature_set_version"),
                 "compiled": self.bundle.compiled is not None,
             },
-            "feature_state": {**self.features.state.stats(), "warmed_from_history": self.warmed},
+            "feature_state": {**sizes, "warmed_from_history": self.warmed},
             "drift_window": {
                 "size": self.drift.size if self.drift else 0,
                 "filled": self.drift.filled if self.drift else 0,

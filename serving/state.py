@@ -52,6 +52,11 @@ class Event(NamedTuple):
     decision: int = NOT_SCORED  # 1 flagged, 0 passed when scored here
 
 
+class StateUnavailable(RuntimeError):
+    """The state store cannot be used now (unreachable, or re-warming after it came back
+    empty): the service answers 503 or a flagged degraded score, never a 500."""
+
+
 @dataclass
 class LabelUpdate:
     """What a batch of labels did: unknown ids, and for labels new to a transaction this
@@ -95,6 +100,10 @@ class FeatureState(ABC):
     @abstractmethod
     def append(self, events: Iterable[Event]) -> None:
         """Record transactions (with their label when already known)."""
+
+    def load(self, events: Iterable[Event]) -> None:
+        """Bulk :meth:`append` (warm-up from history): may take long."""
+        self.append(events)
 
     @abstractmethod
     def set_labels(self, labels: Mapping[str, int]) -> LabelUpdate:

@@ -41,6 +41,25 @@ RATE_LIMIT_FALLBACK = Counter(
     "Shared (Redis) rate-limit checks that failed over to this worker's own buckets",
 )
 API_KEYS = Gauge("fraud_api_keys", "Active API keys in the key file", multiprocess_mode="livemax")
+STATE_UP = Gauge(
+    "fraud_state_store_up",
+    "1 while the online feature state store is usable, 0 while unreachable or re-warming",
+    multiprocess_mode="livemin",
+)
+STATE_REWARMING = Gauge(
+    "fraud_state_rewarming",
+    "1 while the state store is being warmed again after it came back empty",
+    multiprocess_mode="livemax",
+)
+STATE_REWARMS = Counter(
+    "fraud_state_rewarms_total", "Times the state store came back empty and was warmed again"
+)
+DEGRADED = Counter(
+    "fraud_degraded_transactions_total",
+    "Transactions met while the state store was unavailable, by outcome (rejected: 503; "
+    "fallback: scored without history, flagged degraded)",
+    ["outcome"],
+)
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
 SCORES = Histogram(
     "fraud_score",

@@ -83,6 +83,18 @@ class Settings(BaseSettings):
         "(shared by several workers and replicas)",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the shared state")
+    redis_timeout_ms: int = Field(
+        50,
+        ge=5,
+        le=5_000,
+        description="Timeout of each state call on the scoring path (no retries; the call fails "
+        "and the service degrades instead)",
+    )
+    state_failure: Literal["reject", "fallback"] = Field(
+        "reject",
+        description="While the state store is unavailable: 503 + Retry-After (reject), or "
+        'scores without history flagged "degraded": true (fallback)',
+    )
     state_prefix: str = Field(
         "fraud", pattern=r"^[A-Za-z0-9_.-]+$", description="Key prefix of the state in Redis"
     )

@@ -1,0 +1,275 @@
+"""A private `redis-server` killed under load, then started again empty, behind a real
+`bentoml serve` with two workers: never a 500; 503 + Retry-After (reject) or scores flagged
+degraded (fallback) meanwhile; /readyz fails and /health names Redis; recovery without a
+restart; the empty Redis is detected and warmed again from the model's history."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import redis
+
+from serving.api_models import request_bodies
+
+from .conftest import free_port
+from .servers import AUTH, bento_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.redis]
+OUTAGE_S = 5.0
+
+
+@contextmanager
+def redis_server(port: int, log: Path) -> Iterator[subprocess.Popen]:
+    """A redis-server without persistence: restarted, it comes back empty."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found (apt-get install redis-server)")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+class Traffic(threading.Thread):
+    """Single-transaction requests in time order from several clients, each sending a refused
+    one again after its Retry-After; every answer's time, status, flag and Retry-After kept."""
+
+    def __init__(self, url: str, bodies: list[dict], clients: int = 4) -> None:
+        super().__init__(daemon=True)
+        self.url, self.bodies, self.clients = url, bodies, clients
+        self.halt = threading.Event()
+        self.answers: list[tuple[float, int, bool, str | None]] = []  # t, status, degraded
+        self.lock = threading.Lock()
+        self.next = 0
+
+    def take(self) -> dict | None:
+        with self.lock:
+            if self.next >= len(self.bodies):
+                return None
+            self.next += 1
+            return self.bodies[self.next - 1]
+
+    def client(self) -> None:
+        with httpx.Client(timeout=10, headers=AUTH) as http:
+            body = self.take()
+            while not self.halt.is_set() and body is not None:
+                r = http.post(f"{self.url}/predict", json={"transactions": [body]})
+                degraded = r.status_code == 200 and r.json()[0]["degraded"]
+                retry = r.headers.get("retry-after")
+                with self.lock:
+                    self.answers.append((time.monotonic(), r.status_code, degraded, retry))
+                if r.status_code == 503 and retry:  # as a client should: the same one, later
+                    time.sleep(float(retry))
+                    continue
+                body = self.take()
+                time.sleep(0.002)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self.client) for _ in range(self.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, int, bool, str | None]]:
+        with self.lock:
+            return [a for a in self.answers if t0 <= a[0] < t1]
+
+
+@pytest.fixture(scope="module")
+def stream(small_raw: pd.DataFrame) -> list[dict]:
+    """The six days after the model's history (~7,000 transactions: more than the test
+    sends), in time order, as /predict bodies."""
+    from training.simulate import simulate
+
+    from .conftest import SMALL
+
+    later = simulate(type(SMALL)(**{**SMALL.__dict__, "n_days": SMALL.n_days + 6}))
+    fresh = later[later["TX_DATETIME"] > small_raw["TX_DATETIME"].max()]
+    return request_bodies(fresh.reset_index(drop=True), id_prefix="fault-")
+
+
+def outage(champion: Any, session_dir: Path, stream: list[dict], mode: str) -> dict[str, Any]:
+    """Serve on a private Redis under load; kill Redis, start it again empty; the figures."""
+    rport, port = free_port(), free_port()
+    rlog = session_dir / f"redis-{mode}.log"
+    env = {
+        "FRAUD_PORT": str(port),
+        "FRAUD_STATE_BACKEND": "redis",
+        "FRAUD_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+        "FRAUD_WORKERS": "2",
+        "FRAUD_STATE_FAILURE": mode,
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    out: dict[str, Any] = {}
+    serve_log = session_dir / f"bento-serve-fault-{mode}.log"
+    with redis_server(rport, rlog) as first, bento_server(port, env, serve_log) as url:
+        warmed_keys = redis.Redis(port=rport).dbsize()
+        traffic = Traffic(url, stream)
+        traffic.start()
+        time.sleep(2.0)
+        t_kill = time.monotonic()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        time.sleep(1.0)
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        out.update(ready_during=ready.status_code, health_during=health)
+        time.sleep(OUTAGE_S - 1.0)
+        with redis_server(rport, rlog):  # the same port, empty
+            t_back = time.monotonic()
+            assert redis.Redis(port=rport).dbsize() == 0
+            deadline = t_back + 30
+            while True:  # re-warmed and every worker ready again
+                health = httpx.get(f"{url}/health", timeout=10).json()
+                ready = httpx.get(f"{url}/readyz", timeout=10).status_code
+                if health["status"] == "ok" and ready == 200:
+                    break
+                assert time.monotonic() < deadline, health
+                time.sleep(0.1)
+            t_ok = time.monotonic()
+            time.sleep(max(2.0, t_back + 6.5 - t_ok))  # traffic goes on past the 5 s bound
+            traffic.halt.set()
+            traffic.join(30)
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            out.update(
+                answers=traffic.answers,
+                t_kill=t_kill,
+                t_back=t_back,
+                t_ok=t_ok,
+                warmed_keys=warmed_keys,
+                keys_after=redis.Redis(port=rport).dbsize(),
+                metrics=metrics,
+            )
+    return out
+
+
+def recovery_s(out: dict[str, Any]) -> float:
+    """From Redis's return to the last answer that was not a normal 200."""
+    bad = [t for t, s, d, _ in out["answers"] if t >= out["t_back"] and (s != 200 or d)]
+    return max(bad, default=out["t_back"]) - out["t_back"]
+
+
+def summary(out: dict[str, Any]) -> str:
+    answers = out["answers"]
+    by = collections.Counter(f"{s}{' degraded' if d else ''}" for _, s, d, _ in answers)
+    after = [a for a in answers if a[0] >= out["t_back"]]
+    first_normal = next((a[0] for a in after if a[1] == 200 and not a[2]), None)
+    return (
+        f"{len(answers)} answers {dict(by)}; after Redis returned: first normal answer "
+        f"{(first_normal or float('nan')) - out['t_back']:.2f}s, last refused or degraded "
+        f"{recovery_s(out):.2f}s, /health ok and /readyz 200 {out['t_ok'] - out['t_back']:.2f}s; "
+        "keys warmed "
+        f"{out['warmed_keys']:,} -> after re-warm {out['keys_after']:,}"
+    )
+
+
+def test_reject_mode_answers_503_then_recovers_and_rewarms(
+    champion, session_dir: Path, stream: list[dict]
+) -> None:
+    out = outage(champion, session_dir, stream, "reject")
+    print(summary(out))
+    answers = out["answers"]
+    statuses = {s for _, s, _, _ in answers}
+    assert statuses <= {200, 503}, collections.Counter(s for _, s, _, _ in answers)
+    refused = [a for a in answers if a[1] == 503]
+    assert refused, "no 503 while Redis was down"
+    assert all(a[3] for a in refused), "a 503 without Retry-After"
+    assert not any(d for _, _, d, _ in answers)  # reject mode never scores without history
+    assert out["ready_during"] == 503
+    during = out["health_during"]
+    assert during["status"] == "degraded" and "Redis" in during["state_store"]["problem"]
+    assert recovery_s(out) <= 5.0  # the last refusal came within 5 s of Redis returning
+    after = [a for a in answers if a[0] >= out["t_back"] + 5.0]
+    assert after and all(a[1] == 200 for a in after)
+    assert out["keys_after"] > out["warmed_keys"] // 2  # the history is back in Redis
+    assert "fraud_state_rewarms_total 1.0" in out["metrics"] or (
+        "fraud_state_rewarms_total 2.0" in out["metrics"]  # each worker may warm or wait
+    )
+    rejected = [x for x in out["metrics"].splitlines() if 'outcome="rejected"' in x]
+    assert rejected and float(rejected[0].split()[-1]) >= len(refused)
+
+
+def test_fallback_mode_answers_flagged_scores(
+    champion, session_dir: Path, stream: list[dict]
+) -> None:
+    out = outage(champion, session_dir, stream, "fallback")
+    print(summary(out))
+    answers = out["answers"]
+    assert {s for _, s, _, _ in answers} == {200}
+    outage_answers = [a for a in answers if out["t_kill"] + 0.5 <= a[0] < out["t_back"]]
+    assert outage_answers and all(d for _, _, d, _ in outage_answers)
+    assert recovery_s(out) <= 5.0
+    assert not any(d for t, _, d, _ in answers if t >= out["t_back"] + 5.0)
+    fallback = [x for x in out["metrics"].splitlines() if 'outcome="fallback"' in x]
+    assert fallback and float(fallback[0].split()[-1]) >= len(outage_answers)
+    assert out["ready_during"] == 503
+
+
+def test_redis_state_calls_are_bounded_when_redis_is_unreachable() -> None:
+    """A Redis that does not answer (a listening socket that never replies): one call costs
+    the 50 ms timeout, and for the next RETRY_S every call fails at once."""
+    import socket
+
+    from serving.redis_state import RETRY_S, RedisFeatureState
+    from serving.state import StateUnavailable
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(128)  # accepts connections, never answers
+        port = black_hole.getsockname()[1]
+        client = redis.Redis(port=port, socket_timeout=0.05, socket_connect_timeout=0.05)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis(
+            port=port,
+            socket_timeout=0.05,
+            socket_connect_timeout=0.05,
+            retry=Retry(NoBackoff(), 0),
+        )
+        state = RedisFeatureState(client, 86_400_000, 86_400_000, "x")
+        t0 = time.perf_counter()
+        with pytest.raises(StateUnavailable, match="unreachable"):
+            state.customer_histories(["c1"])
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(100):
+            with pytest.raises(StateUnavailable):
+                state.customer_histories(["c1"])
+        fast = (time.perf_counter() - t1) / 100
+        print(f"first call {first * 1000:.1f} ms, then {fast * 1e6:.1f} µs a call")
+        assert first < 0.2 and fast < 0.001
+        time.sleep(RETRY_S + 0.05)
+        with pytest.raises(StateUnavailable):  # tried again after RETRY_S: still nothing
+            state.customer_histories(["c1"])
+    assert os.environ  # keep the module importable without Redis markers' side effects
