@@ -25,7 +25,20 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 API = httpx.Client(headers=AUTH, timeout=30)  # a client that sends the test key
 
 
-def test_key_file(folder: Path, name: str = "api-keys.json") -> Path:
+def private_home(folder: Path) -> Path:
+    """A BentoML home of its own for one server, sharing the session's model and Bento stores:
+    BentoML keeps its Prometheus multiprocess files in the home and empties them when a server
+    starts, so servers sharing a home would wipe each other's metrics."""
+    shared = Path(os.environ["BENTOML_HOME"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        if not (folder / store).is_symlink():
+            (folder / store).symlink_to(shared / store)
+    return folder
+
+
+def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
     """A key file holding the test key (every scope, no limits), a key with scope score only
     and one with score and 3 requests a second."""
     from datetime import UTC, datetime
@@ -127,7 +140,8 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
     """`bentoml serve service:FraudDetector` in a subprocess; unless ``env`` says otherwise, with
     API keys on and the test key (:data:`AUTH`) valid."""
     if "FRAUD_API_KEYS_FILE" not in env and env.get("FRAUD_AUTH", "keys") == "keys":
-        env = {**env, "FRAUD_API_KEYS_FILE": str(test_key_file(log.parent, f"{log.stem}.keys"))}
+        env = {**env, "FRAUD_API_KEYS_FILE": str(write_key_file(log.parent, f"{log.stem}.keys"))}
+    env = {"BENTOML_HOME": str(private_home(log.parent / f"{log.stem}.home")), **env}
     proc = subprocess.Popen(
         [
             str(BIN / "bentoml"),

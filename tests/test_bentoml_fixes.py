@@ -24,7 +24,7 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from serving import bentoml_fixes
 from serving.api_models import Prediction, Transaction
 
-from .servers import AUTH, test_key_file
+from .servers import AUTH, write_key_file
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -425,7 +425,7 @@ def test_the_service_still_answers_without_its_fixes(
         f"    r = client.post('/predict', json={body!r}, headers={AUTH!r})\n"
         "    h = client.get('/health').json()\n"
         "print(json.dumps([r.status_code, r.json(), h]))\n",
-        {"FRAUD_API_KEYS_FILE": str(test_key_file(tmp_path))},
+        {"FRAUD_API_KEYS_FILE": str(write_key_file(tmp_path))},
     )
     assert status == 200 and 0.0 <= answer[0]["fraud_probability"] <= 1.0
     assert health["bentoml_fixes"] == expected

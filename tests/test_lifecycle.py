@@ -19,7 +19,7 @@ import pytest
 from serving.api_models import request_bodies
 
 from .conftest import free_port
-from .servers import BIN, PROJECT, wait_http
+from .servers import BIN, PROJECT, private_home, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -41,7 +41,12 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
     proc = subprocess.Popen(
         [str(BIN / "fraudops"), "serve", "--port", str(port)],
         cwd=PROJECT,
-        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "FRAUD_API_KEYS_FILE": str(keys)},
+        env={
+            **os.environ,
+            "BENTOML_DO_NOT_TRACK": "True",
+            "FRAUD_API_KEYS_FILE": str(keys),
+            "BENTOML_HOME": str(private_home(session_dir / f"home-{signum}")),
+        },
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
