@@ -44,6 +44,7 @@ from serving.scorer import (
     state_for,
 )
 from serving.state import StateUnavailable
+from training.bento_model import served_tag
 from training.config import get_settings
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
@@ -67,7 +68,9 @@ class ReloadRequest(BaseModel):
 class FraudDetector:
     """Scores payment transactions for fraud in real time."""
 
-    bento_model = bentoml.models.BentoModel(f"{SETTINGS.bento_model}:latest")
+    # The pinned version (the last champion imported or hot-swapped to), not the store's latest:
+    # a restart after a roll-back serves the version rolled back to.
+    bento_model = bentoml.models.BentoModel(served_tag(SETTINGS.bento_model))
 
     def __init__(self) -> None:
         t0 = time.perf_counter()
@@ -124,10 +127,12 @@ class FraudDetector:
         records = [t.to_record() for t in transactions]
         degraded = False
         try:
-            proba, flagged, version = self.scorer.score(records)
+            scored = self.scorer.score(records)
         except StateUnavailable as exc:
-            proba, flagged, version = self.without_state(records, exc)
+            scored = self.without_state(records, exc)
             degraded = True
+        proba, flagged = scored.proba, scored.flagged
+        versions = scored.versions or [scored.version] * len(records)
         self.clock.advance(max(r.time_ms for r in records))
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
@@ -137,14 +142,18 @@ class FraudDetector:
                 "transaction_id": r.transaction_id,
                 "fraud_probability": p,
                 "is_fraud": f,
-                "model_version": version,
+                "model_version": v,
                 "degraded": degraded,
             }
-            for r, p, f in zip(records, proba.tolist(), flagged.tolist(), strict=True)
+            for r, p, f, v in zip(records, proba.tolist(), flagged.tolist(), versions, strict=True)
         ]
-        n_fraud = int(flagged.sum())
+        n, n_fraud = len(out), int(flagged.sum())
+        if scored.replayed:  # answered before, and counted then
+            tm.REPLAYED.inc(len(scored.replayed))
+            n -= len(scored.replayed)
+            n_fraud -= sum(bool(flagged[i]) for i in scored.replayed)
         self.flagged.inc(n_fraud)
-        self.passed.inc(len(out) - n_fraud)
+        self.passed.inc(n - n_fraud)
         if t0 >= self.gauges_due:
             self.publish_gauges()
         return out
@@ -269,7 +278,8 @@ class FraudDetector:
     def test(self) -> dict[str, Any]:
         """Score the built-in sample end to end (without recording it in the state)."""
         txs = [Transaction.model_validate(t, context={"any_time": True}) for t in self.sample]
-        proba, flagged, version = self.scorer.score([t.to_record() for t in txs], record=False)
+        scored = self.scorer.score([t.to_record() for t in txs], record=False)
+        proba, flagged, version = scored.proba, scored.flagged, scored.version
         results = [
             {"transaction_id": str(t.transaction_id), "fraud_probability": p, "is_fraud": f}
             for t, p, f in zip(txs, proba.tolist(), flagged.tolist(), strict=True)

@@ -63,6 +63,7 @@ class KeyRing:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.by_id: dict[str, ApiKey] = {}
+        self.verified: dict[str, ApiKey] = {}  # key -> its record, once its hash matched
         self.mtime_ns = -1
         self.checked = 0.0
         self.refresh(force=True)
@@ -86,14 +87,22 @@ class KeyRing:
             log.error("key file %s unreadable, keeping the keys loaded before: %s", self.path, exc)
             return
         self.by_id = {k.id: k for k in keys}
+        self.verified.clear()
         self.mtime_ns = mtime
         tm.API_KEYS.set(len(self.by_id))
 
     def verify(self, key: str) -> ApiKey | None:
         self.refresh()
+        known = self.verified.get(key)  # emptied whenever the key file changes
+        if known is not None:
+            return known
         kid = api_keys.key_id(key)
         stored = self.by_id.get(kid) if kid else None
-        return stored if stored is not None and api_keys.matches(stored, key) else None
+        if stored is None or not api_keys.matches(stored, key):
+            return None
+        if len(self.verified) < 10_000:  # bounded: only keys that matched a stored hash
+            self.verified[key] = stored
+        return stored
 
 
 class LocalBuckets:

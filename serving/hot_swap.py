@@ -28,8 +28,8 @@ class HotSwap:
 
     def swap_to(self, version: str | None) -> dict[str, Any]:
         """Load the Bento-store model of MLflow ``version`` (default: the latest import) and
-        serve it from the next batch on. LookupError: not in the store; SwapError: it cannot
-        take over in place (another feature configuration)."""
+        serve it from the next batch on, and after a restart (pinned). LookupError: not in the
+        store; SwapError: it cannot take over in place (another feature configuration)."""
         t0 = time.perf_counter()
         with self.lock:
             try:
@@ -40,6 +40,7 @@ class HotSwap:
             except (LookupError, SwapError):
                 tm.MODEL_SWAPS.labels("failed").inc()
                 raise
+            bento_model.pin(self.bento_model_name, str(model.tag))  # a restart serves it too
             tm.retire_model(old_meta, previous)
             tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
             tm.MODEL_SWAPS.labels("ok").inc()

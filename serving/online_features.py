@@ -115,10 +115,21 @@ class OnlineFeatures:
             self.record(batch)
         return features.feature_columns(agg, cfg, cats)
 
-    def record(self, batch: Sequence[TxRecord], decisions: Sequence[int] | None = None) -> None:
+    def record(
+        self,
+        batch: Sequence[TxRecord],
+        decisions: Sequence[int] | None = None,
+        answers: Sequence[float] | None = None,
+        version: str = "",
+    ) -> None:
         """Record a batch whose features were computed with ``record`` on, with the decisions
-        taken (for live precision/recall)."""
-        self.state.decide(batch, decisions if decisions is not None else [NOT_SCORED] * len(batch))
+        taken (for live precision/recall) and the answers given (for a re-sent transaction)."""
+        self.state.decide(
+            batch,
+            decisions if decisions is not None else [NOT_SCORED] * len(batch),
+            answers,
+            version,
+        )
 
     def feedback(self, labels: dict[str, int]) -> LabelUpdate:
         """Labels for transactions the state knows: unknown ids and confusion counts."""

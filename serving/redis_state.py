@@ -7,6 +7,7 @@ Layout (``P`` is the key prefix; every value is packed little-endian int64s, app
 - ``P:t:<terminal>``  time ms per transaction
 - ``P:f:<terminal>``  (time ms of the transaction, +1/-1) per fraud label set / withdrawn
 - ``P:x:<tx id>``     time ms, decision (int8), label (int8), terminal id: dedup + labels
+- ``P:a:<tx id>``     the first answer: probability (float64), decision (int8), model version
 - ``P:clock``         the stream clock (ms) shared by the workers (``serving.clock``)
 
 A scoring batch is one script call (``RECORD``): it reads the histories of the batch's
@@ -42,6 +43,7 @@ from serving.state import (
     _OUTCOME,
     NOT_SCORED,
     UNKNOWN_LABEL,
+    Answer,
     Event,
     FeatureState,
     History,
@@ -58,9 +60,10 @@ if TYPE_CHECKING:
 # ARGV: nc, nt, n, ttl s, customer cut ms, terminal cut ms, read (0/1),
 #       per-tx (customer index, terminal index) as uint16 pairs, customer records (16 B each),
 #       terminal records (8 B each), transaction values (time, decision, label: 10 B each),
-#       fraud records (16 B each, delta 0 = none).
-# Returns [customer blobs..., terminal blobs..., fraud blobs..., new flags] (blobs only with read),
-# the histories as they were before the batch.
+#       fraud records (16 B each, delta 0 = none), terminal prefix, answer prefix, tx prefix.
+# Returns [customer blobs..., terminal blobs..., fraud blobs..., new flags, answers] (blobs and
+# answers only with read): the histories as they were before the batch, and (position, first
+# answer) pairs for the transactions seen before.
 RECORD = """
 local nc, nt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, ccut, tcut, read = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
@@ -110,15 +113,32 @@ for _, key in ipairs(order) do
 end
 if not read then return {table.concat(new)} end
 blobs[nk + 1] = table.concat(new)
+-- The first answers of the transactions seen before: (position, answer) pairs.
+local answers, xlen = {}, #ARGV[15]
+for i = 1, n do
+  if new[i] == '0' then
+    local a = redis.call('GET', ARGV[14] .. string.sub(KEYS[nk + i], xlen + 1))
+    if a then answers[#answers + 1] = i; answers[#answers + 1] = a end
+  end
+end
+blobs[nk + 2] = answers
 return blobs
 """
 
-# KEYS: transaction keys. ARGV: decisions (int8 each). Sets the decision of each transaction
-# that has none yet (a re-sent transaction keeps the decision taken the first time).
+# KEYS: transaction keys. ARGV: decisions (int8 each), probabilities (float64 each, or empty),
+# model version, ttl s, answer prefix, tx prefix. Sets the decision of each transaction that has
+# none yet, and its answer (a re-sent transaction keeps the answer given the first time).
 DECIDE = """
+local probas, xlen = ARGV[2], #ARGV[6]
 for i = 1, #KEYS do
   if redis.call('GETRANGE', KEYS[i], 8, 8) == '\\255' then
-    redis.call('SETRANGE', KEYS[i], 8, string.sub(ARGV[1], i, i))
+    local d = string.sub(ARGV[1], i, i)
+    redis.call('SETRANGE', KEYS[i], 8, d)
+    if #probas > 0 then
+      local a = ARGV[5] .. string.sub(KEYS[i], xlen + 1)
+      local p = string.sub(probas, (i - 1) * 8 + 1, i * 8)
+      redis.call('SET', a, p .. d .. ARGV[3], 'EX', ARGV[4])
+    end
   end
 end
 return #KEYS
@@ -189,6 +209,8 @@ class RedisFeatureState(FeatureState):
         self.ttl_s = (2 * max(customer_retention_ms, terminal_retention_ms) + MS_PER_DAY) // 1000
         self._c, self._t = f"{prefix}:c:", f"{prefix}:t:"
         self._f, self._x = f"{prefix}:f:", f"{prefix}:x:"
+        self._a = f"{prefix}:a:"
+        self._answered: tuple[Sequence[TxRecord], dict[int, Answer]] | None = None
         self._max_clock = client.register_script(MAX_CLOCK)
         self._record = client.register_script(RECORD)
         self._decide = client.register_script(DECIDE)
@@ -243,9 +265,10 @@ class RedisFeatureState(FeatureState):
         self._guard(self.r.ping)
 
     def warmed(self, token: str) -> bool:
-        """Whether the warm-up of history ``token`` is in this Redis (False: it came back empty,
-        was flushed, or failed over to an empty replica)."""
-        return bool(self._guard(lambda: self.r.exists(f"{self.prefix}:warm:{token}")))
+        """Whether the warm-up of history ``token`` is complete in this Redis (False: it came
+        back empty, was flushed or failed over to an empty replica, or is being warmed again)."""
+        value = self._guard(lambda: self.r.get(f"{self.prefix}:warm:{token}"))
+        return value is not None and value != b"running"  # running: another worker warms it
 
     # -- scoring path -------------------------------------------------------------------------
 
@@ -259,21 +282,49 @@ class RedisFeatureState(FeatureState):
             lambda: self._run_record(batch, labels, read=True, client=self.r)
         )
         nc, nt = len(customers), len(terminals)
+        pairs = reply[-1]
+        self._answered = (batch, {
+            int(pairs[k]) - 1: _answer(pairs[k + 1]) for k in range(0, len(pairs), 2)
+        }) if pairs else None  # fmt: skip
         return (
             _customer_histories(customers, reply[:nc]),
             _terminal_histories(terminals, reply[nc : nc + nt], reply[nc + nt : nc + 2 * nt]),
         )
 
-    def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
-        self._set_decisions([r.transaction_id for r in batch], decisions)
+    def answered(self, batch: Sequence[TxRecord]) -> dict[int, Answer]:
+        """What the last ``histories(batch, record=True)`` found (the same call, no round trip)."""
+        found = self._answered
+        self._answered = None
+        return found[1] if found is not None and found[0] is batch else {}
+
+    def decide(
+        self,
+        batch: Sequence[TxRecord],
+        decisions: Sequence[int],
+        answers: Sequence[float] | None = None,
+        version: str = "",
+    ) -> None:
+        self._set_decisions([r.transaction_id for r in batch], decisions, None, answers, version)
 
     def _set_decisions(
-        self, ids: Sequence[str], decisions: Sequence[int], client: Any = None
+        self,
+        ids: Sequence[str],
+        decisions: Sequence[int],
+        client: Any = None,
+        answers: Sequence[float] | None = None,
+        version: str = "",
     ) -> None:
         if ids:
             keys = [self._x + i for i in ids]
-            packed = struct.pack(f"{len(ids)}b", *decisions)
-            self._guard(lambda: self._decide(keys=keys, args=[packed], client=client or self.r))
+            args: list[bytes | str | int] = [
+                struct.pack(f"{len(ids)}b", *decisions),
+                struct.pack(f"<{len(ids)}d", *answers) if answers is not None else b"",
+                version,
+                self.ttl_s,
+                self._a,
+                self._x,
+            ]
+            self._guard(lambda: self._decide(keys=keys, args=args, client=client or self.r))
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -368,6 +419,8 @@ class RedisFeatureState(FeatureState):
             xval.tobytes(),
             frec.tobytes(),
             self._t,
+            self._a,
+            self._x,
         ]
         return customers, terminals, list(self._record(keys=keys, args=args, client=client))
 
@@ -450,6 +503,12 @@ class RedisFeatureState(FeatureState):
             " "
         )
         return version if int(generation) > after else None
+
+
+def _answer(value: bytes) -> Answer:
+    """A stored first answer: float64 probability, int8 decision, then the model version."""
+    proba, decision = struct.unpack_from("<db", value)
+    return proba, decision, value[9:].decode()
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

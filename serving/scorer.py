@@ -165,7 +165,9 @@ REWARMING = "the state store came back empty: warming it again from the model's 
 class Scored(NamedTuple):
     proba: np.ndarray
     flagged: np.ndarray
-    version: str
+    version: str  # the model that scored the batch
+    versions: list[str] | None = None  # per transaction, when some were answered before
+    replayed: tuple[int, ...] = ()  # positions answered before: the same answer, not recounted
 
 
 class SwapError(RuntimeError):
@@ -323,12 +325,20 @@ class FraudScorer:
                 frame = pd.DataFrame({c: cols[c] for c in self.columns})
                 proba = self.bundle.pipeline.predict_proba(frame)[:, 1]
             flagged = proba >= self.threshold
+            version = self.model_version
+            before = self.features.state.answered(batch) if record else {}
+            versions = None
+            if before:  # re-sent transactions: their first answer, whatever the history now
+                versions = [version] * len(batch)
+                for i, (p, d, v) in before.items():
+                    proba[i], flagged[i], versions[i] = p, d == 1, v
             if record:
-                self.features.record(batch, flagged.astype(np.int8).tolist())
+                self.features.record(
+                    batch, flagged.astype(np.int8).tolist(), proba.tolist(), version
+                )
                 if self.drift is not None:
                     self.drift.add(cols)
-            version = self.model_version
-        return Scored(proba, flagged, version)
+        return Scored(proba, flagged, version, versions, tuple(before))
 
     def score_without_state(self, batch: Sequence[TxRecord]) -> Scored:
         """Degraded scoring while the state store is unavailable: the features computed with

@@ -38,6 +38,7 @@ class TxRecord(NamedTuple):
 
 
 History = tuple[list[int], list[int]]  # (sorted times ms, running totals: len(times) + 1)
+Answer = tuple[float, int, str]  # a scored transaction's probability, decision, model version
 
 
 class Event(NamedTuple):
@@ -86,8 +87,20 @@ class FeatureState(ABC):
         )
 
     @abstractmethod
-    def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
-        """Record a batch read with ``histories(batch, record=True)`` and its decisions."""
+    def decide(
+        self,
+        batch: Sequence[TxRecord],
+        decisions: Sequence[int],
+        answers: Sequence[float] | None = None,
+        version: str = "",
+    ) -> None:
+        """Record a batch read with ``histories(batch, record=True)`` and its decisions; with
+        ``answers`` (probabilities) and ``version``, keep each transaction's first answer."""
+
+    @abstractmethod
+    def answered(self, batch: Sequence[TxRecord]) -> dict[int, Answer]:
+        """The first answers of the batch's transactions scored before, by position: a re-sent
+        transaction gets the same answer (call after :meth:`histories`)."""
 
     @abstractmethod
     def customer_histories(self, customers: Sequence[str]) -> dict[str, History]:
@@ -128,6 +141,7 @@ class InMemoryFeatureState(FeatureState):
         # terminal -> (times, running frauds, transaction ids, labels, decisions), sorted by time
         self._term: dict[str, tuple[list[int], list[int], list[str], list[int], list[int]]] = {}
         self._tx: dict[str, tuple[str, int]] = {}  # id -> (terminal, time)
+        self._answers: dict[str, Answer] = {}  # id -> first answer
         self._since_sweep = 0
 
     def customer_histories(
@@ -149,8 +163,26 @@ class InMemoryFeatureState(FeatureState):
     def append(self, events: Iterable[Event]) -> None:
         self._add(events)  # an Event is a row of the shape _add takes
 
-    def decide(self, batch: Sequence[TxRecord], decisions: Sequence[int]) -> None:
+    def answered(self, batch: Sequence[TxRecord]) -> dict[int, Answer]:
+        known = self._answers
+        if not known:
+            return {}
+        return {
+            i: known[r.transaction_id] for i, r in enumerate(batch) if r.transaction_id in known
+        }
+
+    def decide(
+        self,
+        batch: Sequence[TxRecord],
+        decisions: Sequence[int],
+        answers: Sequence[float] | None = None,
+        version: str = "",
+    ) -> None:
         """Record a scored batch (plain tuples: no Event per transaction on the hot path)."""
+        if answers is not None:
+            keep = self._answers.setdefault
+            for r, d, p in zip(batch, decisions, answers, strict=True):
+                keep(r.transaction_id, (p, d, version))
         self._add(
             (
                 r.transaction_id,
@@ -242,6 +274,7 @@ class InMemoryFeatureState(FeatureState):
             k = bisect.bisect_right(times, term_cut)
             for tx_id in ids[:k]:
                 self._tx.pop(tx_id, None)
+                self._answers.pop(tx_id, None)
             if k == len(times):
                 del self._term[key]
             elif k:

@@ -60,6 +60,10 @@ DEGRADED = Counter(
     "fallback: scored without history, flagged degraded)",
     ["outcome"],
 )
+REPLAYED = Counter(
+    "fraud_resent_transactions_total",
+    "Transactions sent again after they were scored: given their first answer, not counted again",
+)
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
 SCORES = Histogram(
     "fraud_score",

@@ -212,9 +212,8 @@ def test_reject_mode_answers_503_then_recovers_and_rewarms(
     after = [a for a in answers if a[0] >= out["t_back"] + 5.0]
     assert after and all(a[1] == 200 for a in after)
     assert out["keys_after"] > out["warmed_keys"] // 2  # the history is back in Redis
-    assert "fraud_state_rewarms_total 1.0" in out["metrics"] or (
-        "fraud_state_rewarms_total 2.0" in out["metrics"]  # each worker may warm or wait
-    )
+    rewarms = [x for x in out["metrics"].splitlines() if x.startswith("fraud_state_rewarms_total")]
+    assert rewarms and float(rewarms[0].split()[-1]) >= 1, rewarms  # per worker: warmed or waited
     rejected = [x for x in out["metrics"].splitlines() if 'outcome="rejected"' in x]
     assert rejected and float(rejected[0].split()[-1]) >= len(refused)
 

@@ -356,3 +356,16 @@ def test_rate_limit_and_revocation_through_the_server(service_url: str, session_
 
 def test_times_outside_the_service_clock_are_refused(service_url: str) -> None:
     assert_times_outside_the_clock_are_refused(service_url, "clock-mem")
+
+
+def test_a_resent_transaction_gets_the_same_answer_counted_once(service_url: str) -> None:
+    first = post(service_url, "/predict", {"transactions": [tx("resend-1", customer_id="rs")]})
+    assert first.status_code == 200, first.text
+    later = [tx(f"resend-{i}", customer_id="rs", tx_amount=900.0 + i) for i in range(2, 8)]
+    assert post(service_url, "/predict", {"transactions": later}).status_code == 200
+    again = post(
+        service_url, "/predict", {"transactions": [tx("resend-1", customer_id="rs", tx_amount=1.0)]}
+    )
+    assert again.status_code == 200 and again.json() == first.json()
+    text = httpx.get(f"{service_url}/metrics", timeout=10).text
+    assert "fraud_resent_transactions_total" in text

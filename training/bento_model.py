@@ -1,11 +1,17 @@
-"""The Bento model's folder: the files an imported champion carries, and finding one in the store.
+"""The Bento model's folder: the files an imported champion carries, finding one in the store,
+and which one the service serves.
 
 Written by :mod:`training.bento_store` (import), read by the serving package and the bench;
 the MLflow run logs the same files under the artifact paths :mod:`training.registry` names.
+The served version is pinned in the Bento store's home (``fraud-served.json``): an import of the
+champion and every hot swap (roll-outs and roll-backs) set it, and a (re)started service serves
+it, not the store's ``:latest``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,3 +59,39 @@ def find(name: str, mlflow_version: str | None = None, registered_model: str | N
         ):
             return model
     raise LookupError(f"MLflow version {mlflow_version} of {name} is not in the Bento store")
+
+
+PIN = "fraud-served.json"
+
+
+def pin_path() -> Path:
+    """The pin file in the Bento store's home (BENTOML_HOME)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get()) / PIN
+
+
+def pin(name: str, tag: str) -> None:
+    """Serve ``tag`` (a Bento model tag) for model ``name`` from the next start on."""
+    path = pin_path()
+    pins = json.loads(path.read_text()) if path.exists() else {}
+    pins[name] = tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{PIN}.{os.getpid()}")
+    tmp.write_text(json.dumps(pins, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def served_tag(name: str) -> str:
+    """The tag a starting service serves: the pinned one when the store has it, else the
+    store's ``:latest`` (a Bento image holds only its own model)."""
+    import bentoml
+
+    path = pin_path()
+    tag = json.loads(path.read_text()).get(name) if path.exists() else None
+    if tag:
+        try:
+            return str(bentoml.models.get(tag).tag)
+        except bentoml.exceptions.NotFound:
+            pass
+    return f"{name}:latest"

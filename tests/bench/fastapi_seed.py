@@ -32,7 +32,8 @@ app = FastAPI()
 
 @app.post("/predict")
 def predict(req: PredictRequest) -> list[Prediction]:
-    proba, flagged, _ = scorer.score([t.to_record() for t in req.transactions])
+    scored = scorer.score([t.to_record() for t in req.transactions])
+    proba, flagged = scored.proba, scored.flagged
     return [
         Prediction(
             transaction_id=str(t.transaction_id),

@@ -1,5 +1,7 @@
-"""What ``serving.http_guard.Limits`` adds to a request, in process: an echo ASGI app called
-with and without it (a /predict POST with wrk-like headers), median of rounds.
+"""What the guards add to a request, in process: an echo ASGI app called bare, behind
+``serving.http_guard.Limits``, behind ``serving.auth.ApiKeyAuth`` with a key without limits and
+with a key with both rate limits (far from reached), on a /predict POST with wrk-like headers;
+median of interleaved rounds.
 
     python -m tests.bench.guard_cost [--calls 200000] [--rounds 5]
 """
@@ -9,10 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from serving.auth import ApiKeyAuth
 from serving.http_guard import Limits
+from training import api_keys
 
 SCOPE = {
     "type": "http",
@@ -41,24 +47,36 @@ async def send(message: dict[str, Any]) -> None:
     pass
 
 
-async def per_call_us(app: Any, calls: int) -> float:
+async def per_call_us(app: Any, scope: dict[str, Any], calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
-        await app(SCOPE, receive, send)
+        await app(dict(scope), receive, send)
     return (time.perf_counter() - t0) / calls * 1e6
 
 
+def with_key(key: str) -> dict[str, Any]:
+    return {**SCOPE, "headers": [*SCOPE["headers"], (b"authorization", f"Bearer {key}".encode())]}
+
+
 async def main(calls: int, rounds: int) -> None:
-    guarded = Limits(echo, max_body=1 << 20, max_in_flight=512)
-    bare, with_limits = [], []
+    folder = Path(tempfile.mkdtemp(prefix="guard-cost-"))
+    path = folder / "api-keys.json"
+    plain, _ = api_keys.create(path, "plain", ["score"])
+    limited, _ = api_keys.create(path, "limited", ["score"], 1e7, 1e9)
+    apps: dict[str, tuple[Any, dict[str, Any]]] = {
+        "echo": (echo, SCOPE),
+        "Limits": (Limits(echo, max_body=1 << 20, max_in_flight=512), SCOPE),
+        "ApiKeyAuth, key without limits": (ApiKeyAuth(echo, path), with_key(plain)),
+        "ApiKeyAuth, key with both limits": (ApiKeyAuth(echo, path), with_key(limited)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in apps}
     for _ in range(rounds):  # interleaved
-        bare.append(await per_call_us(echo, calls))
-        with_limits.append(await per_call_us(guarded, calls))
-    b, g = statistics.median(bare), statistics.median(with_limits)
-    print(
-        f"echo app {b:.2f} µs, with Limits {g:.2f} µs: +{g - b:.2f} µs a request "
-        f"(median of {rounds} x {calls:,} calls)"
-    )
+        for name, (app, scope) in apps.items():
+            times[name].append(await per_call_us(app, scope, calls))
+    bare = statistics.median(times["echo"])
+    print(f"echo app {bare:.2f} µs (median of {rounds} x {calls:,} calls); added a request:")
+    for name in list(apps)[1:]:
+        print(f"  {name}: +{statistics.median(times[name]) - bare:.2f} µs")
 
 
 if __name__ == "__main__":
