@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ FILES = [
     "-f",
     str(engine.PROJECT / "compose.local.yaml"),
 ]
+MINUTE = timedelta(minutes=1)
 SERVICES = {
     "postgres", "mlflow", "fraud-api", "airflow-api", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager",
@@ -228,7 +230,14 @@ def test_promotion_rolls_out_a_new_image_through_fraud_build_deploy(stack) -> No
 
 def test_scored_transactions_reach_prometheus(stack) -> None:
     sample = json.loads((engine.PROJECT / "data" / "sample" / "transactions.json").read_text())
-    txs = [{**t, "transaction_id": f"stack-{i}"} for i, t in enumerate(sample)]
+    # Dated on the service's clock (the stream's: where the model's history ends), as a
+    # client of the demo would send them; the sample's own dates are weeks later.
+    now = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()["clock"]["now"]
+    start = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    txs = [
+        {**t, "transaction_id": f"stack-{i}", "tx_datetime": (start + i * MINUTE).isoformat()}
+        for i, t in enumerate(sample)
+    ]
     r = httpx.post(
         "http://127.0.0.1:8080/predict",
         json={"transactions": txs},
