@@ -172,6 +172,14 @@ def outage(champion: Any, session_dir: Path, stream: list[dict], mode: str) -> d
     return out
 
 
+def metric(out: dict[str, Any], series: str) -> float:
+    """The value of one series in the /metrics text the outage ended with (0 when absent)."""
+    for line in out["metrics"].splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def recovery_s(out: dict[str, Any]) -> float:
     """From Redis's return to the last answer that was not a normal 200."""
     bad = [t for t, s, d, _ in out["answers"] if t >= out["t_back"] and (s != 200 or d)]
@@ -211,10 +219,8 @@ def test_reject_mode_answers_503_then_recovers_and_rewarms(
     after = [a for a in answers if a[0] >= out["t_back"] + 5.0]
     assert after and all(a[1] == 200 for a in after)
     assert out["keys_after"] > out["warmed_keys"] // 2  # the history is back in Redis
-    rewarms = [x for x in out["metrics"].splitlines() if x.startswith("fraud_state_rewarms_total")]
-    assert rewarms and float(rewarms[0].split()[-1]) >= 1, rewarms  # per worker: warmed or waited
-    rejected = [x for x in out["metrics"].splitlines() if 'outcome="rejected"' in x]
-    assert rejected and float(rejected[0].split()[-1]) >= len(refused)
+    assert metric(out, "fraud_state_rewarms_total") >= 1  # per worker: warmed or waited
+    assert metric(out, 'fraud_degraded_transactions_total{outcome="rejected"}') >= len(refused)
 
 
 def test_fallback_mode_answers_flagged_scores(
@@ -228,8 +234,8 @@ def test_fallback_mode_answers_flagged_scores(
     assert outage_answers and all(d for _, _, d, _ in outage_answers)
     assert recovery_s(out) <= 5.0
     assert not any(d for t, _, d, _ in answers if t >= out["t_back"] + 5.0)
-    fallback = [x for x in out["metrics"].splitlines() if 'outcome="fallback"' in x]
-    assert fallback and float(fallback[0].split()[-1]) >= len(outage_answers)
+    fallback = metric(out, 'fraud_degraded_transactions_total{outcome="fallback"}')
+    assert fallback >= len(outage_answers)
     assert out["ready_during"] == 503
 
 
