@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -239,10 +240,22 @@ def test_fallback_mode_answers_flagged_scores(
     assert out["ready_during"] == 503
 
 
+def _connections_waiting(listener: socket.socket) -> int:
+    """How many connections ``listener`` has queued (accepted here and closed)."""
+    listener.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
 def test_redis_state_calls_are_bounded_when_redis_is_unreachable() -> None:
     """A Redis that does not answer (a listening socket that never replies): one call costs
     the 50 ms timeout, and for the next RETRY_S every call fails at once."""
-    import socket
 
     from serving.redis_state import RETRY_S, RedisFeatureState
     from serving.state import StateUnavailable
@@ -271,7 +284,8 @@ def test_redis_state_calls_are_bounded_when_redis_is_unreachable() -> None:
                 state.customer_histories(["c1"])
         fast = (time.perf_counter() - t1) / 100
         print(f"first call {first * 1000:.1f} ms, then {fast * 1e6:.1f} µs a call")
-        assert first < 0.2 and fast < 0.001
+        assert first < 1.0  # bounded by the 50 ms timeouts, not redis-py's 5 s default
+        assert _connections_waiting(black_hole) == 1  # the 100 calls after it tried nothing
         time.sleep(RETRY_S + 0.05)
         with pytest.raises(StateUnavailable):  # tried again after RETRY_S: still nothing
             state.customer_histories(["c1"])
