@@ -2,13 +2,16 @@
 
 import_model -> build -> export -> containerize -> rollout -> smoke_check
 
-Two deployment targets (FRAUD_DEPLOY_TARGET):
+Three deployment targets (FRAUD_DEPLOY_TARGET):
 - `service` (local, default): the running service hot-swaps (`POST /admin/reload`: the new
   model loads beside the old one and takes over atomically, no request dropped); the image is
   built when a Docker engine is reachable, as an artefact.
 - `compose` (the Compose stack): the Bento becomes image `fraud-detector:v<N>`, `:champion` is
   re-pointed to it and Compose recreates the fraud-api container (`up --no-deps
   --force-recreate --wait`; the scheduler has the Docker socket, see docs/operations.md).
+- `kubernetes`: the image is pushed to the registry in FRAUD_API_IMAGE and set on the
+  fraud-api Deployment, which rolls it out pod by pod; the task waits until every replica is
+  updated and available (as `kubectl rollout status`).
 If the smoke prediction does not come back from the new version, `champion` goes back to the
 previous version, the service is switched back (hot swap or previous image) and the team is
 notified.
@@ -88,8 +91,10 @@ def fraud_build_deploy() -> None:
         if that fails, champion and the service go back to the version that was serving."""
         cfg = settings()
         version = imported["version"]
-        if cfg.deploy_target == "compose" and image is None:
-            raise RuntimeError("deploy target compose needs the image: no Docker engine reached")
+        if cfg.deploy_target in ("compose", "kubernetes") and image is None:
+            raise RuntimeError(
+                f"deploy target {cfg.deploy_target} needs the image: no Docker engine reached"
+            )
         previous = release.served_version(cfg)
         try:
             answer = release.roll_out(cfg, version)

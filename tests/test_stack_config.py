@@ -152,6 +152,35 @@ def test_kubernetes_manifests_validate_strict() -> None:
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
 
+def test_airflow_may_roll_out_fraud_api_and_nothing_else() -> None:
+    """The `kubernetes` roll-out target's rights: get/patch deployment/fraud-api and read its
+    status, bound to the workers' service account; the Deployment reports a stalled roll-out
+    before the roll-out task gives up."""
+    from training.config import Settings
+
+    rbac = K8S / "airflow" / "rbac.yaml"
+    validate = str(Path(sys.executable).parent / "kubernetes-validate")
+    out = subprocess.run([validate, "--strict", str(rbac)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    role, binding = yaml.safe_load_all(rbac.read_text())
+    settings = Settings()
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in role["rules"]} == {
+        ("deployments", ("get", "patch")),
+        ("deployments/status", ("get",)),
+    }
+    assert all(r["resourceNames"] == [settings.kube_deployment] for r in role["rules"])
+    values = yaml.safe_load((K8S / "airflow" / "values.yaml").read_text())
+    assert binding["subjects"][0]["name"] == values["workers"]["serviceAccount"]["name"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in yaml.safe_load(values["extraEnv"])}
+    assert env["FRAUD_DEPLOY_TARGET"] == "kubernetes"
+    deployment = yaml.safe_load((K8S / "fraud-api" / "deployment.yaml").read_text())
+    assert deployment["metadata"]["name"] == settings.kube_deployment
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == settings.kube_container
+    assert deployment["spec"]["progressDeadlineSeconds"] < settings.rollout_timeout_s
+
+
 def test_airflow_helm_values_use_the_kubernetes_executor() -> None:
     values = yaml.safe_load((K8S / "airflow" / "values.yaml").read_text())
     assert values["executor"] == "KubernetesExecutor"

@@ -118,10 +118,20 @@ class Settings(BaseSettings):
     bento_base_image: str | None = Field(
         None, description="docker.base_image for `bentoml build` (default: BentoML's own)"
     )
-    deploy_target: Literal["service", "compose"] = Field(
+    deploy_target: Literal["service", "compose", "kubernetes"] = Field(
         "service",
-        description="How a new champion goes live: hot swap of the running service, or a new "
-        "image and a recreated fraud-api container in the Compose stack",
+        description="How a new champion goes live: hot swap of the running service, a new "
+        "image and a recreated fraud-api container in the Compose stack, or a new image "
+        "rolled out to the Kubernetes Deployment",
+    )
+    kube_namespace: str = Field("fraud", description="Namespace of the fraud-api Deployment")
+    kube_deployment: str = Field("fraud-api", description="The Deployment the roll-out patches")
+    kube_container: str = Field("fraud-api", description="Its container whose image is set")
+    kube_config: Path | None = Field(
+        None, description="kubeconfig for the roll-out (default: in-cluster, then ~/.kube/config)"
+    )
+    rollout_timeout_s: int = Field(
+        600, ge=10, description="Longest a Kubernetes roll-out may take before it is rolled back"
     )
     compose_project: str = "fraud-mlops"
     compose_files: str = Field("compose.yaml", description="Compose files, os.pathsep-separated")

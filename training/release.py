@@ -3,8 +3,10 @@
 :func:`roll_out` is the one entry point (DAG and CLI): target ``service`` hot-swaps the running
 service (``/admin/reload``, then a smoke call); target ``compose`` ships the Bento as image
 ``<api_image>:v<version>`` (built through the Docker Engine API as ``bentoml containerize``
-would), re-points ``<api_image>:champion`` and lets Compose recreate ``fraud-api``.
-:func:`rollback` does the same with the previous version.
+would), re-points ``<api_image>:champion`` and lets Compose recreate ``fraud-api``; target
+``kubernetes`` pushes that image to its registry (:func:`containerize`) and rolls it out to the
+Deployment (:mod:`training.kubernetes_rollout`). :func:`rollback` does the same with the
+previous version.
 """
 
 from __future__ import annotations
@@ -200,7 +202,19 @@ def containerize(settings: Settings, bento_tag: str, version: str) -> str:
             "org.fraud-mlops.version": version,
         }
         build_image(bento_tag, image, labels=labels, log=log.info)
+    if settings.deploy_target == "kubernetes":  # the cluster pulls it from the registry
+        push_image(image, log=log.info)
     return image.ref
+
+
+def push_image(image: Image, log: Any = print) -> None:
+    """``docker push`` of ``image`` to the registry its name starts with (the engine's
+    credentials: ``docker login`` on the engine's host)."""
+    t0 = time.monotonic()
+    for chunk in _client().images.push(image.name, tag=image.tag, stream=True, decode=True):
+        if "error" in chunk:
+            raise ImageError(f"docker push of {image.ref} failed: {chunk['error']}")
+    log(f"pushed {image.ref} in {time.monotonic() - t0:.0f}s")
 
 
 def _admin_headers(settings: Settings) -> dict[str, str]:
@@ -258,8 +272,9 @@ def served_version(settings: Settings) -> str | None:
 
 
 def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
-    """Make the service answer with ``version``: a hot swap of the running service, or (target
-    ``compose``) its image as ``champion`` and a recreated fraud-api container.
+    """Make the service answer with ``version``: a hot swap of the running service, (target
+    ``compose``) its image as ``champion`` and a recreated fraud-api container, or (target
+    ``kubernetes``) its image rolled out to every replica of the Deployment.
 
     Returns what happened, with ``previous_version`` for a roll-back; None when no service
     runs (local target only)."""
@@ -267,6 +282,11 @@ def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
         previous = served_version(settings)
         done = switch_stack(settings, version)
         return {"model_version": version, "previous_version": previous, **done}
+    if settings.deploy_target == "kubernetes":
+        from training import kubernetes_rollout
+
+        done = kubernetes_rollout.roll_out_image(settings, image_for(settings, version).ref)
+        return {"model_version": version, **done}
     return reload_service(settings, version)
 
 
