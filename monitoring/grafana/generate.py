@@ -167,6 +167,36 @@ def overview() -> Dashboard:
             )
         )
         .with_panel(series("Scrape targets up", "short", query("up", "{{job}} {{instance}}")))
+        .with_row(Row("State store and refusals"))
+        .with_panel(
+            series(
+                "Online state store",
+                "short",
+                query("min(fraud_state_store_up)", "usable (0: unreachable or re-warming)"),
+                query("max(fraud_state_rewarming)", "re-warming after it came back empty"),
+                query("sum(increase(fraud_state_rewarms_total[1h]))", "re-warms in the past hour"),
+                description="FraudStateStoreDown fires when it stays unusable; "
+                "FraudStateRewarmed when it came back empty (docs/security.md).",
+            )
+        )
+        .with_panel(
+            series(
+                "Refused or degraded / s",
+                "reqps",
+                query(
+                    'sum(rate(fraud_errors_total{kind=~"unauthenticated|forbidden|rate_limited"}'
+                    "[5m])) or vector(0)",
+                    "refused: no key, wrong scope or over its limit",
+                ),
+                query(
+                    "sum by (outcome) (rate(fraud_degraded_transactions_total[5m]))"
+                    ' or label_replace(vector(0), "outcome", "none", "", "")',
+                    "state store unavailable: {{outcome}}",
+                ),
+                description="401/403/429 per second, and transactions met while the state "
+                "store was unavailable (rejected: 503; fallback: scored without history).",
+            )
+        )
     )
 
 
