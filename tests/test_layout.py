@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-SHARED = {"api_keys", "bento_model", "compiled", "config", "drift", "features", "schema"}
+SHARED = {
+    "api_keys", "bento_model", "compiled", "config", "decision_store", "drift", "features", "schema",
+}  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,227 @@
+"""The decision log: Alembic migrations, the group-commit journal, and its shipping into
+SQLite and a real PostgreSQL (idempotent, a dead worker's journal taken over, the store down)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from serving import decision_log as dl
+from training import decision_store as ds
+
+from .conftest import free_port
+from .servers import PG, psql
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated decision store: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store' / 'decisions.db'}"
+        ds.upgrade(url)
+        yield url
+        return
+    db = f"fraud_decisions_test_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {db}")
+    url = f"{PG}/{db}"
+    try:
+        ds.upgrade(url)
+        yield url
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def decision_line(tx: str, t_ms: int = 1_530_000_000_000, **kw: Any) -> bytes:
+    row = {
+        "k": "d", "transaction_id": tx, "time_ms": t_ms, "customer_id": "c1",
+        "terminal_id": "t1", "amount_cents": 1234, "channel": "card_present",
+        "merchant_category": "grocery", "features": {"TX_AMOUNT": 12.34},
+        "model_name": "fraud_detector", "model_version": "1", "probability": 0.25,
+        "threshold": 0.5, "is_fraud": False, "degraded": False, "api_key": "local",
+        "worker": "w", "received_at": t_ms + 5,
+    }  # fmt: skip
+    row.update(kw)
+    return (json.dumps(row) + "\n").encode()
+
+
+def label_line(event: str, tx: str, fraud: bool, at_ms: int) -> bytes:
+    row = {"k": "l", "event_id": event, "transaction_id": tx, "is_fraud": fraud,
+           "labelled_at": at_ms, "api_key": "analyst"}  # fmt: skip
+    return (json.dumps(row) + "\n").encode()
+
+
+def counts(url: str) -> tuple[int, int]:
+    engine = ds.engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return ds.count(conn, ds.decisions), ds.count(conn, ds.label_events)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
+    assert ds.upgrade(store_url) == "0001"  # the fixture ran it once already
+    engine = ds.engine_for(store_url)
+    try:
+        inspector = sa.inspect(engine)
+        assert {"decisions", "label_events", "alembic_version"} <= set(inspector.get_table_names())
+        indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("decisions")}
+        assert ("tx_day",) in indexed and ("customer_id", "tx_time") in indexed
+        # the migration and the tables the code writes agree, column by column
+        for table in (ds.decisions, ds.label_events):
+            live = {c["name"] for c in inspector.get_columns(table.name)}
+            assert live == {c.name for c in table.columns}
+    finally:
+        engine.dispose()
+
+
+def test_a_journal_answers_only_after_its_fsync_and_groups_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(dl.os, "fsync", counting_fsync)
+    journal = dl.Journal(tmp_path, "w1")
+    order: list[str] = []
+
+    async def batch(i: int) -> None:
+        position = journal.write([decision_line(f"tx{i}-{j}") for j in range(10)])
+        await journal.durable(position)
+        assert journal.synced >= position  # never answered before its bytes were fsync'd
+        order.append(f"b{i}")
+
+    async def many() -> None:
+        await asyncio.gather(*(batch(i) for i in range(200)))
+
+    asyncio.run(many())
+    journal.close()
+    lines = (tmp_path / "w1" / "00000001.jsonl").read_bytes().splitlines()
+    assert len(lines) == 2000 and len(order) == 200
+    file_syncs = len(synced) - 2  # the two folder fsyncs at start
+    assert 1 <= file_syncs < 200, file_syncs  # grouped: fewer fsyncs than batches
+
+
+def test_a_failing_disk_fails_the_answer_not_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = dl.Journal(tmp_path, "w1")
+
+    def broken(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dl.os, "fsync", broken)
+
+    async def one() -> None:
+        await journal.durable(journal.write([decision_line("tx1")]))
+
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(one())
+    with pytest.raises(OSError, match="No space left"):  # and every write after it
+        journal.write([decision_line("tx2")])
+
+
+def test_shipping_stores_each_row_once_and_frees_shipped_segments(
+    tmp_path: Path, store_url: str
+) -> None:
+    journal = dl.Journal(tmp_path / "journal", "w1", segment_bytes=4_000)
+    for i in range(30):  # ~500 bytes a line: several segments
+        journal.write_durably([decision_line(f"tx{i}"), decision_line(f"tx{i}b")])
+    journal.write_durably([label_line("w1:1", "tx1", True, 1_530_000_100_000)])
+    journal.write_durably([label_line("w1:2", "tx1", False, 1_530_000_200_000)])
+    shipper = dl.Shipper(tmp_path / "journal", store_url, own=journal)
+    first = shipper.ship_once()
+    assert (first.decisions, first.labels, first.backlog_bytes) == (60, 2, 0)
+    assert counts(store_url) == (60, 2)
+    assert len(list((tmp_path / "journal" / "w1").glob("*.jsonl"))) == 1  # only the open one
+    # a shipper that lost its offsets (a crash between commit and offset) stores nothing twice
+    for mark in (tmp_path / "journal" / "w1").glob("*.shipped"):
+        mark.unlink()
+    again = shipper.ship_once()
+    assert again.lines > 0 and (again.decisions, again.labels) == (0, 0)
+    assert counts(store_url) == (60, 2)
+    engine = ds.engine_for(store_url)
+    with engine.connect() as conn:
+        history = ds.label_history(conn, "tx1")
+        stored = ds.decision(conn, "tx5")
+    engine.dispose()
+    assert [h["is_fraud"] for h in history] == [True, False]  # old -> new, kept
+    assert stored is not None and stored["features"] == {"TX_AMOUNT": 12.34}
+    assert stored["tx_day"].isoformat() == "2018-06-26" and stored["api_key"] == "local"
+    shipper.close()
+    journal.close()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from serving import decision_log as dl
+from tests.test_decision_log import decision_line
+journal = dl.Journal(Path(sys.argv[1]), "dead-worker")
+for i in range(50):
+    journal.write_durably([decision_line(f"d{i}")])
+with open(journal.segment, "ab") as f:  # a batch torn mid-line by the crash
+    f.write(decision_line("torn")[:40])
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_workers_journal_is_delivered_by_the_next_one(
+    tmp_path: Path, store_url: str
+) -> None:
+    root = tmp_path / "journal"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+    live = dl.Shipper(root, store_url, own=dl.Journal(root, "next-worker"))
+    assert live.ship_once().decisions == 0  # the writer lives: its journal is its own
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(10)
+    taken = live.ship_once()
+    assert taken.decisions == 50  # every fsync'd line, not the torn one
+    assert not (root / "dead-worker").exists()  # delivered, then removed
+    assert counts(store_url) == (50, 0)
+    live.close()
+
+
+def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
+    tmp_path: Path, store_url: str
+) -> None:
+    root = tmp_path / "journal"
+    journal = dl.Journal(root, "w1")
+    for i in range(20):
+        journal.write_durably([decision_line(f"tx{i}")])
+    down = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
+    if store_url.startswith("sqlite"):
+        down = f"sqlite:///{tmp_path / 'unmigrated.db'}"  # no tables: every insert fails
+    shipper = dl.Shipper(root, down, own=journal)
+    with pytest.raises(sa.exc.SQLAlchemyError):
+        shipper.ship_once()
+    assert shipper._backlog() > 0 and counts(store_url) == (0, 0)
+    back = dl.Shipper(root, store_url, own=journal)
+    delivered = back.ship_once()
+    assert delivered.decisions == 20 and delivered.backlog_bytes == 0
+    assert counts(store_url) == (20, 0)
+    back.close()
+    shipper.close()
+    journal.close()

@@ -1,0 +1,144 @@
+"""The decision and label log in a database: PostgreSQL in the stack and in production, an
+embedded SQLite file for ``make run`` (one code path, the URL decides). Tables are created and
+upgraded by Alembic (``training/migrations``); writes are idempotent (a decision on its
+transaction id, a label event on its event id), so a journal shipped twice stores once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+metadata = sa.MetaData()
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("transaction_id", sa.String(64), primary_key=True),
+    sa.Column("tx_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("tx_day", sa.Date, nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("terminal_id", sa.String(64), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("merchant_category", sa.String(32), nullable=False),
+    sa.Column("features", sa.JSON, nullable=True),  # the vector the model scored, by name
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("is_fraud", sa.Boolean, nullable=False),
+    sa.Column("degraded", sa.Boolean, nullable=False),
+    sa.Column("api_key", sa.String(64), nullable=True),
+    sa.Column("worker", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_decisions_tx_day", "tx_day"),
+    sa.Index("ix_decisions_customer_time", "customer_id", "tx_time"),
+    sa.Index("ix_decisions_terminal_time", "terminal_id", "tx_time"),
+)
+
+label_events = sa.Table(
+    "label_events",
+    metadata,
+    sa.Column("event_id", sa.String(96), primary_key=True),  # <worker>:<sequence>
+    sa.Column("transaction_id", sa.String(64), nullable=False),
+    sa.Column("is_fraud", sa.Boolean, nullable=False),
+    sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("api_key", sa.String(64), nullable=True),
+    sa.Index("ix_label_events_tx", "transaction_id", "labelled_at"),
+    sa.Index("ix_label_events_time", "labelled_at"),
+)
+
+
+def engine_for(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite files get WAL (readers do not block the shipper) and
+    their folder is created."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+    return engine
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str) -> str:
+    """Bring the database at ``url`` to the latest migration; its revision."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    command.upgrade(alembic_config(url), "head")
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return str(MigrationContext.configure(conn).get_current_revision())
+    finally:
+        engine.dispose()
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING for this database."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise ValueError(f"unsupported database {conn.dialect.name}: PostgreSQL or SQLite")
+
+
+def write(
+    conn: sa.Connection,
+    decision_rows: Sequence[dict[str, Any]],
+    label_rows: Sequence[dict[str, Any]],
+) -> tuple[int, int]:
+    """Insert decisions and label events, skipping those already stored; (decisions, label
+    events) newly stored. Call inside a transaction."""
+    stored = [0, 0]
+    for i, (table, rows) in enumerate(((decisions, decision_rows), (label_events, label_rows))):
+        if rows:
+            stored[i] = conn.execute(_insert(conn, table), list(rows)).rowcount or 0
+    return stored[0], stored[1]
+
+
+def label_history(conn: sa.Connection, transaction_id: str) -> list[dict[str, Any]]:
+    """A transaction's label events, oldest first."""
+    q = (
+        sa.select(label_events)
+        .where(label_events.c.transaction_id == transaction_id)
+        .order_by(label_events.c.labelled_at, label_events.c.event_id)
+    )
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def decision(conn: sa.Connection, transaction_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        sa.select(decisions).where(decisions.c.transaction_id == transaction_id)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def count(conn: sa.Connection, table: sa.Table, ids: Iterable[str] | None = None) -> int:
+    q = sa.select(sa.func.count()).select_from(table)
+    if ids is not None:
+        q = q.where(table.c.transaction_id.in_(list(ids)))
+    return int(conn.execute(q).scalar_one())
