@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from serving import bentoml_fixes, clock
 from serving import telemetry as tm
 from serving.api_models import (
+    API_KEY,
     FeedbackResult,
     LabelledTransactions,
     Labels,
@@ -29,6 +30,7 @@ from serving.api_models import (
     unique_ids,
 )
 from serving.auth import ApiKeyAuth, LoopbackOnly
+from serving.decision_log import DecisionLog
 from serving.hot_swap import HotSwap
 from serving.http_guard import JsonOnly, Limits, quiet_client_errors
 from serving.scorer import (
@@ -100,6 +102,11 @@ class FraudDetector:
         self.gauges_due = 0.0
         self.rewarms_seen = 0
         self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
+        self.decisions = (
+            DecisionLog(SETTINGS.journal_dir, SETTINGS.decision_db_url, self.scorer.columns)
+            if SETTINGS.decision_log
+            else None
+        )
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions in %.1fs",
@@ -133,6 +140,8 @@ class FraudDetector:
             degraded = True
         proba, flagged = scored.proba, scored.flagged
         versions = scored.versions or [scored.version] * len(records)
+        if self.decisions is not None:  # durable before any of the batch is answered
+            await self.log_decisions(transactions, records, scored, versions, degraded)
         self.clock.advance(max(r.time_ms for r in records))
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
@@ -158,6 +167,42 @@ class FraudDetector:
             self.publish_gauges()
         return out
 
+    async def log_decisions(
+        self,
+        transactions: list[Transaction],
+        records: list[Any],
+        scored: Any,
+        versions: list[str],
+        degraded: bool,
+    ) -> None:
+        """Journal the batch's decisions and wait for their fsync; 503 when the disk fails
+        (nothing is answered that is not durable)."""
+        assert self.decisions is not None
+        lines = self.decisions.decision_lines(
+            records,
+            [t.api_key for t in transactions],
+            scored.proba.tolist(),
+            scored.flagged.tolist(),
+            versions,
+            scored.columns,
+            self.scorer.bundle.metadata.get("mlflow_model_name") or SETTINGS.registered_model,
+            self.scorer.threshold,
+            degraded,
+        )
+        try:
+            await self.decisions.record(lines)
+        except OSError as exc:
+            tm.LOG_FAILURES.inc()
+            raise ServiceUnavailable(
+                f"the decision journal is not writable ({exc}); retry"
+            ) from exc
+
+    @bentoml.on_shutdown
+    def close_decision_log(self) -> None:
+        """On a clean stop: the journal delivered to the store when it answers."""
+        if self.decisions is not None:
+            self.decisions.close()
+
     def without_state(self, records: list[Any], exc: StateUnavailable) -> Any:
         """The state store is unavailable: 503 (reject) or scores without history (fallback)."""
         if SETTINGS.state_failure == "reject":
@@ -174,6 +219,9 @@ class FraudDetector:
         problem = self.scorer.check_state()
         tm.STATE_UP.set(problem is None)
         tm.STATE_REWARMING.set(self.scorer.rewarming)
+        if self.decisions is not None:
+            tm.LOG_BACKLOG.set(self.decisions.shipper.backlog_bytes)
+            tm.LOG_SHIP_AGE.set(time.time() - self.decisions.shipper.last_ok)
         if self.scorer.rewarms > self.rewarms_seen:
             tm.STATE_REWARMS.inc(self.scorer.rewarms - self.rewarms_seen)
             self.rewarms_seen = self.scorer.rewarms
@@ -219,6 +267,21 @@ class FraudDetector:
             raise ServiceUnavailable(
                 f"the online feature state is unavailable ({exc}); labels not applied, retry"
             ) from exc
+        if self.decisions is not None:  # durable before the acknowledgement
+            given = {str(lab.transaction_id): int(lab.is_fraud) for lab in labels}
+            given.update(
+                {
+                    r.transaction_id: int(t.is_fraud)
+                    for r, t in zip(records, transactions, strict=True)
+                }
+            )
+            try:
+                self.decisions.record_sync(self.decisions.label_lines(given, API_KEY.get()))
+            except OSError as exc:
+                tm.LOG_FAILURES.inc()
+                raise ServiceUnavailable(
+                    f"the decision journal is not writable ({exc}); labels not logged, retry"
+                ) from exc
         if records:
             self.clock.advance(max(r.time_ms for r in records))
         unknown = update.unknown
@@ -250,6 +313,7 @@ class FraudDetector:
             **self.scorer.health(),
             "clock": {"mode": self.clock.mode, "now": clock.iso(self.clock.now_ms())},
             "auth": SETTINGS.auth,
+            "decision_log": self.decisions.health() if self.decisions else {"enabled": False},
             "bentoml_fixes": bentoml_fixes.applied(),
         }
 

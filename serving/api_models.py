@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -21,6 +23,9 @@ from serving.online_features import TxRecord
 from training import schema
 
 MAX_AMOUNT = 1_000_000.0
+# The API key's name for the request being handled (set by serving.auth in the request's task;
+# a transaction keeps it through adaptive batching for the decision log).
+API_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("api_key", default=None)
 _MS = timedelta(milliseconds=1)
 Identifier = (
     Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -64,6 +69,13 @@ class Transaction(BaseModel):
     merchant_category: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None
     ) = None
+
+    _api_key: str | None = PrivateAttr(default_factory=lambda: API_KEY.get())
+
+    @property
+    def api_key(self) -> str | None:
+        """The name of the key that sent it (None without keys)."""
+        return self._api_key
 
     @field_validator("tx_datetime")
     @classmethod

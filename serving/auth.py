@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving import telemetry as tm
+from serving.api_models import API_KEY
 from serving.http_guard import LOOPBACK, ASGIApp, Scope, json_error, read_body
 from training import api_keys
 from training.api_keys import ApiKey
@@ -272,6 +273,7 @@ class ApiKeyAuth:
             )
             return
         scope.setdefault("state", {})["api_key"] = stored.name
+        API_KEY.set(stored.name)  # this request's task: the decision log reads it
         if stored.requests_per_s or (stored.transactions_per_s and path in COUNTED):
             receive = await self._limit(scope, receive, send, stored)
             if receive is None:

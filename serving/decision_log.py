@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from serving import telemetry as tm
+
 log = logging.getLogger("bentoml.fraud_service.decision_log")
 
 SEGMENT_BYTES = 32 << 20  # a new segment past this size; shipped segments are deleted
@@ -208,10 +210,13 @@ class Shipper:
     committed, and the store skips rows it has, so a crash between the two stores nothing
     twice."""
 
-    def __init__(self, root: Path, url: str, own: Journal | None = None) -> None:
+    def __init__(
+        self, root: Path, url: str, own: Journal | None = None, migrate: bool = False
+    ) -> None:
         from training import decision_store
 
         self.root, self.url, self.own = root, url, own
+        self.migrate = migrate  # bring the store's tables up to date before the first delivery
         self.engine = decision_store.engine_for(url)
         self.last_ok = time.time()
         self.backlog_bytes = 0
@@ -240,7 +245,12 @@ class Shipper:
     def ship_once(self) -> ShipResult:
         """One pass over every journal it may ship; raises when the store is unreachable
         (the journal stays as it is: the backlog)."""
+        from training import decision_store
+
         result = ShipResult()
+        if self.migrate:
+            decision_store.upgrade(self.url)
+            self.migrate = False
         if not self.root.exists():
             return result
         for folder, lock_fd in self.folders():
@@ -252,6 +262,10 @@ class Shipper:
                     os.close(lock_fd)
         self.last_ok = time.time()
         self.backlog_bytes = result.backlog_bytes
+        if result.decisions:
+            tm.LOG_STORED.labels("decision").inc(result.decisions)
+        if result.labels:
+            tm.LOG_STORED.labels("label").inc(result.labels)
         return result
 
     def _ship_folder(self, folder: Path, orphan: bool, result: ShipResult) -> None:
@@ -328,3 +342,119 @@ class Shipper:
         if self.thread is not None:
             self.thread.join(30)
         self.engine.dispose()
+
+
+class DecisionLog:
+    """The service's side: journal lines for a scored batch or a set of labels, durable
+    before the answer; the shipper running beside; figures for /health and /metrics."""
+
+    def __init__(self, root: Path, url: str, feature_names: list[str]) -> None:
+        self.worker = worker_name()
+        self.journal = Journal(root, self.worker)
+        self.shipper = Shipper(root, url, own=self.journal, migrate=True)
+        self.feature_names = feature_names
+        self.labels_seq = 0
+        self.shipper.start()
+
+    def decision_lines(
+        self,
+        records: list[Any],
+        keys: list[str | None],
+        proba: list[float],
+        flagged: list[bool],
+        versions: list[str],
+        columns: dict[str, Any] | None,
+        model_name: str,
+        threshold: float,
+        degraded: bool,
+    ) -> list[bytes]:
+        """One journal line per scored transaction (the feature vector the model scored)."""
+        received = int(time.time() * 1000)
+        names = self.feature_names if columns is not None else []
+        values = [columns[n].tolist() for n in names] if columns is not None else []
+        dumps = json.dumps
+        lines = []
+        for i, r in enumerate(records):
+            features = {n: v[i] for n, v in zip(names, values, strict=True)} if names else None
+            lines.append(
+                (
+                    dumps(
+                        {
+                            "k": "d",
+                            "transaction_id": r.transaction_id,
+                            "time_ms": r.time_ms,
+                            "customer_id": r.customer_id,
+                            "terminal_id": r.terminal_id,
+                            "amount_cents": r.amount_cents,
+                            "channel": r.channel,
+                            "merchant_category": r.merchant_category,
+                            "features": features,
+                            "model_name": model_name,
+                            "model_version": versions[i],
+                            "probability": proba[i],
+                            "threshold": threshold,
+                            "is_fraud": flagged[i],
+                            "degraded": degraded,
+                            "api_key": keys[i],
+                            "worker": self.worker,
+                            "received_at": received,
+                        }
+                    )
+                    + "\n"
+                ).encode()
+            )
+        return lines
+
+    def label_lines(self, labels: dict[str, int], key: str | None) -> list[bytes]:
+        now = int(time.time() * 1000)
+        lines = []
+        for tx, fraud in labels.items():
+            self.labels_seq += 1
+            event = {
+                "k": "l",
+                "event_id": f"{self.worker}:{self.labels_seq}",
+                "transaction_id": tx,
+                "is_fraud": bool(fraud),
+                "labelled_at": now,
+                "api_key": key,
+            }
+            lines.append((json.dumps(event) + "\n").encode())
+        return lines
+
+    async def record(self, lines: list[bytes]) -> None:
+        """Durable before the caller answers (OSError when the disk refuses)."""
+        await self.journal.durable(self.journal.write(lines))
+
+    def record_sync(self, lines: list[bytes]) -> None:
+        self.journal.write_durably(lines)
+
+    def health(self) -> dict[str, Any]:
+        age = time.time() - self.shipper.last_ok
+        return {
+            "ok": self.journal.error is None and age < 60,
+            "store": _redacted(self.shipper.url),
+            "backlog_bytes": self.shipper.backlog_bytes,
+            "last_delivered_s_ago": round(age, 1),
+            "journal_error": str(self.journal.error) if self.journal.error else None,
+        }
+
+    def close(self) -> None:
+        """Stop shipping, deliver what is left if the store answers (it stays on disk for the
+        next worker otherwise), close the journal."""
+        self.shipper.close()
+        try:
+            self.shipper.ship_once()
+        except Exception as exc:
+            log.warning("decision journal left for the next worker: %s", exc)
+        self.journal.close()
+        self.shipper.engine.dispose()
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL: show nothing of it
+        return "(unparsable URL)"

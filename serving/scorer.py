@@ -168,6 +168,7 @@ class Scored(NamedTuple):
     version: str  # the model that scored the batch
     versions: list[str] | None = None  # per transaction, when some were answered before
     replayed: tuple[int, ...] = ()  # positions answered before: the same answer, not recounted
+    columns: dict[str, np.ndarray] | None = None  # the feature vectors the model scored
 
 
 class SwapError(RuntimeError):
@@ -338,7 +339,7 @@ class FraudScorer:
                 )
                 if self.drift is not None:
                     self.drift.add(cols)
-        return Scored(proba, flagged, version, versions, tuple(before))
+        return Scored(proba, flagged, version, versions, tuple(before), cols)
 
     def score_without_state(self, batch: Sequence[TxRecord]) -> Scored:
         """Degraded scoring while the state store is unavailable: the features computed with
@@ -350,7 +351,7 @@ class FraudScorer:
         else:
             frame = pd.DataFrame({c: cols[c] for c in self.columns})
             proba = bundle.pipeline.predict_proba(frame)[:, 1]
-        return Scored(proba, proba >= self.threshold, self.model_version)
+        return Scored(proba, proba >= self.threshold, self.model_version, columns=cols)
 
     def feedback(
         self,

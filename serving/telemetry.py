@@ -64,6 +64,25 @@ REPLAYED = Counter(
     "fraud_resent_transactions_total",
     "Transactions sent again after they were scored: given their first answer, not counted again",
 )
+LOG_BACKLOG = Gauge(
+    "fraud_decision_log_backlog_bytes",
+    "Decision-journal bytes not yet in the decision store (grows while it is unreachable)",
+    multiprocess_mode="livesum",
+)
+LOG_SHIP_AGE = Gauge(
+    "fraud_decision_log_last_ship_age_seconds",
+    "Seconds since the decision journal was last delivered to the store",
+    multiprocess_mode="livemax",
+)
+LOG_STORED = Counter(
+    "fraud_decision_log_stored_total",
+    "Rows the shipper stored, by kind (decision, label)",
+    ["kind"],
+)
+LOG_FAILURES = Counter(
+    "fraud_decision_log_failures_total",
+    "Answers refused (503) because the decision journal could not be made durable",
+)
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
 SCORES = Histogram(
     "fraud_score",

@@ -141,7 +141,13 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
     API keys on and the test key (:data:`AUTH`) valid."""
     if "FRAUD_API_KEYS_FILE" not in env and env.get("FRAUD_AUTH", "keys") == "keys":
         env = {**env, "FRAUD_API_KEYS_FILE": str(write_key_file(log.parent, f"{log.stem}.keys"))}
-    env = {"BENTOML_HOME": str(private_home(log.parent / f"{log.stem}.home")), **env}
+    env = {
+        "BENTOML_HOME": str(private_home(log.parent / f"{log.stem}.home")),
+        # a decision journal and store of its own (not the project's .fraud/)
+        "FRAUD_JOURNAL_DIR": str(log.parent / f"{log.stem}.journal"),
+        "FRAUD_DECISION_DB_URL": f"sqlite:///{log.parent / f'{log.stem}.decisions.db'}",
+        **env,
+    }
     proc = subprocess.Popen(
         [
             str(BIN / "bentoml"),

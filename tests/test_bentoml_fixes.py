@@ -477,7 +477,11 @@ def test_the_service_still_answers_without_its_fixes(
         f"    r = client.post('/predict', json={body!r}, headers={AUTH!r})\n"
         "    h = client.get('/health').json()\n"
         "print(json.dumps([r.status_code, r.json(), h]))\n",
-        {"FRAUD_API_KEYS_FILE": str(write_key_file(tmp_path))},
+        {
+            "FRAUD_API_KEYS_FILE": str(write_key_file(tmp_path)),
+            "FRAUD_JOURNAL_DIR": str(tmp_path / "journal"),
+            "FRAUD_DECISION_DB_URL": f"sqlite:///{tmp_path / 'decisions.db'}",
+        },
     )
     assert status == 200 and 0.0 <= answer[0]["fraud_probability"] <= 1.0
     assert health["bentoml_fixes"] == expected

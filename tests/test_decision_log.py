@@ -225,3 +225,8 @@ def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
     back.close()
     shipper.close()
     journal.close()
+
+
+def test_health_never_shows_the_store_password() -> None:
+    shown = dl._redacted("postgresql+psycopg2://fraud:s3cret@db.internal:5432/decisions")
+    assert "s3cret" not in shown and "db.internal" in shown

@@ -46,6 +46,8 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
             "BENTOML_DO_NOT_TRACK": "True",
             "FRAUD_API_KEYS_FILE": str(keys),
             "BENTOML_HOME": str(private_home(session_dir / f"home-{signum}")),
+            "FRAUD_JOURNAL_DIR": str(session_dir / f"journal-{signum}"),
+            "FRAUD_DECISION_DB_URL": f"sqlite:///{session_dir / f'decisions-{signum}.db'}",
         },
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,

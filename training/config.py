@@ -71,6 +71,19 @@ class Settings(BaseSettings):
     clock_max_skew_s: int = Field(
         300, ge=0, description="wall clock: how far in the future a transaction may be"
     )
+    decision_log: bool = Field(
+        True,
+        description="Log every decision and label (journal fsync'd before the answer, shipped "
+        "to the decision store)",
+    )
+    decision_db_url: str = Field(
+        "sqlite:///.fraud/decisions.db",
+        description="The decision store: SQLite for one machine, PostgreSQL for the stack",
+    )
+    journal_dir: Path = Field(
+        Path(".fraud/journal"),
+        description="Per-worker decision journals (local disk; a persistent volume in the stack)",
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )

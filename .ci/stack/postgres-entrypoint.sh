@@ -9,7 +9,7 @@ if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
   echo "host all all 0.0.0.0/0 scram-sha-256" >>"$PGDATA/pg_hba.conf"
   as_pg "pg_ctl -D '$PGDATA' -o \"-c listen_addresses=''\" -w start" >/dev/null
   for f in /docker-entrypoint-initdb.d/*.sh; do
-    [[ -e "$f" ]] && su postgres -s /bin/bash -c "MLFLOW_DB_PASSWORD='${MLFLOW_DB_PASSWORD:-}' AIRFLOW_DB_PASSWORD='${AIRFLOW_DB_PASSWORD:-}' bash '$f'"
+    [[ -e "$f" ]] && su postgres -s /bin/bash -c "MLFLOW_DB_PASSWORD='${MLFLOW_DB_PASSWORD:-}' AIRFLOW_DB_PASSWORD='${AIRFLOW_DB_PASSWORD:-}' DECISIONS_DB_PASSWORD='${DECISIONS_DB_PASSWORD:-}' bash '$f'"
   done
   as_pg "pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
 fi

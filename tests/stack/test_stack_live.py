@@ -60,6 +60,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         k: secrets.token_urlsafe(18)
         for k in (
             "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD",
+            "DECISIONS_DB_PASSWORD",
             "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY",
             "GRAFANA_ADMIN_PASSWORD",
         )
@@ -263,3 +264,24 @@ def test_scored_transactions_reach_prometheus(stack) -> None:
         "data"
     ]["result"]
     assert {s["metric"]["job"]: s["value"][1] for s in up}["fraud-api"] == "1"
+
+
+def test_scored_transactions_reach_the_decision_log_in_postgresql(stack) -> None:
+    """The decisions of the test above, in the stack's PostgreSQL (`decisions` database, owned
+    by its own user), delivered from fraud-api's journal volume."""
+    sql = "SELECT count(*) FROM decisions WHERE transaction_id LIKE 'stack-%'"
+    sample = engine.PROJECT / "data" / "sample" / "transactions.json"
+    expected = len(json.loads(sample.read_text()))
+    deadline = time.monotonic() + 60
+    while True:
+        out = compose(
+            stack["env"], "exec", "-T", "postgres", "psql", "-U", "decisions", "-d", "decisions",
+            "-tAc", sql, check=False,
+        )  # fmt: skip
+        found = out.strip().splitlines()[-1] if out.strip() else ""
+        if found == str(expected):
+            break
+        assert time.monotonic() < deadline, f"decisions in PostgreSQL: {out[-500:]}"
+        time.sleep(2)
+    health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()["decision_log"]
+    assert health["ok"] and health["backlog_bytes"] == 0, health

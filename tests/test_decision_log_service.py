@@ -1,0 +1,139 @@
+"""The decision log through `bentoml serve`: every answered decision and every label reaches
+the store (PostgreSQL here; SQLite on the shared session server) with its features, model,
+key and label history."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from training import decision_store as ds
+
+from .conftest import free_port
+from .servers import AUTH, PG, SCORE_KEY, bento_server, psql
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+T0 = datetime(2018, 6, 15, 11, 0, 0)  # the day after the small dataset ends (stream clock)
+
+
+def txs(prefix: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "transaction_id": f"{prefix}-{i}",
+            "tx_datetime": (T0 + timedelta(minutes=i)).isoformat(),
+            "customer_id": 100 + i % 7,
+            "terminal_id": str(300 + i % 5),
+            "tx_amount": 12.5 + 10 * i,
+            "tx_channel": "card_not_present" if i % 3 else "card_present",
+        }
+        for i in range(n)
+    ]
+
+
+def wait_for_rows(url: str, decisions: int, labels: int, timeout: float = 20) -> None:
+    engine = ds.engine_for(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with engine.connect() as conn:
+                    got = ds.count(conn, ds.decisions), ds.count(conn, ds.label_events)
+            except Exception:  # the tables are made by the service's first delivery
+                got = (-1, -1)
+            if got == (decisions, labels):
+                return
+            assert time.monotonic() < deadline, f"store has {got}, want {(decisions, labels)}"
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_server(champion, session_dir: Path) -> Iterator[tuple[str, str]]:
+    db = f"fraud_decisions_srv_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {db}")
+    store = f"{PG}/{db}"
+    port = free_port()
+    env = {"BENTOML_DO_NOT_TRACK": "True", "FRAUD_DECISION_DB_URL": store}
+    try:
+        with bento_server(port, env, session_dir / "bento-serve-pg-log.log") as url:
+            yield url, store
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def check_the_log(url: str, store: str, prefix: str) -> None:
+    client = httpx.Client(timeout=30)
+    first = client.post(f"{url}/predict", json={"transactions": txs(prefix, 12)}, headers=AUTH)
+    scorer = {"Authorization": f"Bearer {SCORE_KEY}"}
+    more = txs(f"{prefix}b", 3)
+    second = client.post(f"{url}/predict", json={"transactions": more}, headers=scorer)
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    answers = {a["transaction_id"]: a for a in first.json() + second.json()}
+    labels = [
+        {"transaction_id": f"{prefix}-0", "is_fraud": True},
+        {"transaction_id": f"{prefix}-1", "is_fraud": False},
+    ]
+    fb = client.post(f"{url}/feedback", json={"labels": labels}, headers=AUTH)
+    fix = client.post(  # a corrected label: the history keeps both
+        f"{url}/feedback",
+        json={"labels": [{"transaction_id": f"{prefix}-0", "is_fraud": False}]},
+        headers=AUTH,
+    )
+    assert fb.status_code == 200 and fix.status_code == 200, (fb.text, fix.text)
+    wait_for_rows(store, 15, 3)
+
+    engine = ds.engine_for(store)
+    with engine.connect() as conn:
+        row = ds.decision(conn, f"{prefix}-4")
+        other = ds.decision(conn, f"{prefix}b-2")
+        history = ds.label_history(conn, f"{prefix}-0")
+    engine.dispose()
+    assert row is not None and other is not None
+    answer = answers[f"{prefix}-4"]
+    assert row["probability"] == pytest.approx(answer["fraud_probability"], abs=1e-12)
+    assert row["is_fraud"] == answer["is_fraud"]
+    assert row["model_version"] == answer["model_version"]
+    assert row["customer_id"] == "104" and row["amount_cents"] == 5250
+    assert row["api_key"] == "tests" and other["api_key"] == "scorer"  # each request's own key
+    assert row["features"] and "TX_AMOUNT" in row["features"]
+    assert row["features"]["TX_AMOUNT"] == pytest.approx(52.5)
+    assert [(h["is_fraud"], h["api_key"]) for h in history] == [(True, "tests"), (False, "tests")]
+    health = client.get(f"{url}/health").json()["decision_log"]
+    assert health["ok"] and health["backlog_bytes"] == 0
+
+
+@pytest.mark.postgres
+def test_decisions_and_labels_reach_postgresql(pg_server: tuple[str, str]) -> None:
+    check_the_log(*pg_server, prefix="pg")
+
+
+def test_decisions_and_labels_reach_the_embedded_sqlite(
+    service_url: str, session_dir: Path
+) -> None:
+    store = f"sqlite:///{session_dir / 'bento-serve.decisions.db'}"  # bento_server's default
+    client = httpx.Client(timeout=30, headers=AUTH)
+    ids = [t["transaction_id"] for t in txs("sq", 5)]
+    assert client.post(f"{service_url}/predict", json={"transactions": txs("sq", 5)}).is_success
+    deadline = time.monotonic() + 20
+    while True:
+        engine = ds.engine_for(store)
+        try:
+            with engine.connect() as conn:
+                found = ds.count(conn, ds.decisions, ids)
+        except Exception:
+            found = 0
+        finally:
+            engine.dispose()
+        if found == 5:
+            break
+        assert time.monotonic() < deadline, f"{found} of 5 decisions in the SQLite store"
+        time.sleep(0.2)
