@@ -23,6 +23,9 @@ COMMANDS = [
     "keys list",
     "keys revoke",
     "keys env",
+    "decisions show",
+    "decisions export",
+    "decisions purge",
 ]
 
 

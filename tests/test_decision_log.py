@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,3 +231,51 @@ def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
 def test_health_never_shows_the_store_password() -> None:
     shown = dl._redacted("postgresql+psycopg2://fraud:s3cret@db.internal:5432/decisions")
     assert "s3cret" not in shown and "db.internal" in shown
+
+
+def test_audit_show_export_and_purge(tmp_path: Path, store_url: str) -> None:
+    """`fraudops decisions`: one decision with its features and label history; the export with
+    each decision's latest label; the purge by transaction day, labels with it."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    root = tmp_path / "journal"
+    journal = dl.Journal(root, "w1")
+    old_ms, new_ms = 1_500_000_000_000, int(time.time() * 1000) - 3_600_000  # 2017, an hour ago
+    journal.write_durably([decision_line("old-1", old_ms), decision_line("new-1", new_ms)])
+    journal.write_durably([decision_line("new-2", new_ms + 1000, probability=0.9, is_fraud=True)])
+    journal.write_durably(
+        [label_line("w1:1", "new-2", True, new_ms + 5000),
+         label_line("w1:2", "new-2", False, new_ms + 9000),
+         label_line("w1:3", "old-1", True, old_ms + 5000)]
+    )  # fmt: skip
+    dl.Shipper(root, store_url, own=journal).ship_once()
+    runner = CliRunner()
+
+    shown = runner.invoke(app, ["decisions", "show", "new-2", "--db", store_url])
+    assert shown.exit_code == 0, shown.output
+    assert "0.9" in shown.output and "TX_AMOUNT" in shown.output
+    assert shown.output.index("fraud") < shown.output.rindex("genuine")  # old -> new
+    missing = runner.invoke(app, ["decisions", "show", "nope", "--db", store_url])
+    assert missing.exit_code == 1 and "no decision" in missing.output
+
+    out = tmp_path / "export.parquet"
+    since = time.strftime("%Y-%m-%d", time.gmtime(new_ms / 1000 - 86_400))
+    done = runner.invoke(
+        app, ["decisions", "export", "--since", since, "--out", str(out), "--db", store_url]
+    )
+    assert done.exit_code == 0, done.output
+    frame = pd.read_parquet(out)
+    assert list(frame["transaction_id"]) == ["new-1", "new-2"]  # old-1 is before --since
+    assert frame["label"].isna().tolist() == [True, False]
+    assert not bool(frame.loc[frame["transaction_id"] == "new-2", "label"].item())  # latest
+    assert json.loads(frame["features"].iloc[0]) == {"TX_AMOUNT": 12.34}
+
+    purged = runner.invoke(
+        app, ["decisions", "purge", "--older-than-days", "30", "--db", store_url]
+    )
+    assert purged.exit_code == 0 and "purged 1 decisions and 1 label events" in purged.output
+    assert counts(store_url) == (2, 2)
+    journal.close()

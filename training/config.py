@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         "sqlite:///.fraud/decisions.db",
         description="The decision store: SQLite for one machine, PostgreSQL for the stack",
     )
+    decision_retention_days: int = Field(
+        540,
+        ge=1,
+        description="Days of decisions kept (card disputes can come up to ~18 months later)",
+    )
     journal_dir: Path = Field(
         Path(".fraud/journal"),
         description="Per-worker decision journals (local disk; a persistent volume in the stack)",

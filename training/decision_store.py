@@ -142,3 +142,56 @@ def count(conn: sa.Connection, table: sa.Table, ids: Iterable[str] | None = None
     if ids is not None:
         q = q.where(table.c.transaction_id.in_(list(ids)))
     return int(conn.execute(q).scalar_one())
+
+
+def latest_labels(before: Any = None) -> Any:
+    """Subquery: each labelled transaction's latest label (``before``: as known then)."""
+    ranked = sa.select(
+        label_events.c.transaction_id,
+        label_events.c.is_fraud.label("label"),
+        label_events.c.labelled_at,
+        sa.func.row_number()
+        .over(
+            partition_by=label_events.c.transaction_id,
+            order_by=(label_events.c.labelled_at.desc(), label_events.c.event_id.desc()),
+        )
+        .label("rank"),
+    )
+    if before is not None:
+        ranked = ranked.where(label_events.c.labelled_at < before)
+    sub = ranked.subquery()
+    return (
+        sa.select(sub.c.transaction_id, sub.c.label, sub.c.labelled_at)
+        .where(sub.c.rank == 1)
+        .subquery("latest")
+    )
+
+
+def decisions_with_labels(conn: sa.Connection, since: Any, until: Any = None) -> Any:
+    """Decisions with ``since <= tx_time < until`` and their latest label (None: none yet),
+    oldest first, as a DataFrame."""
+    import pandas as pd
+
+    latest = latest_labels()
+    q = (
+        sa.select(decisions, latest.c.label, latest.c.labelled_at)
+        .outerjoin(latest, latest.c.transaction_id == decisions.c.transaction_id)
+        .where(decisions.c.tx_time >= since)
+        .order_by(decisions.c.tx_time, decisions.c.transaction_id)
+    )
+    if until is not None:
+        q = q.where(decisions.c.tx_time < until)
+    rows = [dict(r._mapping) for r in conn.execute(q)]
+    columns = [c.name for c in decisions.columns] + ["label", "labelled_at"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def purge(conn: sa.Connection, before_day: Any) -> tuple[int, int]:
+    """Delete decisions of days before ``before_day`` and their label events; (decisions,
+    label events) deleted."""
+    old = sa.select(decisions.c.transaction_id).where(decisions.c.tx_day < before_day)
+    labels = conn.execute(
+        sa.delete(label_events).where(label_events.c.transaction_id.in_(old))
+    ).rowcount
+    gone = conn.execute(sa.delete(decisions).where(decisions.c.tx_day < before_day)).rowcount
+    return int(gone or 0), int(labels or 0)

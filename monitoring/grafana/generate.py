@@ -197,6 +197,19 @@ def overview() -> Dashboard:
                 "store was unavailable (rejected: 503; fallback: scored without history).",
             )
         )
+        .with_panel(
+            series(
+                "Decision log",
+                "short",
+                query(
+                    "sum(rate(fraud_decision_log_stored_total[5m])) by (kind)", "stored/s: {{kind}}"
+                ),
+                query("sum(fraud_decision_log_backlog_bytes) / 1024", "backlog (KiB)"),
+                query("max(fraud_decision_log_last_ship_age_seconds)", "since last delivery (s)"),
+                description="Decisions and labels delivered to the decision store, and what "
+                "waits in the journals (FraudDecisionLogBehind after 2 minutes without delivery).",
+            )
+        )
     )
 
 
