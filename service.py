@@ -91,8 +91,17 @@ class FraudDetector:
             state=state_for(SETTINGS, feature_config(bundle.info)),
             drift_window=SETTINGS.drift_window,
         )
+        self.decisions = (
+            DecisionLog(SETTINGS.journal_dir, SETTINGS.decision_db_url, self.scorer.columns)
+            if SETTINGS.decision_log
+            else None
+        )
+        if self.decisions is not None:  # after each fresh warm-up: the log since the history
+            self.scorer.replay_source = self.decisions.logged_since
         warmed = self.scorer.warm()
         self.clock = clock_for(SETTINGS, self.scorer)
+        if self.scorer.replayed_until_ms:
+            self.clock.advance(self.scorer.replayed_until_ms)
         clock.install(self.clock)  # request validation checks tx_datetime against it
         settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
         tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
@@ -102,16 +111,13 @@ class FraudDetector:
         self.gauges_due = 0.0
         self.rewarms_seen = 0
         self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
-        self.decisions = (
-            DecisionLog(SETTINGS.journal_dir, SETTINGS.decision_db_url, self.scorer.columns)
-            if SETTINGS.decision_log
-            else None
-        )
         self.publish_gauges()
         log.info(
-            "model %s ready, state warmed with %d transactions in %.1fs",
+            "model %s ready, state warmed with %d transactions (and %s from the decision log) "
+            "in %.1fs",
             self.scorer.model_version,
             warmed,
+            self.scorer.replayed,
             time.perf_counter() - t0,
         )
 
@@ -313,7 +319,13 @@ class FraudDetector:
             **self.scorer.health(),
             "clock": {"mode": self.clock.mode, "now": clock.iso(self.clock.now_ms())},
             "auth": SETTINGS.auth,
-            "decision_log": self.decisions.health() if self.decisions else {"enabled": False},
+            "decision_log": {
+                **self.decisions.health(),
+                "replayed": self.scorer.replayed,
+                "replay_error": self.scorer.replay_error,
+            }
+            if self.decisions
+            else {"enabled": False},
             "bentoml_fixes": bentoml_fixes.applied(),
         }
 

@@ -222,6 +222,7 @@ class Shipper:
         self.backlog_bytes = 0
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.passes = threading.Lock()  # one pass at a time (the thread, a replay, close)
 
     def folders(self) -> list[tuple[Path, int | None]]:
         """(folder, lock fd we took) for our journal and those whose worker is gone."""
@@ -245,6 +246,10 @@ class Shipper:
     def ship_once(self) -> ShipResult:
         """One pass over every journal it may ship; raises when the store is unreachable
         (the journal stays as it is: the backlog)."""
+        with self.passes:
+            return self._ship_once()
+
+    def _ship_once(self) -> ShipResult:
         from training import decision_store
 
         result = ShipResult()
@@ -420,6 +425,20 @@ class DecisionLog:
             }
             lines.append((json.dumps(event) + "\n").encode())
         return lines
+
+    def logged_since(self, since_ms: int) -> Any:
+        """The store's decisions after ``since_ms`` with their latest labels (a DataFrame),
+        after delivering what journals of stopped workers still hold: what a starting worker
+        replays into its state. Raises when the store is unreachable."""
+        from training import decision_store
+
+        try:
+            self.shipper.ship_once()
+        except Exception as exc:
+            log.warning("journals not delivered before the replay: %s", exc)
+            raise
+        with self.shipper.engine.connect() as conn:
+            return decision_store.decisions_with_labels(conn, _utc(since_ms + 1))
 
     async def record(self, lines: list[bytes]) -> None:
         """Durable before the caller answers (OSError when the disk refuses)."""

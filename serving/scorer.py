@@ -11,8 +11,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -202,6 +203,12 @@ class FraudScorer:
         self.warm_token: str | None = None  # the warm-up's history (Redis: its marker)
         self.rewarming = False  # the state store came back empty and is being warmed again
         self.rewarms = 0
+        # The decision log since the model's history, replayed after every fresh warm-up
+        # (start, Redis back empty); None: no log. See serving/decision_log.py.
+        self.replay_source: Callable[[int], pd.DataFrame] | None = None
+        self.replayed: int | None = None  # transactions replayed at the last warm-up
+        self.replay_error: str | None = None
+        self.replayed_until_ms = 0  # the newest transaction time replayed
         # Degraded scoring: the same features over an empty state (no history at all).
         self.stateless = OnlineFeatures(
             new_state(self.cfg), self.cfg, bool(bundle.info.get("categorical"))
@@ -265,10 +272,67 @@ class FraudScorer:
                 self.warmed = done
                 return done
             self.warmed = self._warm_from(self.bundle.warmup_path)
+            self._replay_log()
             state.warmup_done(token, self.warmed)
             return self.warmed
         self.warmed = self._warm_from(self.bundle.warmup_path)
+        self._replay_log()
         return self.warmed
+
+    def _replay_log(self) -> None:
+        """After a fresh warm-up: the logged decisions and labels since the history's end."""
+        if self.replay_source is None:
+            return
+        try:
+            log_rows = self.replay_source(self.bundle.history_end_ms())
+            self.replayed = self.replay(log_rows)
+            self.replay_error = None
+        except Exception as exc:  # the store is down: serve on, say so in /health
+            self.replayed, self.replay_error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("decision log not replayed into the state: %s", self.replay_error)
+
+    def replay(self, rows: pd.DataFrame) -> int:
+        """Logged decisions (oldest first; the columns of the decision store, plus ``label``)
+        back into the state as they were recorded live, then their latest labels: the state
+        a worker that never stopped would have."""
+        if rows.empty:
+            return 0
+        times = [  # SQLite gives naive datetimes: the store holds UTC
+            int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
+            for t in rows["tx_time"]
+        ]
+        records = [
+            TxRecord(str(tx), str(c), str(term), t, int(a), ch, m)
+            for tx, c, term, t, a, ch, m in zip(
+                rows["transaction_id"], rows["customer_id"], rows["terminal_id"], times,
+                rows["amount_cents"], rows["channel"], rows["merchant_category"], strict=True,
+            )
+        ]  # fmt: skip
+        self.replayed_until_ms = max(self.replayed_until_ms, max(times))
+        flagged = rows["is_fraud"].astype(int).tolist()
+        proba = rows["probability"].astype(float).tolist()
+        versions = rows["model_version"].astype(str).tolist()
+        chunk = 1_000
+        with self.lock:
+            for start in range(0, len(records), chunk):
+                end = min(start + chunk, len(records))
+                i = start
+                while i < end:  # one model version per recorded batch, as served
+                    j = i
+                    while j < end and versions[j] == versions[i]:
+                        j += 1
+                    part = records[i:j]
+                    self.features.compute_columns(part, True, decided_later=True)
+                    self.features.record(part, flagged[i:j], proba[i:j], versions[i])
+                    i = j
+            labels = {
+                str(tx): int(bool(lab))
+                for tx, lab in zip(rows["transaction_id"], rows["label"], strict=True)
+                if lab is not None and lab == lab  # not None/NaN
+            }
+            if labels:
+                self.features.feedback(labels)
+        return len(records)
 
     def _warm_from(self, path: Path) -> int:
         history = schema.normalize(pd.read_parquet(path))
