@@ -137,3 +137,39 @@ def test_decisions_and_labels_reach_the_embedded_sqlite(
             break
         assert time.monotonic() < deadline, f"{found} of 5 decisions in the SQLite store"
         time.sleep(0.2)
+
+
+def test_a_restarted_server_answers_as_its_twin_that_never_stopped(
+    champion, session_dir: Path
+) -> None:
+    """Two `bentoml serve`, each with its own store, get the same stream and labels; one is
+    stopped and started again (a recreated container: same journal volume and store). The
+    same new transactions then get the same scores from both."""
+    stream = txs("tw", 40)
+    labels = [{"transaction_id": f"tw-{i}", "is_fraud": i % 4 == 0} for i in range(12)]
+    probe = [
+        {**t, "transaction_id": f"probe-{i}", "tx_datetime": (T0 + timedelta(hours=3)).isoformat()}
+        for i, t in enumerate(txs("p", 7))
+    ]
+    env = {"BENTOML_DO_NOT_TRACK": "True"}
+
+    def feed(url: str) -> None:
+        client = httpx.Client(timeout=30, headers=AUTH)
+        for start in range(0, len(stream), 10):
+            r = client.post(f"{url}/predict", json={"transactions": stream[start : start + 10]})
+            assert r.status_code == 200, r.text
+        assert client.post(f"{url}/feedback", json={"labels": labels}).status_code == 200
+
+    def score(url: str) -> list[float]:
+        r = httpx.post(f"{url}/predict", json={"transactions": probe}, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        return [a["fraud_probability"] for a in r.json()]
+
+    with bento_server(free_port(), env, session_dir / "twin.log") as twin:
+        feed(twin)
+        with bento_server(free_port(), env, session_dir / "restarted.log") as first:
+            feed(first)
+        with bento_server(free_port(), env, session_dir / "restarted.log") as again:
+            health = httpx.get(f"{again}/health", timeout=30).json()["decision_log"]
+            assert health["replayed"] == len(stream) and health["replay_error"] is None
+            assert score(again) == pytest.approx(score(twin), abs=1e-12)

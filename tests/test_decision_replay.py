@@ -116,3 +116,46 @@ def test_the_store_down_at_start_serves_on_and_says_so(bundle: ModelBundle, tmp_
     assert scorer.warm() > 0  # the history is there
     assert scorer.replayed is None and scorer.replay_error
     log.close()
+
+
+def test_training_data_from_the_log_follows_the_label_policy_and_the_feature_definitions(
+    bundle: ModelBundle,
+    small_raw: pd.DataFrame,
+    tmp_path: Path,
+    store_url: str,  # noqa: F811
+) -> None:
+    from training import decision_source, schema
+
+    scorer = FraudScorer(bundle)
+    log = DecisionLog(tmp_path / "journal", store_url, scorer.columns)
+    scorer.warm()
+    live = stream(small_raw, 200)
+    serve(scorer, log, live)
+    ids = live["TRANSACTION_ID"].tolist()
+    frauds = {tx: 1 for tx in ids[:5]}  # reported frauds, one corrected back to genuine
+    log.record_sync(log.label_lines({**frauds, ids[5]: 0}, "analyst"))
+    log.record_sync(log.label_lines({ids[4]: 0}, "analyst"))
+    log.close()
+
+    now = live["TX_DATETIME"].iloc[100].to_pydatetime()  # the policy's clock: mid-stream
+    window = decision_source.load_window(
+        store_url, since=live["TX_DATETIME"].min().to_pydatetime(), label_delay_days=0, now=now
+    )
+    # labelled: 6; unlabelled and older than `now`: genuine; younger: left out
+    young = int((live["TX_DATETIME"] > now).sum()) - sum(
+        1 for tx, t in zip(ids[:6], live["TX_DATETIME"][:6], strict=True) if t > now
+    )
+    assert window.labelled == 6 and window.left_out == young
+    assert len(window.raw) == 200 - young
+    fraud = dict(zip(window.raw["TRANSACTION_ID"], window.raw["TX_FRAUD"], strict=True))
+    assert [fraud[tx] for tx in ids[:6]] == [1, 1, 1, 1, 0, 0]  # the latest label wins
+    assert window.raw["TX_AMOUNT"].tolist() == pytest.approx(
+        live.set_index("TRANSACTION_ID").loc[window.raw["TRANSACTION_ID"], "TX_AMOUNT"].tolist()
+    )
+
+    # the features the service logged are those the one definition computes offline
+    history = schema.normalize(pd.concat([small_raw, live], ignore_index=True))
+    gaps = decision_source.feature_parity(window, history)
+    print("largest |logged - offline| per feature:", gaps)
+    customer = {k: v for k, v in gaps.items() if not k.startswith("TERMINAL_ID_")}
+    assert customer and max(customer.values()) < 1e-9, customer
