@@ -110,6 +110,9 @@ class FraudDetector:
         self.passed = tm.PREDICTIONS.labels("genuine")
         self.gauges_due = 0.0
         self.rewarms_seen = 0
+        # After the state store failed, the first batch checks that it did not come back empty
+        # before trusting it (not only the next gauge refresh): no batch scores on a lost state.
+        self.state_suspect = False
         self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
         self.publish_gauges()
         log.info(
@@ -140,6 +143,8 @@ class FraudDetector:
         records = [t.to_record() for t in transactions]
         degraded = False
         try:
+            if self.state_suspect:
+                self.confirm_state()
             scored = self.scorer.score(records)
         except StateUnavailable as exc:
             scored = self.without_state(records, exc)
@@ -209,8 +214,17 @@ class FraudDetector:
         if self.decisions is not None:
             self.decisions.close()
 
+    def confirm_state(self) -> None:
+        """The store answers again: StateUnavailable unless it still holds the warmed state
+        (an emptied one starts re-warming here)."""
+        problem = self.scorer.check_state()
+        if problem is not None:
+            raise StateUnavailable(problem)
+        self.state_suspect = False
+
     def without_state(self, records: list[Any], exc: StateUnavailable) -> Any:
         """The state store is unavailable: 503 (reject) or scores without history (fallback)."""
+        self.state_suspect = True
         if SETTINGS.state_failure == "reject":
             tm.DEGRADED.labels("rejected").inc(len(records))
             raise ServiceUnavailable(f"the online feature state is unavailable ({exc}); retry")
@@ -225,6 +239,7 @@ class FraudDetector:
         problem = self.scorer.check_state()
         tm.STATE_UP.set(problem is None)
         tm.STATE_REWARMING.set(self.scorer.rewarming)
+        tm.STATE_REWARM_SECONDS.set(self.scorer.last_rewarm_s)
         if self.decisions is not None:
             tm.LOG_BACKLOG.set(self.decisions.shipper.backlog_bytes)
             tm.LOG_SHIP_AGE.set(time.time() - self.decisions.shipper.last_ok)

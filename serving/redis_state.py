@@ -32,9 +32,10 @@ Cluster would not route.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -244,6 +245,16 @@ class RedisFeatureState(FeatureState):
         where = f"Redis at {url.rsplit('@', 1)[-1]}"  # never the password of a URL
         return cls(fast, customer_retention_ms, terminal_retention_ms, prefix, bulk, where)
 
+    @contextlib.contextmanager
+    def bulk_calls(self) -> Iterator[None]:
+        """Every call on the long-timeout client meanwhile (a replay of the decision log: big
+        batches while no request is scored)."""
+        fast, self.r = self.r, self.bulk
+        try:
+            yield
+        finally:
+            self.r = fast
+
     # -- faults -------------------------------------------------------------------------------
 
     def _guard(self, call: Callable[[], T]) -> T:
@@ -437,7 +448,7 @@ class RedisFeatureState(FeatureState):
         values = [int(labels[i]) for i in ids]
         keys = [self._x + i for i in ids]
         args: list[bytes | str | int] = [struct.pack(f"{len(ids)}b", *values), self._f, self.ttl_s]
-        reply = self._guard(lambda: self._labels(keys=keys, args=args))
+        reply = self._guard(lambda: self._labels(keys=keys, args=args, client=self.r))
         confusion = update.confusion
         for k, (tx_id, label) in enumerate(zip(ids, values, strict=True)):
             found, decision, previous = struct.unpack_from("bbb", reply, 3 * k)

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -203,6 +204,7 @@ class FraudScorer:
         self.warm_token: str | None = None  # the warm-up's history (Redis: its marker)
         self.rewarming = False  # the state store came back empty and is being warmed again
         self.rewarms = 0
+        self.last_rewarm_s = 0.0  # how long the last re-warm took (history + decision log)
         # The decision log since the model's history, replayed after every fresh warm-up
         # (start, Redis back empty); None: no log. See serving/decision_log.py.
         self.replay_source: Callable[[int], pd.DataFrame] | None = None
@@ -284,9 +286,15 @@ class FraudScorer:
         if self.replay_source is None:
             return
         try:
+            t0 = time.perf_counter()
             log_rows = self.replay_source(self.bundle.history_end_ms())
             self.replayed = self.replay(log_rows)
             self.replay_error = None
+            log.info(
+                "decision log: %d transactions replayed into the state in %.1fs",
+                self.replayed,
+                time.perf_counter() - t0,
+            )
         except Exception as exc:  # the store is down: serve on, say so in /health
             self.replayed, self.replay_error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
             log.warning("decision log not replayed into the state: %s", self.replay_error)
@@ -295,6 +303,7 @@ class FraudScorer:
         """Logged decisions (oldest first; the columns of the decision store, plus ``label``)
         back into the state as they were recorded live, then their latest labels: the state
         a worker that never stopped would have."""
+        rows = rows[~rows["degraded"].astype(bool)]  # scored without the state: never recorded
         if rows.empty:
             return 0
         times = [  # SQLite gives naive datetimes: the store holds UTC
@@ -313,7 +322,9 @@ class FraudScorer:
         proba = rows["probability"].astype(float).tolist()
         versions = rows["model_version"].astype(str).tolist()
         chunk = 1_000
-        with self.lock:
+        state = self.features.state
+        bulk = state.bulk_calls() if isinstance(state, RedisFeatureState) else nullcontext()
+        with self.lock, bulk:
             for start in range(0, len(records), chunk):
                 end = min(start + chunk, len(records))
                 i = start
@@ -364,6 +375,7 @@ class FraudScorer:
             t0 = time.perf_counter()
             n = self.warm()
             self.rewarms += 1
+            self.last_rewarm_s = time.perf_counter() - t0
             log.warning(
                 "state store came back empty: warmed again with %d transactions in %.1fs",
                 n,

@@ -51,6 +51,11 @@ STATE_REWARMING = Gauge(
     "1 while the state store is being warmed again after it came back empty",
     multiprocess_mode="livemax",
 )
+STATE_REWARM_SECONDS = Gauge(
+    "fraud_state_last_rewarm_seconds",
+    "How long the last re-warm of an emptied state store took (its history, then the log)",
+    multiprocess_mode="livemax",
+)
 STATE_REWARMS = Counter(
     "fraud_state_rewarms_total", "Times the state store came back empty and was warmed again"
 )

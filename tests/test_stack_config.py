@@ -74,12 +74,13 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     cfg = yaml.safe_load(out.stdout)
     services = cfg["services"]
     assert set(services) == {
-        "postgres", "mlflow", "fraud-api", "airflow-init", "airflow-api", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager", "grafana",
+        "postgres", "mlflow", "fraud-api-init", "fraud-api", "airflow-init", "airflow-api",
+        "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "prometheus",
+        "alertmanager", "grafana",
     }  # fmt: skip
     assert cfg["name"] == "fraud-mlops"
     for name, svc in services.items():
-        if name != "airflow-init":
+        if name not in ("airflow-init", "fraud-api-init"):  # one-shots
             assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         assert svc["deploy"]["resources"]["limits"]["memory"], name
         for port in svc.get("ports", []):
@@ -93,6 +94,16 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     # fraud-api runs the containerized Bento that fraud-bootstrap / fraud_build_deploy build
     assert services["fraud-api"]["image"] == "fraud-detector:champion"
     assert services["fraud-api"]["pull_policy"] == "never" and "build" not in services["fraud-api"]
+    # its decision journal: a volume the one-shot init hands to the image's user first
+    api, init = services["fraud-api"], services["fraud-api-init"]
+    assert api["depends_on"]["fraud-api-init"]["condition"] == "service_completed_successfully"
+    journal = api["environment"]["FRAUD_JOURNAL_DIR"]
+    assert {v["target"]: v["source"] for v in api["volumes"]}[journal] == "fraud-journal"
+    assert {v["target"]: v["source"] for v in init["volumes"]}[journal] == "fraud-journal"
+    assert init["image"] == api["image"] and init["entrypoint"][-1] == journal
+    assert api["environment"]["FRAUD_DECISION_DB_URL"].startswith(
+        "postgresql+psycopg2://decisions:"
+    )
     scheduler = services["airflow-scheduler"]
     assert scheduler["environment"]["FRAUD_DEPLOY_TARGET"] == "compose"
     assert "/var/run/docker.sock" in {v["target"] for v in scheduler["volumes"]}
