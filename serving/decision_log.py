@@ -12,6 +12,7 @@ delivered by the next worker to start. A line is one JSON object: ``"k": "d"`` a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
 import json
 import logging
@@ -343,8 +344,9 @@ class Shipper:
         return total
 
     def close(self) -> None:
+        """Stop the thread (idempotent)."""
         self.stop.set()
-        if self.thread is not None:
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(30)
         self.engine.dispose()
 
@@ -360,6 +362,9 @@ class DecisionLog:
         self.feature_names = feature_names
         self.labels_seq = 0
         self.shipper.start()
+        # A daemon thread inside SQLite or psycopg2 while the interpreter finalises can crash
+        # it: stop shipping first (the journal keeps whatever is left).
+        atexit.register(self.shipper.close)
 
     def decision_lines(
         self,
