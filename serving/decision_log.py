@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -86,14 +87,14 @@ class Journal:
 
     def write(self, lines: list[bytes]) -> int:
         """Append ``lines`` (each ends with a newline); the position :meth:`durable` waits for."""
-        if self.error is not None:
-            raise self.error
         data = b"".join(lines)
-        if self.segment_size and self.segment_size + len(data) > self.segment_bytes:
-            self._open_segment()
-        os.write(self.fd, data)  # O_APPEND: one write, one place
-        self.segment_size += len(data)
-        with self.cond:
+        with self.cond:  # the event loop and /feedback's threads write; never held over fsync
+            if self.error is not None:
+                raise self.error
+            if self.segment_size and self.segment_size + len(data) > self.segment_bytes:
+                self._open_segment()
+            os.write(self.fd, data)  # O_APPEND: one write, one place
+            self.segment_size += len(data)
             self.written += len(data)
             if self.fd not in self.unsynced:
                 self.unsynced.append(self.fd)
@@ -360,7 +361,7 @@ class DecisionLog:
         self.journal = Journal(root, self.worker)
         self.shipper = Shipper(root, url, own=self.journal, migrate=True)
         self.feature_names = feature_names
-        self.labels_seq = 0
+        self.label_seq = itertools.count(1)  # event ids; next() is atomic under the GIL
         self.shipper.start()
         # A daemon thread inside SQLite or psycopg2 while the interpreter finalises can crash
         # it: stop shipping first (the journal keeps whatever is left).
@@ -419,10 +420,9 @@ class DecisionLog:
         now = int(time.time() * 1000)
         lines = []
         for tx, fraud in labels.items():
-            self.labels_seq += 1
             event = {
                 "k": "l",
-                "event_id": f"{self.worker}:{self.labels_seq}",
+                "event_id": f"{self.worker}:{next(self.label_seq)}",
                 "transaction_id": tx,
                 "is_fraud": bool(fraud),
                 "labelled_at": now,
