@@ -1,0 +1,82 @@
+"""Cost of the decision journal, in process: what an answer waits for (a batch's lines written
+and fsync'd by the group-commit thread), and the lines' encoding per transaction. Batches of
+1, 12 and 100 decisions, ``--batches`` each, 8 in flight at a time as adaptive batching has them;
+prints medians and p99::
+
+    python -m tests.bench.journal_cost [--dir /var/lib/fraud-journal] [--batches 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from serving.decision_log import DecisionLog, Journal, worker_name
+from serving.online_features import TxRecord
+
+COLUMNS = [f"F{i}" for i in range(19)]  # the demo champion's feature count
+
+
+def batch(n: int, start: int) -> tuple[list[TxRecord], dict[str, np.ndarray]]:
+    records = [
+        TxRecord(f"tx{start + i}", "c1", "t1", 1_530_000_000_000 + i, 1234) for i in range(n)
+    ]
+    return records, {c: np.random.default_rng(start).random(n) for c in COLUMNS}
+
+
+def encode(records: list[TxRecord], cols: dict[str, np.ndarray]) -> list[bytes]:
+    """DecisionLog.decision_lines without a journal or shipper (the same code)."""
+    n = len(records)
+    log = SimpleNamespace(feature_names=COLUMNS, worker="bench")
+    return DecisionLog.decision_lines(  # type: ignore[arg-type]
+        log, records, ["bench"] * n, [0.1] * n, [False] * n, ["1"] * n, cols,
+        "fraud_detector", 0.5, False,
+    )  # fmt: skip
+
+
+async def durable_waits(journal: Journal, encoded: list[list[bytes]]) -> list[float]:
+    """Seconds from each batch's write to its fsync, 8 batches in flight at a time."""
+    waits: list[float] = []
+
+    async def one(lines: list[bytes]) -> None:
+        t = time.perf_counter()
+        await journal.durable(journal.write(lines))
+        waits.append(time.perf_counter() - t)
+
+    for k in range(0, len(encoded), 8):
+        await asyncio.gather(*(one(b) for b in encoded[k : k + 8]))
+    return waits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=None, help="journal folder (default: a temp dir)")
+    ap.add_argument("--batches", type=int, default=400)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        journal = Journal(Path(tmp), worker_name())
+        for size in (1, 12, 100):
+            batches = [batch(size, k * size) for k in range(args.batches)]
+            t0 = time.perf_counter()
+            encoded = [encode(records, cols) for records, cols in batches]
+            encode_us = (time.perf_counter() - t0) / (args.batches * size) * 1e6
+            waits = asyncio.run(durable_waits(journal, encoded))
+            waits.sort()
+            print(
+                f"{size:>3} tx a batch: durable after median "
+                f"{statistics.median(waits) * 1e3:.2f} ms, p99 "
+                f"{waits[int(0.99 * (len(waits) - 1))] * 1e3:.2f} ms; "
+                f"encoding {encode_us:.1f} µs a transaction"
+            )
+        journal.close()
+
+
+if __name__ == "__main__":
+    main()
