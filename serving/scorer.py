@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -321,21 +322,20 @@ class FraudScorer:
         flagged = rows["is_fraud"].astype(int).tolist()
         proba = rows["probability"].astype(float).tolist()
         versions = rows["model_version"].astype(str).tolist()
-        chunk = 1_000
         state = self.features.state
         bulk = state.bulk_calls() if isinstance(state, RedisFeatureState) else nullcontext()
+        # recorded as served: runs of one model version, in batches of at most 1,000
+        runs = [
+            (version, idx[k : k + 1_000])
+            for version, group in itertools.groupby(range(len(records)), key=versions.__getitem__)
+            for idx in [list(group)]
+            for k in range(0, len(idx), 1_000)
+        ]
         with self.lock, bulk:
-            for start in range(0, len(records), chunk):
-                end = min(start + chunk, len(records))
-                i = start
-                while i < end:  # one model version per recorded batch, as served
-                    j = i
-                    while j < end and versions[j] == versions[i]:
-                        j += 1
-                    part = records[i:j]
-                    self.features.compute_columns(part, True, decided_later=True)
-                    self.features.record(part, flagged[i:j], proba[i:j], versions[i])
-                    i = j
+            for version, idx in runs:
+                i, j = idx[0], idx[-1] + 1
+                self.features.compute_columns(records[i:j], True, decided_later=True)
+                self.features.record(records[i:j], flagged[i:j], proba[i:j], version)
             labels = {
                 str(tx): int(bool(lab))
                 for tx, lab in zip(rows["transaction_id"], rows["label"], strict=True)

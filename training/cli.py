@@ -576,12 +576,13 @@ def decisions_export(
     Example: `fraudops decisions export --since 2018-07-01 --out reports/decisions.parquet`
     """
     from training import decision_store
+    from training.decision_source import as_utc
 
     engine = _store(db)
     try:
         with engine.connect() as conn:
             frame = decision_store.decisions_with_labels(
-                conn, _utc(since), _utc(until) if until else None
+                conn, as_utc(since), as_utc(until) if until else None
             )
     finally:
         engine.dispose()
@@ -615,10 +616,6 @@ def decisions_purge(
     finally:
         engine.dispose()
     console.print(f"purged {gone:,} decisions and {labels:,} label events before {before}")
-
-
-def _utc(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 keys_app = typer.Typer(

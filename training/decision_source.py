@@ -31,7 +31,8 @@ class LoggedWindow:
     left_out: int  # no label yet, younger than the delay
 
 
-def _aware(ts: Any) -> datetime:
+def as_utc(ts: Any) -> datetime:
+    """A time as an aware datetime; naive ones are taken as UTC (as the store keeps them)."""
     t = pd.Timestamp(ts).to_pydatetime()
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
@@ -46,7 +47,7 @@ def load_window(
     """Decisions with ``since <= tx_time < until`` from the store at ``url``, labelled by the
     policy (``now``: when the policy is applied, default the latest transaction logged — the
     stream's own clock, so replays of past data behave as live ones)."""
-    since, until = _aware(since), _aware(until) if until else None
+    since, until = as_utc(since), as_utc(until) if until else None
     engine = decision_store.engine_for(url)
     try:
         with engine.connect() as conn:
@@ -56,7 +57,7 @@ def load_window(
     if rows.empty:
         raise ValueError(f"no decisions logged since {since:%Y-%m-%d %H:%M} in the store")
     times = pd.to_datetime(rows["tx_time"], utc=True)
-    clock = _aware(now) if now else times.max().to_pydatetime()
+    clock = as_utc(now) if now else times.max().to_pydatetime()
     matured = times <= pd.Timestamp(clock - timedelta(days=label_delay_days))
     labelled = rows["label"].notna()
     keep = labelled | matured
