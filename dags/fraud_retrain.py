@@ -1,6 +1,11 @@
 """fraud_retrain: the daily retraining, the seed's five stages.
 
-performance_check -> data_prep -> training -> deployment -> publish_champion -> notification
+performance_check -> data_prep -> training -> deployment -> publish_champion -> notification,
+and decision_retention beside them.
+
+FRAUD_TRAINING_SOURCE picks the data: the files under FRAUD_DATA_DIR, or the decision log with
+its labels (db). From the log, data_prep fixes the window (its ``as_of``) and the training and
+the gate read that same window.
 
 Every task is idempotent for its DAG run: re-running a day appends no second data day, registers
 no second model version and sends no second notification.
@@ -52,25 +57,40 @@ def fraud_retrain() -> None:
         ctx = get_current_context()
         cfg = settings()
         return pipeline.prepare_data(
+            cfg,
             data_path(cfg),
             run_key=ctx["run_id"],
             append_days=int(ctx["params"]["append_days"]),
         ).to_dict()
 
     @task(execution_timeout=timedelta(hours=3))
-    def training() -> dict[str, Any]:
+    def training(prepared: dict[str, Any]) -> dict[str, Any]:
         """Prequential model search, MLflow run, registered candidate (one per DAG run)."""
         ctx = get_current_context()
         cfg = settings()
         return pipeline.train_candidate(
-            cfg, data_path(cfg), run_key=ctx["run_id"], grid=ctx["params"]["grid"]
+            cfg,
+            data_path(cfg),
+            run_key=ctx["run_id"],
+            grid=ctx["params"]["grid"],
+            as_of=_as_of(prepared),
         ).to_dict()
 
     @task
-    def deployment(candidate: dict[str, Any]) -> dict[str, Any]:
+    def deployment(candidate: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
         """Smoke check, then the champion gate on the shared hold-out."""
         cfg = settings()
-        return pipeline.deploy_candidate(cfg, candidate["version"], data_path(cfg)).to_dict()
+        return pipeline.deploy_candidate(
+            cfg, candidate["version"], data_path(cfg), as_of=_as_of(prepared)
+        ).to_dict()
+
+    @task
+    def decision_retention() -> dict[str, Any]:
+        """Decisions older than FRAUD_DECISION_RETENTION_DAYS leave the decision store."""
+        cfg = settings()
+        if not cfg.decision_log:
+            raise AirflowSkipException("FRAUD_DECISION_LOG is off")
+        return pipeline.purge_decisions(cfg).to_dict()
 
     @task(outlets=[CHAMPION])
     def publish_champion(decision: dict[str, Any]) -> dict[str, Any]:
@@ -100,11 +120,17 @@ def fraud_retrain() -> None:
 
     check = performance_check()
     prepared = data_prep()
-    candidate = training()
-    decision = deployment(candidate)
+    candidate = training(prepared)
+    decision = deployment(candidate, prepared)
     published = publish_champion(decision)
-    check >> prepared >> candidate
+    check >> prepared
     [decision, published] >> notification()
+    decision_retention()
+
+
+def _as_of(prepared: dict[str, Any]) -> datetime | None:
+    """The window data_prep fixed (decision-log source), for the steps after it."""
+    return datetime.fromisoformat(prepared["as_of"]) if prepared.get("as_of") else None
 
 
 fraud_retrain()

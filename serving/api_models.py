@@ -6,7 +6,6 @@ import contextvars
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import pandas as pd
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,7 +19,6 @@ from pydantic import (
 
 from serving import clock
 from serving.online_features import TxRecord
-from training import schema
 
 MAX_AMOUNT = 1_000_000.0
 # The API key's name for the request being handled (set by serving.auth in the request's task;
@@ -151,23 +149,3 @@ class FeedbackResult(BaseModel):
     unknown_transaction_ids: list[str]
     message: str
     model_version: str
-
-
-def request_bodies(df: pd.DataFrame, id_prefix: str = "") -> list[dict[str, Any]]:
-    """Raw transactions (handbook layout) as `/predict` transaction objects, for replays,
-    load tests and benchmarks."""
-    has_cats = schema.TX_CHANNEL in df.columns and schema.MERCHANT_CATEGORY in df.columns
-    out = []
-    for row in df.itertuples(index=False):
-        tx: dict[str, Any] = {
-            "transaction_id": f"{id_prefix}{getattr(row, schema.TRANSACTION_ID)}",
-            "tx_datetime": getattr(row, schema.TX_DATETIME).isoformat(),
-            "customer_id": str(getattr(row, schema.CUSTOMER_ID)),
-            "terminal_id": str(getattr(row, schema.TERMINAL_ID)),
-            "tx_amount": float(getattr(row, schema.TX_AMOUNT)),
-        }
-        if has_cats:
-            tx["tx_channel"] = getattr(row, schema.TX_CHANNEL)
-            tx["merchant_category"] = getattr(row, schema.MERCHANT_CATEGORY)
-        out.append(tx)
-    return out

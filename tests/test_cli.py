@@ -26,6 +26,7 @@ COMMANDS = [
     "decisions show",
     "decisions export",
     "decisions purge",
+    "replay",
 ]
 
 
@@ -61,6 +62,24 @@ def test_missing_data_is_a_clear_error(tmp_path) -> None:
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_an_unknown_source_or_an_empty_decision_log_is_a_clear_error(tmp_path) -> None:
+    bogus = runner.invoke(app, ["train", "--source", "kafka"])
+    assert bogus.exit_code == 2 and "--source: 'kafka' is not files or db" in bogus.output
+    empty = runner.invoke(
+        app,
+        ["train", "--source", "db", "--data", str(tmp_path / "none")],
+        env={"FRAUD_DECISION_DB_URL": f"sqlite:///{tmp_path / 'store.db'}"},
+    )
+    assert empty.exit_code == 2, empty.output
+    assert "no training window from the decision log" in empty.output
+    assert "no decisions logged" in empty.output
+
+
+def test_replay_needs_a_simulated_dataset(tmp_path) -> None:
+    result = runner.invoke(app, ["replay", "--data-root", str(tmp_path)])
+    assert result.exit_code == 2 and "no simulated dataset" in result.output
 
 
 def test_evaluate_writes_json(small_data_dir, tmp_path) -> None:

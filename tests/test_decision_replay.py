@@ -130,22 +130,23 @@ def test_training_data_from_the_log_follows_the_label_policy_and_the_feature_def
     log = DecisionLog(tmp_path / "journal", store_url, scorer.columns)
     scorer.warm()
     live = stream(small_raw, 200)
+    later = live.index[100:]  # the second half a day later: young at the policy's clock
+    live.loc[later, "TX_DATETIME"] = live.loc[later, "TX_DATETIME"] + pd.Timedelta(days=1)
     serve(scorer, log, live)
     ids = live["TRANSACTION_ID"].tolist()
     frauds = {tx: 1 for tx in ids[:5]}  # reported frauds, one corrected back to genuine
+    frauds[ids[150]] = 1  # and one young fraud: labelled, so in
     log.record_sync(log.label_lines({**frauds, ids[5]: 0}, "analyst"))
     log.record_sync(log.label_lines({ids[4]: 0}, "analyst"))
     log.close()
 
-    now = live["TX_DATETIME"].iloc[100].to_pydatetime()  # the policy's clock: mid-stream
+    now = live["TX_DATETIME"].iloc[99].to_pydatetime()  # the policy's clock: the first day
     window = decision_source.load_window(
         store_url, since=live["TX_DATETIME"].min().to_pydatetime(), label_delay_days=0, now=now
     )
-    # labelled: 6; unlabelled and older than `now`: genuine; younger: left out
-    young = int((live["TX_DATETIME"] > now).sum()) - sum(
-        1 for tx, t in zip(ids[:6], live["TX_DATETIME"][:6], strict=True) if t > now
-    )
-    assert window.labelled == 6 and window.left_out == young
+    # labelled: 7; unlabelled on the clock's day or before: genuine; on the next day: left out
+    young = 100 - 1
+    assert window.labelled == 7 and window.left_out == young
     assert len(window.raw) == 200 - young
     fraud = dict(zip(window.raw["TRANSACTION_ID"], window.raw["TX_FRAUD"], strict=True))
     assert [fraud[tx] for tx in ids[:6]] == [1, 1, 1, 1, 0, 0]  # the latest label wins

@@ -11,9 +11,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from serving.api_models import request_bodies
 from serving.online_features import records_from_frame
 from serving.scorer import FraudScorer, ModelBundle, SwapError
+from training.schema import request_bodies
 
 from .servers import PROJECT
 

@@ -20,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from serving.api_models import request_bodies
+from training.schema import request_bodies
 from training.simulate import simulate
 
 from .conftest import SMALL, free_port

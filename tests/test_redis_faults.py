@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import redis
 
-from serving.api_models import request_bodies
+from training.schema import request_bodies
 
 from .conftest import free_port
 from .servers import AUTH, bento_server

@@ -11,11 +11,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from serving.api_models import request_bodies
 from serving.online_features import records_from_frame
 from serving.redis_state import RedisFeatureState
 from serving.scorer import FraudScorer, ModelBundle
 from training.features import FeatureConfig
+from training.schema import request_bodies
 
 from .conftest import REDIS_URL, free_port
 from .servers import API, assert_times_outside_the_clock_are_refused

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -77,23 +77,66 @@ def _data_path(settings: Settings, data: Path | None) -> Path:
     return data or settings.data_dir / "transactions"
 
 
-def _load(path: Path):
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="files (--data) or db: the decision log with its labels, the days before it "
+        "from --data (default: FRAUD_TRAINING_SOURCE).",
+    ),
+]
+AsOfOpt = Annotated[
+    datetime | None,
+    typer.Option(
+        "--as-of",
+        help="db source: the label policy's clock, UTC (default: the latest logged "
+        "transaction, or now with FRAUD_CLOCK=wall).",
+    ),
+]
+
+
+def _with_source(settings: Settings, source: str | None) -> Settings:
+    if source is None:
+        return settings
+    if source not in ("files", "db"):
+        console.print(f"[red]error:[/red] --source: {source!r} is not files or db")
+        raise typer.Exit(2)
+    return settings.model_copy(update={"training_source": source})
+
+
+def _load(settings: Settings, path: Path, as_of: datetime | None = None):
+    """The training data the settings' source gives, with progress and a one-line summary."""
     from training import data as data_mod
-    from training import features
+    from training import decision_source, features, pipeline
 
     try:
-        with step(f"loading {path}") as say:
-            raw = data_mod.load_transactions(path, progress=lambda i, n: say(f"file {i}/{n}"))
-        with step("offline features"):
-            feats = features.offline_features(raw)
-    except (data_mod.DataError, ValueError) as exc:
+        if settings.training_source == "db":
+            when = decision_source.as_utc(as_of) if as_of else None
+            with step("reading the decision log, recomputing features"):
+                loaded = pipeline.load_data(settings, path, when)
+        else:
+            with step(f"loading {path}") as say:
+                raw = data_mod.load_transactions(path, progress=lambda i, n: say(f"file {i}/{n}"))
+            with step("offline features"):
+                loaded = pipeline.TrainingData(raw, features.offline_features(raw), str(path))
+    except (data_mod.DataError, ValueError, pipeline.PipelineError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    raw = loaded.raw
     console.print(
         f"{len(raw):,} transactions, {int(raw['TX_FRAUD'].sum()):,} frauds, "
         f"{raw['TX_DATETIME'].min():%Y-%m-%d} to {raw['TX_DATETIME'].max():%Y-%m-%d}"
     )
-    return raw, feats
+    if loaded.window is not None:
+        t = loaded.tags
+        console.print(
+            f"from the decision log: {t['data.logged']} decisions from {t['data.log_first']} "
+            f"to the label horizon {t['data.log_until']} ({t['data.labelled']} labelled, "
+            f"{t['data.assumed_genuine']} genuine by the {t['data.label_delay_days']}-day "
+            f"policy, {t['data.waiting_for_labels']} younger ones wait); "
+            f"{t['data.backfilled_from_files']} earlier transactions from {path}"
+        )
+    return loaded
 
 
 @app.command()
@@ -163,16 +206,19 @@ def train(
     margin: float | None = typer.Option(None, help="AP gain a candidate needs to take champion."),
     promote: bool = typer.Option(True, help="Run the champion gate after registering."),
     seed: int = 0,
+    source: SourceOpt = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Train (prequential model selection), log to MLflow, register, and gate the champion.
 
-    Example: `fraudops train --data data/demo/transactions --grid standard`
+    Examples: `fraudops train --data data/demo/transactions --grid standard`;
+    `fraudops train --source db` (what the service saw, labelled by the label policy)
     """
     from training import pipeline
 
-    settings = get_settings()
+    settings = _with_source(get_settings(), source)
     path = _data_path(settings, data)
-    raw, feats = _load(path)
+    loaded = _load(settings, path, as_of)
     if budget:
         settings = settings.model_copy(update={"review_budget_per_day": budget})
     results: list = []
@@ -183,7 +229,7 @@ def train(
             path,
             grid=grid,
             progress=say,
-            frames=(raw, feats),
+            loaded=loaded,
             seed=seed,
             on_result=results.append,
         )
@@ -195,7 +241,7 @@ def train(
     if promote:
         with step("smoke check + champion gate"):
             dep = pipeline.deploy_candidate(
-                settings, cand.version, path, margin=margin, frames=(raw, feats)
+                settings, cand.version, path, margin=margin, loaded=loaded
             )
         verdict = "[green]champion[/green]" if dep.promoted else "[yellow]challenger[/yellow]"
         console.print(f"version {cand.version} -> {verdict}: {dep.reason}")
@@ -256,8 +302,9 @@ def evaluate(
     if protocol != "handbook":
         console.print(f"[red]error:[/red] --protocol: unknown protocol {protocol!r} (handbook)")
         raise typer.Exit(2)
-    settings = get_settings()
-    raw, feats = _load(_data_path(settings, data))
+    settings = get_settings().model_copy(update={"training_source": "files"})
+    loaded = _load(settings, _data_path(settings, data))
+    raw, feats = loaded.raw, loaded.feats
     from training.train import Candidate
 
     cand = Candidate(balancing=balancing, max_depth=max_depth, n_estimators=n_estimators)
@@ -294,6 +341,8 @@ def promote(
     force: bool = typer.Option(False, help="Skip the gate and move the alias."),
     data: DataOpt = None,
     margin: float | None = None,
+    source: SourceOpt = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Gate a registered version against the champion on the data's hold-out (or force it).
 
@@ -301,16 +350,16 @@ def promote(
     """
     from training import pipeline, registry
 
-    settings = get_settings()
+    settings = _with_source(get_settings(), source)
     client = registry.configure(settings)
     if force:
         client.set_registered_model_alias(settings.registered_model, registry.CHAMPION, version)
         console.print(f"version {version} is champion (forced)")
         return
     path = _data_path(settings, data)
-    frames = _load(path)
+    loaded = _load(settings, path, as_of)
     with step("smoke check + champion gate"):
-        dep = pipeline.deploy_candidate(settings, version, path, margin=margin, frames=frames)
+        dep = pipeline.deploy_candidate(settings, version, path, margin=margin, loaded=loaded)
     console.print(("promoted: " if dep.promoted else "not promoted: ") + dep.reason)
 
 
@@ -319,19 +368,21 @@ def check(
     data: DataOpt = None,
     days: int = typer.Option(7, min=1, help="Most recent labelled days to score."),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report.")] = None,
+    source: SourceOpt = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """The champion on the latest labelled days: precision, recall, AP and drift (the
-    retraining DAG's performance check).
+    retraining DAG's performance check); from the decision log also what the service answered.
 
-    Example: `fraudops check --data data/demo/transactions --days 7`
+    Examples: `fraudops check --data data/demo/transactions --days 7`; `fraudops check --source db`
     """
     from training import pipeline
 
-    settings = get_settings()
+    settings = _with_source(get_settings(), source)
     path = _data_path(settings, data)
-    frames = _load(path)
+    loaded = _load(settings, path, as_of)
     with step("scoring the champion"):
-        report = pipeline.check_champion(settings, path, days=days, frames=frames)
+        report = pipeline.check_champion(settings, path, days=days, loaded=loaded)
     table = Table(title=f"Champion v{report.champion_version} on {report.window}")
     table.add_column("measure")
     table.add_column("value")
@@ -339,6 +390,14 @@ def check(
         value = getattr(report, key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
     console.print(table)
+    for key in ("all", "champion"):
+        if key in report.live:
+            m = report.live[key]
+            console.print(
+                f"answered live ({'every model' if key == 'all' else 'the champion'}): "
+                f"{m['n']:,} decisions, {m['frauds']:,} frauds: precision {m['precision']:.4f}, "
+                f"recall {m['recall']:.4f}, AP {m['ap']:.4f}"
+            )
     console.print("retrain: " + "; ".join(report.reasons))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +436,8 @@ def drift(
             f"{str(exc).splitlines()[0]}"
         )
         raise typer.Exit(2) from exc
-    raw, feats = _load(_data_path(settings, data))
+    loaded = _load(settings, _data_path(settings, data))
+    raw, feats = loaded.raw, loaded.feats
     if last_days:
         cut = raw[schema.TX_DATETIME].max() - pd.Timedelta(days=last_days)
         feats = feats.loc[(raw[schema.TX_DATETIME] > cut).to_numpy()]
@@ -601,21 +661,25 @@ def decisions_purge(
     ] = None,
     db: StoreOpt = None,
 ) -> None:
-    """Delete decisions (and their labels) older than the retention, by transaction day.
+    """Delete decisions (and their labels) older than the retention, by transaction day,
+    counted back from the store's clock (the latest logged transaction; today with
+    FRAUD_CLOCK=wall). The retraining DAG runs it daily.
 
     Example: `fraudops decisions purge --older-than-days 540`
     """
-    from training import decision_store
+    from training import pipeline
 
-    days = older_than_days or get_settings().decision_retention_days
-    before = datetime.now(UTC).date() - timedelta(days=days)
-    engine = _store(db)
-    try:
-        with engine.begin() as conn:
-            gone, labels = decision_store.purge(conn, before)
-    finally:
-        engine.dispose()
-    console.print(f"purged {gone:,} decisions and {labels:,} label events before {before}")
+    settings = get_settings()
+    if db:
+        settings = settings.model_copy(update={"decision_db_url": db})
+    done = pipeline.purge_decisions(settings, older_than_days)
+    if not done.before:
+        console.print("nothing logged: nothing to purge")
+        return
+    console.print(
+        f"purged {done.decisions:,} decisions and {done.label_events:,} label events "
+        f"before {done.before}"
+    )
 
 
 keys_app = typer.Typer(
@@ -746,6 +810,56 @@ def _local_key(settings: Settings, host: str, port: str) -> None:
 
 
 @app.command()
+def replay(
+    days: int = typer.Option(7, min=1, help="Simulated days to send."),
+    skip_days: int = typer.Option(0, min=0, help="Start this many days after the dataset."),
+    labels: bool = typer.Option(
+        False, help="Send each day's frauds to /feedback once the label delay has passed."
+    ),
+    data_root: Path | None = typer.Option(
+        None, help="The simulated dataset (its simulation.json); default FRAUD_DATA_DIR."
+    ),
+    url: str | None = typer.Option(None, help="The service (default: FRAUD_API_URL)."),
+    batch: int = typer.Option(100, min=1, max=1_000, help="Transactions per /predict request."),
+    key_env: str = typer.Option("FRAUD_KEY", help="Env var with the API key (default: local)."),
+) -> None:
+    """Stream the simulated days after the dataset through a running service, as live traffic
+    (and, with --labels, the chargebacks after the label delay): what the decision log and
+    `fraudops train --source db` learn from.
+
+    Example: `fraudops replay --days 14 --labels` (then `fraudops train --source db`)
+    """
+    from training import replay as replay_mod
+
+    settings = get_settings()
+    root = data_root or settings.data_dir
+    key = os.environ.get(key_env)
+    if key is None and settings.local_key_file().exists():
+        key = settings.local_key_file().read_text().strip()
+    try:
+        with step(f"simulating {days} days after {root}"):
+            frame = replay_mod.next_days(root, days, skip_days)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] no simulated dataset at {root}: {exc}")
+        raise typer.Exit(2) from exc
+    target = url or settings.api_url
+    try:
+        with step(f"replaying {len(frame):,} transactions to {target}") as say:
+            done = replay_mod.replay(
+                target, frame, key, batch, labels, settings.label_delay_days, progress=say
+            )
+    except replay_mod.ReplayError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    retried = ", ".join(f"{n} x {s or 'connection'}" for s, n in done.retries.items()) or "none"
+    console.print(
+        f"{done.days[0]}..{done.days[-1]}: {done.answered:,} answered ({done.flagged:,} flagged, "
+        f"{done.degraded:,} degraded), {done.labels_sent:,} fraud labels sent, retries: "
+        f"{retried}; {done.seconds:.1f}s ({done.answered / max(done.seconds, 1e-9):,.0f} tx/s)"
+    )
+
+
+@app.command()
 def serve(
     host: str | None = None,
     port: int | None = None,
@@ -817,7 +931,7 @@ def run(
     client = registry.configure(settings)
     if registry.champion_version(client, settings.registered_model) is None:
         console.print("no champion yet: training the first model")
-        train(data=path, grid=grid, budget=None, margin=None, promote=True, seed=0)
+        train(data=path, grid=grid, budget=None, margin=None, promote=True, seed=0, source="files")
     else:
         console.print(
             f"champion: version {registry.champion_version(client, settings.registered_model)}"

@@ -85,6 +85,22 @@ class Settings(BaseSettings):
         ge=1,
         description="Days of decisions kept (card disputes can come up to ~18 months later)",
     )
+    training_source: Literal["files", "db"] = Field(
+        "files",
+        description="What retraining reads: the data files, or the decision log joined with "
+        "the labels (db; days before the first logged transaction come from the files)",
+    )
+    label_delay_days: int = Field(
+        7,
+        ge=0,
+        description="Label policy of the db source: a transaction with no fraud label this many "
+        "days after it happened counts as genuine; younger ones wait",
+    )
+    training_window_days: int = Field(
+        120,
+        ge=21,
+        description="db source: days of transactions before the label horizon a retraining reads",
+    )
     journal_dir: Path = Field(
         Path(".fraud/journal"),
         description="Per-worker decision journals (local disk; a persistent volume in the stack)",

@@ -144,6 +144,17 @@ def count(conn: sa.Connection, table: sa.Table, ids: Iterable[str] | None = None
     return int(conn.execute(q).scalar_one())
 
 
+def latest_time(conn: sa.Connection) -> Any:
+    """The latest logged transaction time (None: nothing logged)."""
+    return conn.execute(sa.select(sa.func.max(decisions.c.tx_time))).scalar()
+
+
+def count_since(conn: sa.Connection, since: Any) -> int:
+    """Decisions with ``tx_time >= since``."""
+    q = sa.select(sa.func.count()).select_from(decisions).where(decisions.c.tx_time >= since)
+    return int(conn.execute(q).scalar() or 0)
+
+
 def latest_labels(before: Any = None) -> Any:
     """Subquery: each labelled transaction's latest label (``before``: as known then)."""
     ranked = sa.select(

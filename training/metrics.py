@@ -66,3 +66,17 @@ def budget_threshold(scores: np.ndarray, labels: np.ndarray, n_days: int, budget
     precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
     return float(thresholds[int(np.argmax(f1))]) if len(thresholds) else 0.5
+
+
+def decision_metrics(
+    labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray
+) -> dict[str, float]:
+    """Precision and recall of the decisions taken, AP of the scores behind them (NaN with
+    one class only)."""
+    y, flagged = np.asarray(labels, dtype=int), np.asarray(decisions, dtype=int)
+    single_class = len(np.unique(y)) < 2
+    return {
+        "precision": float(skm.precision_score(y, flagged, zero_division=0)),
+        "recall": float(skm.recall_score(y, flagged, zero_division=0)),
+        "ap": float("nan") if single_class else float(skm.average_precision_score(y, scores)),
+    }

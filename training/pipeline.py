@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +18,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from training import data, features, registry, schema, simulate
+from training import data, decision_source, features, registry, schema, simulate
 from training.config import Settings
 
 if TYPE_CHECKING:
     from training.train import TrainingResult
-
-Frames = tuple[pd.DataFrame, pd.DataFrame]  # raw transactions and their offline features
 
 log = logging.getLogger(__name__)
 RUN_KEY_TAG = "pipeline_run"
@@ -68,6 +67,8 @@ class HealthReport(_Report):
     drifted: dict[str, float]
     retrain: bool  # performance or drift alone call for retraining (the schedule retrains anyway)
     reasons: list[str]
+    source: str = "files"
+    live: dict[str, Any] = field(default_factory=dict)  # db: what the service answered
 
 
 @dataclass
@@ -79,6 +80,9 @@ class DataReport(_Report):
     transactions: int
     frauds: int
     appended: list[str] = field(default_factory=list)
+    source: str = "files"
+    as_of: str | None = None  # db: the label policy's clock, for the steps after
+    window: dict[str, str] = field(default_factory=dict)  # db: what the registry records
 
 
 @dataclass
@@ -102,11 +106,52 @@ class Deployment(_Report):
     champion_metrics: dict[str, float] | None
 
 
-def _frames(data_path: Path, frames: Frames | None) -> Frames:
-    if frames is not None:
-        return frames
-    raw = data.load_transactions(data_path)
-    return raw, features.offline_features(raw)
+@dataclass(frozen=True)
+class TrainingData:
+    """What a step reads: raw transactions, their offline features and where they came from."""
+
+    raw: pd.DataFrame
+    feats: pd.DataFrame
+    dataset: str
+    tags: dict[str, str] = field(default_factory=dict)  # registered with the model
+    window: decision_source.TrainingWindow | None = None  # db: the log's window
+
+
+def load_data(settings: Settings, data_path: Path, as_of: datetime | None = None) -> TrainingData:
+    """The training data by ``settings.training_source``: the files at ``data_path``, or the
+    decision log with the labels (``as_of``: the label policy's clock, default the store's),
+    the days before the log from the files. The logged feature vectors are checked against
+    the ones recomputed here (:class:`PipelineError` on a training/serving skew)."""
+    if settings.training_source == "files":
+        raw = data.load_transactions(data_path)
+        return TrainingData(raw, features.offline_features(raw), str(data_path))
+    import sqlalchemy as sa
+
+    url = settings.decision_db_url
+    store = sa.make_url(url).render_as_string(hide_password=True)
+    from training import decision_store
+
+    try:
+        decision_store.upgrade(url)  # an empty store reads as empty, not as a missing table
+        files = data.load_transactions(data_path) if data_path.exists() else None
+        clock = as_of or decision_source.store_clock(url, wall=settings.clock == "wall")
+        window = decision_source.training_window(
+            url, files, settings.training_window_days, settings.label_delay_days, clock
+        )
+    except (data.DataError, ValueError, sa.exc.SQLAlchemyError) as exc:
+        raise PipelineError(f"no training window from the decision log at {store}: {exc}") from exc
+    feats = features.offline_features(window.raw)
+    gaps = decision_source.feature_parity(window.logged, window.raw, feats)
+    breaks = decision_source.parity_breaks(gaps)
+    if breaks:
+        raise PipelineError(
+            "the features the service logged differ from those recomputed from the raw columns "
+            f"(training/serving skew), largest gap per feature: {breaks}"
+        )
+    dataset = (
+        f"decision log {store} + {data_path}" if window.backfilled else f"decision log {store}"
+    )
+    return TrainingData(window.raw, feats, dataset, window.tags, window)
 
 
 def _recent(raw: pd.DataFrame, days: int) -> np.ndarray:
@@ -119,9 +164,11 @@ def check_champion(
     data_path: Path,
     days: int = 7,
     drift_threshold: float = 0.25,
-    frames: Frames | None = None,
+    loaded: TrainingData | None = None,
 ) -> HealthReport:
     """Score the champion on the last ``days`` labelled days; drift against its reference.
+    From the decision log (``training_source=db``) the days are the latest whose labels are
+    in by the policy, and ``live`` adds what the service itself answered on them.
 
     The daily schedule retrains anyway; the report records whether performance or drift
     would have called for it on their own, and why."""
@@ -133,8 +180,11 @@ def check_champion(
     client = registry.configure(settings)
     name = settings.registered_model
     champion = registry.champion_version(client, name)
-    raw, feats = _frames(data_path, frames)
+    loaded = loaded or load_data(settings, data_path)
+    raw, feats = loaded.raw, loaded.feats
     recent = _recent(raw, days)
+    live = _live(loaded, raw[schema.TRANSACTION_ID][recent], champion)
+    source = "files" if loaded.window is None else "decision_log"
     labels = raw[schema.TX_FRAUD].to_numpy()[recent]
     window = (
         f"{raw[schema.TX_DATETIME][recent].min():%Y-%m-%d}.."
@@ -144,7 +194,7 @@ def check_champion(
     if champion is None:
         return HealthReport(
             None, window, int(recent.sum()), int(labels.sum()), *(float("nan"),) * 4, {},
-            True, [*reasons, "no champion yet"],
+            True, [*reasons, "no champion yet"], source, live,
         )  # fmt: skip
     uri = f"models:/{name}/{champion}"
     meta = registry.model_metadata(uri)
@@ -176,7 +226,32 @@ def check_champion(
         drifted,
         len(reasons) > 1,
         reasons,
+        source,
+        live,
     )
+
+
+def _live(loaded: TrainingData, ids: pd.Series, champion: str | None) -> dict[str, Any]:
+    """Precision, recall and AP of the answers the service logged for ``ids`` against their
+    labels (by the policy): all of them, and the champion's own when it answered any."""
+    from training import metrics
+
+    if loaded.window is None:
+        return {}
+    answers = loaded.window.logged.answers
+    answers = answers[answers.index.isin(ids.to_numpy()) & ~answers["degraded"].astype(bool)]
+    label = loaded.raw.set_index(schema.TRANSACTION_ID)[schema.TX_FRAUD]
+    out: dict[str, Any] = {"versions": answers["model_version"].value_counts().to_dict()}
+    for key, part in (
+        ("all", answers),
+        ("champion", answers[answers["model_version"] == champion]),
+    ):
+        if not len(part):
+            continue
+        y = label.loc[part.index].to_numpy()
+        m = metrics.decision_metrics(y, part["probability"].to_numpy(), part["is_fraud"].to_numpy())
+        out[key] = {"n": len(part), "frauds": int(y.sum()), **m}
+    return out
 
 
 def _holdout_ap(client: Any, name: str, version: str) -> float | None:
@@ -187,18 +262,29 @@ def _holdout_ap(client: Any, name: str, version: str) -> float | None:
         return None
 
 
-def prepare_data(data_path: Path, run_key: str | None = None, append_days: int = 1) -> DataReport:
-    """The latest training window, validated. A simulated dataset (``simulation.json`` beside
-    its ``transactions/``) first grows by ``append_days`` new days, once per ``run_key``.
+def prepare_data(
+    settings: Settings, data_path: Path, run_key: str | None = None, append_days: int = 1
+) -> DataReport:
+    """The latest training window, validated. From files, a simulated dataset
+    (``simulation.json`` beside its ``transactions/``) first grows by ``append_days`` new days,
+    once per ``run_key``; from the decision log the window ends at the label horizon and its
+    ``as_of`` pins it for the steps after.
 
-    Fails loudly (:class:`PipelineError`) on no data, an unreadable or empty day, or a day with
-    under a fifth of the median daily volume."""
+    Fails loudly (:class:`PipelineError`) on no data, an unreadable or empty day, a day with
+    under a fifth of the median daily volume, or logged features that differ from the
+    recomputed ones."""
     appended: list[str] = []
     root = data_path.parent
-    if (root / simulate.CONFIG_FILE).exists() and append_days > 0:
+    db = settings.training_source == "db"
+    if (root / simulate.CONFIG_FILE).exists() and append_days > 0 and not db:
         appended = [p.stem for p in simulate.append_days(root, append_days, key=run_key)]
+    loaded = None
     try:
-        raw = data.load_transactions(data_path)
+        if db:
+            loaded = load_data(settings, data_path)
+            raw = loaded.raw
+        else:
+            raw = data.load_transactions(data_path)
     except (data.DataError, ValueError, FileNotFoundError) as exc:
         raise PipelineError(f"data at {data_path} cannot be loaded: {exc}") from exc
     if raw.empty:
@@ -224,7 +310,40 @@ def prepare_data(data_path: Path, run_key: str | None = None, append_days: int =
         len(raw),
         int(raw[schema.TX_FRAUD].sum()),
         appended,
+        "decision_log" if loaded else "files",
+        loaded.tags["data.as_of"] if loaded else None,
+        loaded.tags if loaded else {},
     )
+
+
+@dataclass
+class Purge(_Report):
+    before: str  # decisions of days before this one were deleted
+    decisions: int
+    label_events: int
+
+
+def purge_decisions(settings: Settings, keep_days: int | None = None) -> Purge:
+    """Delete the decisions (and their label events) of days older than the retention, by
+    the store's clock (the latest logged transaction; now with ``FRAUD_CLOCK=wall``)."""
+    from datetime import timedelta
+
+    from training import decision_store
+
+    days = keep_days or settings.decision_retention_days
+    decision_store.upgrade(settings.decision_db_url)  # the schema, if nothing made it yet
+    try:
+        now = decision_source.store_clock(settings.decision_db_url, settings.clock == "wall")
+    except ValueError:  # nothing logged: nothing to purge
+        return Purge("", 0, 0)
+    before = now.date() - timedelta(days=days)
+    engine = decision_store.engine_for(settings.decision_db_url)
+    try:
+        with engine.begin() as conn:
+            gone, labels = decision_store.purge(conn, before)
+    finally:
+        engine.dispose()
+    return Purge(before.isoformat(), gone, labels)
 
 
 def find_run_version(client: Any, name: str, run_key: str) -> Any | None:
@@ -239,9 +358,10 @@ def train_candidate(
     run_key: str | None = None,
     grid: str | dict[str, list[Any]] = "standard",
     progress: Callable[[str], None] | None = None,
-    frames: Frames | None = None,
+    loaded: TrainingData | None = None,
     seed: int = 0,
     on_result: Callable[[TrainingResult], None] | None = None,
+    as_of: datetime | None = None,
 ) -> TrainedVersion:
     """Train, log to MLflow and register a candidate (not yet gated). Idempotent per run."""
     from training import train as train_mod
@@ -253,7 +373,8 @@ def train_candidate(
             metrics = client.get_run(existing.run_id).data.metrics
             test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
             return TrainedVersion(str(existing.version), str(existing.run_id), True, test)
-    raw, feats = _frames(data_path, frames)
+    loaded = loaded or load_data(settings, data_path, as_of)
+    raw, feats = loaded.raw, loaded.feats
     layout = data.handbook_layout(raw)
     result = train_mod.train(
         raw,
@@ -267,13 +388,17 @@ def train_candidate(
     )
     if on_result is not None:
         on_result(result)
-    extra = {RUN_KEY_TAG: run_key} if run_key else {}
-    reg = registry.log_training(result, raw, feats, settings, str(data_path), extra_tags=extra)
+    extra = {**loaded.tags, **({RUN_KEY_TAG: run_key} if run_key else {})}
+    reg = registry.log_training(result, raw, feats, settings, loaded.dataset, extra_tags=extra)
     return TrainedVersion(reg.version, reg.run_id, False, dict(result.test_metrics))
 
 
 def smoke_check(
-    settings: Settings, version: str, data_path: Path, rows: int = 200, frames: Frames | None = None
+    settings: Settings,
+    version: str,
+    data_path: Path,
+    rows: int = 200,
+    loaded: TrainingData | None = None,
 ) -> None:
     """The registered model loads and scores a smoke batch of recent data to valid
     probabilities, and its compiled twin agrees (raises :class:`PipelineError`)."""
@@ -286,7 +411,7 @@ def smoke_check(
     try:
         meta = registry.model_metadata(uri)
         pipe = mlflow_sklearn.load_model(uri)
-        _, feats = _frames(data_path, frames)
+        feats = (loaded or load_data(settings, data_path)).feats
         frame = feats.iloc[-rows:][meta["feature_columns"]]
         proba = pipe.predict_proba(frame)[:, 1]
         run_id = registry.mlflow.models.get_model_info(uri).run_id
@@ -302,16 +427,18 @@ def deploy_candidate(
     version: str,
     data_path: Path,
     margin: float | None = None,
-    frames: Frames | None = None,
+    loaded: TrainingData | None = None,
+    as_of: datetime | None = None,
 ) -> Deployment:
     """The champion gate on the shared hold-out, after the smoke check. A failed smoke check
     leaves the candidate ``challenger`` with the reason."""
     client = registry.configure(settings)
     name = settings.registered_model
     previous = registry.champion_version(client, name)
-    raw, feats = _frames(data_path, frames)
+    loaded = loaded or load_data(settings, data_path, as_of)
+    raw, feats = loaded.raw, loaded.feats
     try:
-        smoke_check(settings, version, data_path, frames=(raw, feats))
+        smoke_check(settings, version, data_path, loaded=loaded)
     except PipelineError as exc:
         client.set_model_version_tag(name, version, "gate_reason", str(exc))
         client.set_registered_model_alias(name, registry.CHALLENGER, version)

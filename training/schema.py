@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 TRANSACTION_ID = "TRANSACTION_ID"
@@ -83,4 +85,24 @@ def normalize(df: pd.DataFrame, *, require_labels: bool = True) -> pd.DataFrame:
             pd.to_numeric(out[TX_FRAUD_SCENARIO], errors="coerce").fillna(0).astype("int8")
         )
     out = out.sort_values(TX_DATETIME, kind="stable").reset_index(drop=True)
+    return out
+
+
+def request_bodies(df: pd.DataFrame, id_prefix: str = "") -> list[dict[str, Any]]:
+    """Raw transactions (handbook layout) as `/predict` transaction objects, for replays,
+    load tests and benchmarks."""
+    has_cats = TX_CHANNEL in df.columns and MERCHANT_CATEGORY in df.columns
+    out = []
+    for row in df.itertuples(index=False):
+        tx: dict[str, Any] = {
+            "transaction_id": f"{id_prefix}{getattr(row, TRANSACTION_ID)}",
+            "tx_datetime": getattr(row, TX_DATETIME).isoformat(),
+            "customer_id": str(getattr(row, CUSTOMER_ID)),
+            "terminal_id": str(getattr(row, TERMINAL_ID)),
+            "tx_amount": float(getattr(row, TX_AMOUNT)),
+        }
+        if has_cats:
+            tx["tx_channel"] = getattr(row, TX_CHANNEL)
+            tx["merchant_category"] = getattr(row, MERCHANT_CATEGORY)
+        out.append(tx)
     return out

@@ -43,12 +43,14 @@ def test_retrain_graph(dagbag) -> None:
     assert edges(dag) == {
         ("performance_check", "data_prep"),
         ("data_prep", "training"),
+        ("data_prep", "deployment"),  # the gate reads the window data_prep fixed
         ("training", "deployment"),
         ("deployment", "publish_champion"),
         ("deployment", "notification"),
         ("publish_champion", "notification"),
     }
     assert dag.get_task("notification").trigger_rule == "all_done"
+    assert dag.get_task("decision_retention").upstream_task_ids == set()  # apart: never blocks
     outlets = dag.get_task("publish_champion").outlets
     assert [o.name for o in outlets] == ["fraud_champion"]
     assert dag.schedule == "@daily"

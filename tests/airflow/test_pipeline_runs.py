@@ -14,9 +14,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from serving.api_models import request_bodies
 from training import pipeline, registry
 from training.config import Settings, get_settings
+from training.schema import request_bodies
 from training.simulate import SimulationConfig, save_config, simulate, write_per_day
 
 from ..conftest import free_port
@@ -49,6 +49,7 @@ def env(airflow_db, tmp_path_factory) -> Iterator[dict[str, Any]]:
             "FRAUD_REGISTERED_MODEL": MODEL,
             "FRAUD_BENTO_MODEL": BENTO_MODEL,
             "FRAUD_BENTOS_DIR": str(work / "bentos"),
+            "FRAUD_DECISION_DB_URL": f"sqlite:///{work}/decisions.db",
             "FRAUD_NOTIFY_WEBHOOK_URL": webhook.url,
             "FRAUD_NOTIFY_SMTP_HOST": "127.0.0.1",
             "FRAUD_NOTIFY_SMTP_PORT": str(mailbox.port),
@@ -99,6 +100,7 @@ def test_retrain_promotes_a_better_model_then_keeps_a_worse_one(env) -> None:
     first_s = time.perf_counter() - t0
     assert str(first.state) == "success", states(first)
     assert states(first)["publish_champion"] == "success"
+    assert states(first)["decision_retention"] == "success"
     assert registry.champion_version(client, MODEL) == "1"
     assert asset_events() == 1
     assert len(webhook.bodies) == 1 and "promoted to champion" in webhook.texts()
@@ -126,7 +128,7 @@ def test_rerunning_a_day_duplicates_nothing(env) -> None:
     settings = Settings()
     data_path = env["root"] / "transactions"
     files = sorted(data_path.glob("*.parquet"))
-    report = pipeline.prepare_data(data_path, run_key=run_id)
+    report = pipeline.prepare_data(settings, data_path, run_key=run_id)
     assert report.appended == [] and sorted(data_path.glob("*.parquet")) == files
     again = pipeline.train_candidate(settings, data_path, run_key=run_id, grid=WORSE)
     assert again.reused and again.version == "1"
@@ -143,10 +145,10 @@ def test_broken_data_fails_loudly(tmp_path) -> None:
 
     pd.read_parquet(victim).head(3).to_parquet(victim)
     with pytest.raises(pipeline.PipelineError, match="under 20% of the median daily volume"):
-        pipeline.prepare_data(days, append_days=0)
+        pipeline.prepare_data(Settings(), days, append_days=0)
     victim.unlink()
     with pytest.raises(pipeline.PipelineError, match="days without any transaction"):
-        pipeline.prepare_data(days, append_days=0)
+        pipeline.prepare_data(Settings(), days, append_days=0)
 
 
 class Traffic(threading.Thread):

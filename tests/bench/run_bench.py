@@ -175,8 +175,8 @@ def hey_rate(
 
 def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, Path]:
     """Transactions that continue the champion's data in time, as request bodies."""
-    from serving.api_models import request_bodies
     from training import features, schema
+    from training.schema import request_bodies
     from training.simulate import SimulationConfig, simulate
 
     info = json.loads(bento_model.Layout.of(model_path).info.read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
-from serving.api_models import request_bodies
+from training.schema import request_bodies
 from training.simulate import SimulationConfig, simulate
 
 STREAM: list[dict] = []
