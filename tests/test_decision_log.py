@@ -71,6 +71,44 @@ def counts(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
+def test_decision_lines_carry_the_feature_vector_exactly() -> None:
+    """Numeric features travel packed (float64, base64) and come back bit for bit, the
+    categorical ones as JSON; a line of the first format (one JSON dict) still reads."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from serving.online_features import TxRecord
+
+    rng = np.random.default_rng(3)
+    cols = {
+        "A": rng.random(3) * 1e6,
+        "B": np.array([1, 2, 3], dtype=np.int64),
+        "CAT": np.array(["grocery", "travel", "unknown"], dtype=object),
+    }
+    cols["A"][1] = 0.1 + 0.2  # a float whose shortest repr has 17 digits
+    log = SimpleNamespace(feature_names=["A", "B", "CAT"], worker="w")
+    records = [TxRecord(f"t{i}", "c", "t", 1_530_000_000_000 + i, 100 * i) for i in range(3)]
+    lines = dl.DecisionLog.decision_lines(  # type: ignore[arg-type]
+        log, records, ["k"] * 3, [0.1, 0.2, 0.3], [False, True, False], ["7"] * 3, cols,
+        "fraud_detector", 0.15, False,
+    )  # fmt: skip
+    rows, _ = dl.rows_of([*lines, decision_line("old")])
+    for i, row in enumerate(rows[:3]):
+        assert row["features"] == {
+            "A": float(cols["A"][i]), "B": float(cols["B"][i]), "CAT": cols["CAT"][i]
+        }  # fmt: skip
+        assert np.float64(row["features"]["A"]).tobytes() == cols["A"][i].tobytes()
+        assert row["is_fraud"] == (i == 1) and row["model_version"] == "7"
+    assert rows[3]["features"] == {"TX_AMOUNT": 12.34}
+    unscored, _ = dl.rows_of(
+        dl.DecisionLog.decision_lines(  # type: ignore[arg-type]
+            log, records[:1], [None], [0.0], [False], ["7"], None, "m", 0.5, True
+        )
+    )
+    assert unscored[0]["features"] is None
+
+
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
     assert ds.upgrade(store_url) == "0001"  # the fixture ran it once already
     engine = ds.engine_for(store_url)

@@ -134,3 +134,28 @@ def _next_days(root: Path) -> pd.DataFrame:
     from training.replay import next_days
 
     return next_days(root, WEEKS)
+
+
+def test_a_training_serving_skew_stops_the_retraining(store: str, small_data_dir: Path) -> None:
+    """A logged feature the one definition does not reproduce is a skew: the window is refused,
+    naming the feature (runs after the loop, on its store)."""
+    import sqlalchemy as sa
+
+    settings = Settings(decision_db_url=store, training_source="db")
+    engine = ds.engine_for(store)
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.select(ds.decisions.c.transaction_id, ds.decisions.c.features)
+            .where(~ds.decisions.c.degraded)
+            .order_by(ds.decisions.c.tx_time)
+            .limit(1)
+        ).one()
+        skewed = {**row.features, "CUSTOMER_ID_NB_TX_1DAY_WINDOW": 999.0}
+        conn.execute(
+            sa.update(ds.decisions)
+            .where(ds.decisions.c.transaction_id == row.transaction_id)
+            .values(features=skewed)
+        )
+    engine.dispose()
+    with pytest.raises(pipeline.PipelineError, match="CUSTOMER_ID_NB_TX_1DAY_WINDOW"):
+        pipeline.load_data(settings, small_data_dir)
