@@ -4,6 +4,8 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api     `bentoml serve service:FraudDetector` (this project; API key + both rate limits
                 checked on every request, limits never reached)
   fraud-api-open  the same with FRAUD_AUTH=off (no key check, no limits)
+  fraud-api-nolog  the same as fraud-api with FRAUD_DECISION_LOG=false (no journal, no fsync
+                before the answer, no shipping): the decision log's cost
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
                 with the same request-path fixes (serving/bentoml_fixes.py) and GC
                 setting (serving.scorer.settle_gc)
@@ -350,6 +352,7 @@ def main() -> None:
     columns = info["feature_columns"]
     work = args.out / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "journals", ignore_errors=True)  # no replay of an earlier run's log
     print(f"champion {model.tag} (MLflow v{model.info.metadata.get('mlflow_model_version')})")
     bodies = make_bodies(work, model_path, columns)
     cost = model_cost(model_path, columns, model.info.metadata)
@@ -367,6 +370,10 @@ def main() -> None:
     servers = {
         "fraud-api": (["bentoml", "serve", "service:FraudDetector", "--port", "{port}"], "tx"),
         "fraud-api-open": (
+            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
+            "tx",
+        ),
+        "fraud-api-nolog": (
             ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
             "tx",
         ),
@@ -427,6 +434,7 @@ def main() -> None:
         [
             "fraud-api",
             "fraud-api-open",
+            "fraud-api-nolog",
             "bentoml-noop",
             "bentoml-noop-stock",
             "bentoml-noop-forest",
@@ -457,10 +465,14 @@ def main() -> None:
                         # server may run on both CPUs (CompiledModel.session_for)
                         **(
                             {"FRAUD_MODEL_THREADS": "2"}
-                            if name in ("fraud-api", "fraud-api-open", "bentoml-noop-forest")
+                            if name.startswith("fraud-api") or name == "bentoml-noop-forest"
                             else {}
                         ),
                         **({"FRAUD_AUTH": "off"} if name == "fraud-api-open" else {}),
+                        # each server its own journal and store, never the project's own
+                        "FRAUD_JOURNAL_DIR": str(work / "journals" / name),
+                        "FRAUD_DECISION_DB_URL": f"sqlite:///{work / 'journals' / name}.db",
+                        **({"FRAUD_DECISION_LOG": "false"} if name.endswith("-nolog") else {}),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                         **(
                             {"NOOP_FOREST_ROWS": str(bodies["f_single"])}
@@ -631,6 +643,15 @@ def render(report: dict[str, Any]) -> str:
             f"{a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at 500 req/s = "
             f"{a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; server CPU per request "
             f"at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
+        )
+    if "fraud-api" in s and "fraud-api-nolog" in s:
+        a, o = s["fraud-api"], s["fraud-api-nolog"]
+        lines.append(
+            "Decision log (journal fsync'd before each answer, shipped to SQLite): peak "
+            f"fraud-api / fraud-api-nolog = {a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at "
+            f"500 req/s = {a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; 100-tx "
+            f"requests {a['batch100']['tx_per_s'] / o['batch100']['tx_per_s']:.2f}x; server CPU "
+            f"per request at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
         )
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]

@@ -1,0 +1,271 @@
+"""Kill -9, proven: `bentoml serve` with its decisions logged to PostgreSQL, driven at ~500
+single-transaction requests a second while its serving worker is SIGKILLed three times at random
+moments (BentoML starts a new one), then while the decision database refuses every connection
+for 10 s. Every transaction answered 200 is in the database exactly once, and the last worker's
+state equals that of a twin that was never killed, fed the same logged stream."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bentoml
+import httpx
+import pandas as pd
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from serving.online_features import records_from_frame
+from serving.scorer import FraudScorer, ModelBundle
+from training import decision_store as ds
+from training import schema
+from training.replay import next_days
+from training.simulate import save_config
+
+from .conftest import SMALL, free_port
+from .servers import AUTH, PG, bento_server, psql
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.postgres]
+RATE = 500  # requests a second offered
+SECONDS = 30
+THREADS = 24
+
+
+@dataclass
+class Drive:
+    """Single-transaction /predict requests at a fixed rate from a pool of threads; which
+    transaction got which answer."""
+
+    url: str
+    bodies: list[dict]
+    rate: float = RATE
+    answered: list[str] = field(default_factory=list)  # 200
+    failed: dict[str, int] = field(default_factory=dict)  # status or error -> count
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, seconds: float, events: list[tuple[float, object]] = ()) -> float:  # type: ignore[assignment]
+        """Send for ``seconds`` (or until the bodies run out); ``events``: (at s, callable) run
+        from the driver's clock. Returns the achieved request rate."""
+        it = iter(self.bodies)
+        t0 = time.monotonic()
+        sent = [0]
+
+        def worker() -> None:
+            client = httpx.Client(headers=AUTH, timeout=10)
+            while True:
+                with self.lock:
+                    body = next(it, None)
+                    k = sent[0]
+                    sent[0] += 1
+                if body is None:
+                    return
+                due = t0 + k / self.rate
+                if due - time.monotonic() > 0:
+                    time.sleep(due - time.monotonic())
+                if due - t0 > seconds:
+                    return
+                try:
+                    r = client.post(f"{self.url}/predict", json={"transactions": [body]})
+                    key = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                with self.lock:
+                    if key == "200":
+                        self.answered.append(body["transaction_id"])
+                    else:
+                        self.failed[key] = self.failed.get(key, 0) + 1
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(THREADS)]
+        for t in threads:
+            t.start()
+        for at, action in sorted(events, key=lambda e: e[0]):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            action()  # type: ignore[operator]
+        for t in threads:
+            t.join(seconds + 60)
+        return (len(self.answered) + sum(self.failed.values())) / (time.monotonic() - t0)
+
+
+def serving_worker(port: int) -> psutil.Process:
+    """The serving worker on ``port``: the child of the circus arbiter holding its socket."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] != "circusd":
+            continue
+        try:
+            ports = {c.laddr.port for c in proc.net_connections("tcp") if c.laddr}
+        except psutil.Error:
+            continue
+        if port in ports:
+            for child in proc.children():
+                try:
+                    if (
+                        child.status() != psutil.STATUS_ZOMBIE
+                        and "_bentoml_impl.worker.service" in " ".join(child.cmdline())
+                    ):
+                        return child
+                except psutil.Error:  # gone or a zombie: killed, not yet reaped
+                    continue
+    raise AssertionError(f"no serving worker on port {port}")
+
+
+def live_worker(port: int, killed: list[int]) -> bool:
+    try:
+        return serving_worker(port).pid not in killed
+    except AssertionError:
+        return False
+
+
+def stored(url: str, ids: list[str]) -> tuple[int, int]:
+    """(rows for these ids, rows in all) in the store."""
+    engine = ds.engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return ds.count(conn, ds.decisions, ids), ds.count(conn, ds.decisions)
+    finally:
+        engine.dispose()
+
+
+def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("kill9-data")
+    save_config(SMALL, root)
+    return next_days(root, 30)  # more than the two phases send
+
+
+@pytest.fixture(scope="module")
+def served(champion, tmp_path_factory) -> Iterator[dict]:
+    db = f"fraud_kill9_{uuid.uuid4().hex[:8]}"
+    psql(f"CREATE DATABASE {db}")
+    store = f"{PG}/{db}"
+    work = tmp_path_factory.mktemp("kill9")
+    port = free_port()
+    env = {"BENTOML_DO_NOT_TRACK": "True", "FRAUD_DECISION_DB_URL": store}
+    try:
+        with bento_server(port, env, work / "serve.log") as url:
+            yield {"url": url, "port": port, "store": store, "db": db, "sent": []}
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_three_kill_9s_lose_no_answered_decision(served: dict, stream: pd.DataFrame) -> None:
+    url, port, store = served["url"], served["port"], served["store"]
+    bodies = schema.request_bodies(stream.head(RATE * SECONDS))
+    drive = Drive(url, bodies)
+    rng = random.Random(20)
+    moments = sorted(rng.uniform(2, SECONDS - 4) for _ in range(3))
+    while min(b - a for a, b in itertools.pairwise(moments)) < 6:  # room to restart
+        moments = sorted(rng.uniform(2, SECONDS - 4) for _ in range(3))
+    killed: list[int] = []
+
+    def kill() -> None:
+        wait_until(lambda: live_worker(port, killed), 60, "no worker to kill")
+        worker = serving_worker(port)
+        killed.append(worker.pid)
+        worker.kill()  # SIGKILL: no shutdown hook, no flush, no goodbye
+
+    rate = drive.run(SECONDS, [(m, kill) for m in moments])
+    wait_until(lambda: live_worker(port, killed), 120, "no new worker")
+    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 120, "not ready")
+    answered = sorted(set(drive.answered))
+    wait_until(
+        lambda: stored(store, answered)[0] == len(answered),
+        60,
+        f"answered decisions missing from the store: {len(answered) - stored(store, answered)[0]}",
+    )
+    in_store, total = stored(store, answered)
+    print(
+        f"\nkill -9 x3 at {[round(m, 1) for m in moments]} s, {rate:.0f} req/s offered: "
+        f"{len(drive.answered)} answered, {in_store} of them in the store, lost "
+        f"{len(answered) - in_store}, duplicated {len(drive.answered) - len(answered)}; "
+        f"not answered {drive.failed}; {total} decisions stored in all"
+    )
+    assert len(killed) == 3 and len(drive.answered) == len(answered)
+    assert in_store == len(answered)
+    assert sum(drive.failed.values()) < len(bodies) / 2  # the service did answer in between
+    served["sent"] = bodies
+
+
+def test_the_database_down_10_s_delays_but_loses_nothing(served: dict, stream: pd.DataFrame):  # type: ignore[no-untyped-def]
+    url, store, db = served["url"], served["store"], served["db"]
+    offset = len(served["sent"]) or RATE * SECONDS
+    bodies = schema.request_bodies(stream.iloc[offset : offset + RATE * 20])
+    drive = Drive(url, bodies)
+    backlog: list[int] = []
+
+    def down() -> None:
+        psql(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+
+    def watch() -> None:
+        backlog.append(
+            httpx.get(f"{url}/health", timeout=5).json()["decision_log"]["backlog_bytes"]
+        )
+
+    def up() -> None:
+        watch()
+        psql(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+
+    rate = drive.run(20, [(4, down), (9, watch), (14, up)])
+    answered = sorted(set(drive.answered))
+    t0 = time.monotonic()
+    wait_until(lambda: stored(store, answered)[0] == len(answered), 60, "backlog not delivered")
+    delivered_s = time.monotonic() - t0
+    print(
+        f"\ndatabase refusing connections 10 s, {rate:.0f} req/s offered: {len(answered)} "
+        f"answered ({drive.failed or 'none'} not), backlog during the outage {backlog} bytes, "
+        f"all {len(answered)} stored {delivered_s:.1f} s after the traffic ended, lost 0"
+    )
+    assert max(backlog) > 0  # the journal held what the store could not take
+    assert not drive.failed  # serving went on while the store was down
+    served["sent"] = served["sent"] + bodies
+
+
+def test_the_last_worker_scores_as_a_twin_that_was_never_killed(
+    served: dict, champion, stream: pd.DataFrame
+) -> None:
+    """The twin scores every logged decision in stream order (what a never-killed worker
+    would have seen: the answered ones and those logged just before a kill); then both score
+    the same probes."""
+    url, store = served["url"], served["store"]
+    if not served["sent"]:
+        pytest.skip("needs the kill -9 run before it")
+    engine = ds.engine_for(store)
+    with engine.connect() as conn:
+        logged = conn.execute(sa.select(ds.decisions.c.transaction_id)).scalars().all()
+    engine.dispose()
+    seen = stream[stream[schema.TRANSACTION_ID].isin(set(logged))]
+    model = bentoml.models.get(champion["imported"].tag)
+    twin = FraudScorer(ModelBundle.load(Path(model.path), model.info.metadata))
+    twin.warm()
+    records = records_from_frame(seen)
+    for start in range(0, len(records), 50):
+        twin.score(records[start : start + 50])
+    probe = stream.iloc[len(served["sent"]) + 1_000 :].head(40).copy()
+    probe[schema.TRANSACTION_ID] = "probe-" + probe[schema.TRANSACTION_ID]
+    answer = httpx.post(
+        f"{url}/predict",
+        json={"transactions": schema.request_bodies(probe)},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    got = [a["fraud_probability"] for a in answer.json()]
+    expected = twin.score(records_from_frame(probe)).proba.tolist()
+    assert got == pytest.approx(expected, abs=1e-9)
+    health = httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["decision_log"]
+    print(f"\nlast worker replayed {health['replayed']} logged decisions at start")
+    assert health["replayed"] and health["replay_error"] is None
