@@ -296,8 +296,12 @@ class FraudDetector:
                     for r, t in zip(records, transactions, strict=True)
                 }
             )
+            key = API_KEY.get()
+            ingested = self.decisions.feedback_record_lines(
+                records, key, SETTINGS.bento_model, self.scorer.model_version
+            )  # the records first: their label events refer to them
             try:
-                self.decisions.record_sync(self.decisions.label_lines(given, API_KEY.get()))
+                self.decisions.record_sync(ingested + self.decisions.label_lines(given, key))
             except OSError as exc:
                 tm.LOG_FAILURES.inc()
                 raise ServiceUnavailable(

@@ -213,6 +213,7 @@ def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, An
         kind = item.pop("k")
         if kind == "d":
             item["features"] = _features(item)
+            item.setdefault("kind", "scored")  # every row of one insert has the same keys
             tx_time = _utc(item.pop("time_ms"))
             item.update(
                 tx_time=tx_time, tx_day=tx_time.date(), received_at=_utc(item["received_at"])
@@ -448,6 +449,28 @@ class DecisionLog:
                 row = pack(*[v[i] for v in vectors])
                 head = head[:-1] + ', "fx": "' + b64(row).decode() + '"' + tail
             lines.append((head + "\n").encode())
+        return lines
+
+    def feedback_record_lines(
+        self, records: list[Any], key: str | None, model_name: str, version: str
+    ) -> list[bytes]:
+        """One line per labelled transaction sent to /feedback as a full record (never scored
+        here: no score or decision; its label is a label event beside it)."""
+        received = int(time.time() * 1000)
+        common = {
+            "kind": "feedback", "features": None, "model_name": model_name,
+            "model_version": version, "probability": None, "threshold": None, "is_fraud": None,
+            "degraded": False, "api_key": key, "worker": self.worker, "received_at": received,
+        }  # fmt: skip
+        lines = []
+        for r in records:
+            row = {
+                "k": "d", "transaction_id": r.transaction_id, "time_ms": r.time_ms,
+                "customer_id": r.customer_id, "terminal_id": r.terminal_id,
+                "amount_cents": r.amount_cents, "channel": r.channel,
+                "merchant_category": r.merchant_category, **common,
+            }  # fmt: skip
+            lines.append((json.dumps(row) + "\n").encode())
         return lines
 
     def label_lines(self, labels: dict[str, int], key: str | None) -> list[bytes]:

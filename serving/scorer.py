@@ -307,18 +307,11 @@ class FraudScorer:
         rows = rows[~rows["degraded"].astype(bool)]  # scored without the state: never recorded
         if rows.empty:
             return 0
-        times = [  # SQLite gives naive datetimes: the store holds UTC
-            int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
-            for t in rows["tx_time"]
-        ]
-        records = [
-            TxRecord(str(tx), str(c), str(term), t, int(a), ch, m)
-            for tx, c, term, t, a, ch, m in zip(
-                rows["transaction_id"], rows["customer_id"], rows["terminal_id"], times,
-                rows["amount_cents"], rows["channel"], rows["merchant_category"], strict=True,
-            )
-        ]  # fmt: skip
-        self.replayed_until_ms = max(self.replayed_until_ms, max(times))
+        sent = rows["kind"] == "feedback" if "kind" in rows else pd.Series(False, rows.index)
+        ingested, rows = rows[sent], rows[~sent]  # records sent to /feedback, never scored
+        records, sent_records = _logged_records(rows), _logged_records(ingested)
+        last = max(r.time_ms for r in (*records, *sent_records))
+        self.replayed_until_ms = max(self.replayed_until_ms, last)
         flagged = rows["is_fraud"].astype(int).tolist()
         proba = rows["probability"].astype(float).tolist()
         versions = rows["model_version"].astype(str).tolist()
@@ -332,6 +325,12 @@ class FraudScorer:
             for k in range(0, len(idx), 1_000)
         ]
         with self.lock, bulk:
+            if len(ingested):
+                self.features.ingest(
+                    sent_records,
+                    [int(bool(lab)) if lab == lab and lab is not None else 0
+                     for lab in ingested["label"]],
+                )  # fmt: skip
             for version, idx in runs:
                 i, j = idx[0], idx[-1] + 1
                 self.features.compute_columns(records[i:j], True, decided_later=True)
@@ -343,7 +342,7 @@ class FraudScorer:
             }
             if labels:
                 self.features.feedback(labels)
-        return len(records)
+        return len(records) + len(sent_records)
 
     def _warm_from(self, path: Path) -> int:
         history = schema.normalize(pd.read_parquet(path))
@@ -493,3 +492,18 @@ class FraudScorer:
             "uptime_seconds": round(time.time() - self.started, 3),
             "process": os.getpid(),  # which worker answered (FRAUD_WORKERS > 1)
         }
+
+
+def _logged_records(rows: pd.DataFrame) -> list[TxRecord]:
+    """Rows of the decision store as transaction records (SQLite gives naive datetimes: the
+    store holds UTC)."""
+    times = [
+        int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000) for t in rows["tx_time"]
+    ]
+    return [
+        TxRecord(str(tx), str(c), str(term), t, int(a), ch, m)
+        for tx, c, term, t, a, ch, m in zip(
+            rows["transaction_id"], rows["customer_id"], rows["terminal_id"], times,
+            rows["amount_cents"], rows["channel"], rows["merchant_category"], strict=True,
+        )
+    ]  # fmt: skip

@@ -110,7 +110,7 @@ def test_decision_lines_carry_the_feature_vector_exactly() -> None:
 
 
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
-    assert ds.upgrade(store_url) == "0001"  # the fixture ran it once already
+    assert ds.upgrade(store_url) == "0002"  # the fixture ran it once already
     engine = ds.engine_for(store_url)
     try:
         inspector = sa.inspect(engine)
@@ -123,6 +123,39 @@ def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -
             assert live == {c.name for c in table.columns}
     finally:
         engine.dispose()
+
+
+def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
+    store_url: str,
+) -> None:
+    """0001 -> 0002 on a store holding decisions: they stay, as kind ``scored``; a feedback
+    record (no score) fits after it; the downgrade takes the records out again."""
+    from alembic import command
+
+    command.downgrade(ds.alembic_config(store_url), "0001")
+    rows, _ = dl.rows_of([decision_line("before")])
+    engine = ds.engine_for(store_url)
+    try:
+        with engine.begin() as conn:
+            old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
+            conn.execute(old.insert(), [{k: v for k, v in r.items() if k != "kind"} for r in rows])
+        assert ds.upgrade(store_url) == "0002"
+        record = {**rows[0], "transaction_id": "sent", "kind": ds.FEEDBACK, "probability": None,
+                  "threshold": None, "is_fraud": None, "features": None}  # fmt: skip
+        with engine.begin() as conn:
+            ds.write(conn, [record], [])
+            kinds = dict(
+                conn.execute(sa.select(ds.decisions.c.transaction_id, ds.decisions.c.kind)).all()
+            )
+        assert kinds == {"before": ds.SCORED, "sent": ds.FEEDBACK}
+        command.downgrade(ds.alembic_config(store_url), "0001")
+        with engine.connect() as conn:
+            assert ds.count(conn, ds.label_events) == 0
+            left = conn.execute(sa.text("SELECT transaction_id FROM decisions")).scalars().all()
+        assert left == ["before"]
+    finally:
+        engine.dispose()
+        ds.upgrade(store_url)
 
 
 def test_a_journal_answers_only_after_its_fsync_and_groups_fsyncs(

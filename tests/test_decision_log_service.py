@@ -88,15 +88,23 @@ def check_the_log(url: str, store: str, prefix: str) -> None:
         json={"labels": [{"transaction_id": f"{prefix}-0", "is_fraud": False}]},
         headers=AUTH,
     )
+    record = {**txs(f"{prefix}c", 1)[0], "is_fraud": True}  # seen by another channel only
+    sent = client.post(f"{url}/feedback", json={"transactions": [record]}, headers=AUTH)
     assert fb.status_code == 200 and fix.status_code == 200, (fb.text, fix.text)
-    wait_for_rows(store, 15, 3)
+    assert sent.status_code == 200, sent.text
+    wait_for_rows(store, 16, 4)
 
     engine = ds.engine_for(store)
     with engine.connect() as conn:
         row = ds.decision(conn, f"{prefix}-4")
         other = ds.decision(conn, f"{prefix}b-2")
         history = ds.label_history(conn, f"{prefix}-0")
+        ingested = ds.decision(conn, f"{prefix}c-0")
+        ingested_labels = ds.label_history(conn, f"{prefix}c-0")
     engine.dispose()
+    assert ingested is not None and ingested["kind"] == ds.FEEDBACK
+    assert ingested["probability"] is None and ingested["amount_cents"] == 1250
+    assert [h["is_fraud"] for h in ingested_labels] == [True]
     assert row is not None and other is not None
     answer = answers[f"{prefix}-4"]
     assert row["probability"] == pytest.approx(answer["fraud_probability"], abs=1e-12)

@@ -77,13 +77,25 @@ def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
         scorer.feedback(corrected)
     log.record_sync(log.label_lines(labels, "analyst"))
     log.record_sync(log.label_lines(corrected, "analyst"))
+    # labelled transactions from another channel, sent as full records (never scored here)
+    other = stream(small_raw, 340).head(40)
+    other["TRANSACTION_ID"] = "sent-" + other["TRANSACTION_ID"]
+    sent, sent_labels = records_from_frame(other), [1] * 10 + [0] * 30
+    for scorer in (twin, first):
+        scorer.feedback({}, sent, sent_labels)
+    log.record_sync(
+        log.feedback_record_lines(sent, "analyst", "fraud_detector", first.model_version)
+        + log.label_lines(
+            {r.transaction_id: lab for r, lab in zip(sent, sent_labels, strict=True)}, "analyst"
+        )
+    )
     log.close()  # a clean stop delivers the journal
 
     restarted = FraudScorer(bundle)
     again = DecisionLog(tmp_path / "journal", store_url, restarted.columns)
     restarted.replay_source = again.logged_since
     restarted.warm()
-    assert restarted.replayed == 300 and restarted.replay_error is None
+    assert restarted.replayed == 340 and restarted.replay_error is None
     probe = stream(small_raw, 400).head(60)  # the same customers and terminals, later
     probe["TX_DATETIME"] = probe["TX_DATETIME"] + pd.Timedelta(hours=20)
     probe["TRANSACTION_ID"] = "probe-" + probe["TRANSACTION_ID"]
@@ -103,7 +115,7 @@ def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
     again.close()
     engine = ds.engine_for(store_url)
     with engine.connect() as conn:
-        assert ds.count(conn, ds.decisions) == 300
+        assert ds.count(conn, ds.decisions) == 340
     engine.dispose()
 
 

@@ -83,16 +83,18 @@ def load_window(
             schema.TX_FRAUD: fraud,
         }
     )[keep.to_numpy()]
-    scored = keep & ~rows["degraded"].astype(bool)  # a degraded answer had no history
+    decided = rows["kind"] == decision_store.SCORED  # not a record sent to /feedback
+    scored = keep & decided & ~rows["degraded"].astype(bool)  # degraded: no history
     logged = pd.DataFrame(
         [f if isinstance(f, dict) else json.loads(f or "{}") for f in rows["features"][scored]],
         index=rows["transaction_id"][scored].to_numpy(),
     )
-    answers = rows.loc[keep, ["model_version", "probability", "is_fraud", "degraded"]]
+    answered = keep & decided
+    answers = rows.loc[answered, ["model_version", "probability", "is_fraud", "degraded"]]
     return LoggedWindow(
         raw=schema.normalize(raw.reset_index(drop=True)),
         logged_features=logged,
-        answers=answers.set_axis(rows["transaction_id"][keep].to_numpy()),
+        answers=answers.set_axis(rows["transaction_id"][answered].to_numpy()),
         since=since,
         until=until or times.max().to_pydatetime(),
         labelled=int(labelled.sum()),

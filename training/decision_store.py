@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 metadata = sa.MetaData()
+SCORED, FEEDBACK = "scored", "feedback"  # decisions.kind
 
 decisions = sa.Table(
     "decisions",
@@ -28,13 +29,15 @@ decisions = sa.Table(
     sa.Column("features", sa.JSON, nullable=True),  # the vector the model scored, by name
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("threshold", sa.Float, nullable=False),
-    sa.Column("is_fraud", sa.Boolean, nullable=False),
+    sa.Column("probability", sa.Float, nullable=True),  # None on a feedback record
+    sa.Column("threshold", sa.Float, nullable=True),
+    sa.Column("is_fraud", sa.Boolean, nullable=True),  # the decision
     sa.Column("degraded", sa.Boolean, nullable=False),
     sa.Column("api_key", sa.String(64), nullable=True),
     sa.Column("worker", sa.String(64), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # scored: a decision; feedback: a labelled transaction sent to /feedback, never scored here
+    sa.Column("kind", sa.String(16), nullable=False, server_default="scored"),
     sa.Index("ix_decisions_tx_day", "tx_day"),
     sa.Index("ix_decisions_customer_time", "customer_id", "tx_time"),
     sa.Index("ix_decisions_terminal_time", "terminal_id", "tx_time"),
