@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -56,12 +57,19 @@ label_events = sa.Table(
 )
 
 
+def _json_text(value: Any) -> str:
+    """The JSON column's text by orjson: exact floats, ~15x faster than ``json``."""
+    return orjson.dumps(value).decode()
+
+
 def engine_for(url: str) -> sa.Engine:
     """An engine for ``url``; SQLite files get WAL (readers do not block the shipper) and
     their folder is created."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(
+        url, pool_pre_ping=True, json_serializer=_json_text, json_deserializer=orjson.loads
+    )
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")

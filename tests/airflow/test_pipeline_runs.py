@@ -137,6 +137,70 @@ def test_rerunning_a_day_duplicates_nothing(env) -> None:
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
 
 
+def log_decisions(url: str, files: pd.DataFrame, new: pd.DataFrame, version: str) -> None:
+    """``new`` written to the decision store as the service would have logged it: amounts in
+    cents, the features of the one definition over the files and ``new``."""
+    from datetime import UTC
+
+    from training import decision_store as ds
+    from training import features
+
+    new = new.assign(TX_AMOUNT=(new["TX_AMOUNT"] * 100).round() / 100)
+    both = pd.concat([files, new], ignore_index=True)
+    feats = features.offline_features(both).iloc[len(files) :]
+    names = [c for c in feats.columns if c not in files.columns or c == "TX_AMOUNT"]
+    rows = []
+    for (_, tx), (_, f) in zip(new.iterrows(), feats.iterrows(), strict=True):
+        t = tx["TX_DATETIME"].to_pydatetime().replace(tzinfo=UTC)
+        rows.append(
+            {
+                "transaction_id": str(tx["TRANSACTION_ID"]), "tx_time": t, "tx_day": t.date(),
+                "customer_id": str(tx["CUSTOMER_ID"]), "terminal_id": str(tx["TERMINAL_ID"]),
+                "amount_cents": round(tx["TX_AMOUNT"] * 100), "channel": tx["TX_CHANNEL"],
+                "merchant_category": tx["MERCHANT_CATEGORY"],
+                "features": {n: f[n] if isinstance(f[n], str) else float(f[n]) for n in names},
+                "model_name": BENTO_MODEL, "model_version": version, "probability": 0.5,
+                "threshold": 0.5, "is_fraud": False, "degraded": False, "api_key": "tests",
+                "worker": "w1", "received_at": t, "kind": ds.SCORED,
+            }
+        )  # fmt: skip
+    ds.upgrade(url)
+    engine = ds.engine_for(url)
+    with engine.begin() as conn:
+        ds.write(conn, rows, [])
+        frauds = new.loc[new["TX_FRAUD"] == 1]
+        ds.write(conn, [], [
+            {"event_id": f"w1:{i}", "transaction_id": str(tx), "is_fraud": True,
+             "labelled_at": rows[-1]["tx_time"], "api_key": "tests"}
+            for i, tx in enumerate(frauds["TRANSACTION_ID"])
+        ])  # fmt: skip
+    engine.dispose()
+
+
+def test_retrain_from_the_decision_log(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FRAUD_TRAINING_SOURCE=db: data_prep fixes the window from the log (its as_of), the
+    training and the gate read that same window, the version records it."""
+    from training.data import load_transactions
+    from training.replay import next_days
+
+    settings = Settings()
+    files = load_transactions(env["root"] / "transactions")
+    log_decisions(settings.decision_db_url, files, next_days(env["root"], 14), "1")
+    monkeypatch.setenv("FRAUD_TRAINING_SOURCE", "db")
+    run = get_dag("fraud_retrain").test(run_conf={"grid": WORSE, "append_days": 1})
+    assert str(run.state) == "success", states(run)
+    ti = {t.task_id: t for t in run.get_task_instances()}
+    prepared = ti["data_prep"].xcom_pull(task_ids="data_prep")
+    trained = ti["training"].xcom_pull(task_ids="training")
+    assert prepared["source"] == "decision_log" and prepared["appended"] == []
+    client = registry.configure(settings)
+    tags = client.get_run(trained["run_id"]).data.tags
+    assert tags["data.source"] == "decision_log" and tags["data.as_of"] == prepared["as_of"]
+    assert int(tags["data.logged"]) > 0 and int(tags["data.waiting_for_labels"]) > 0
+    check = ti["performance_check"].xcom_pull(task_ids="performance_check")
+    assert check["source"] == "decision_log" and check["live"]["all"]["n"] > 0
+
+
 def test_broken_data_fails_loudly(tmp_path) -> None:
     days = tmp_path / "transactions"
     write_per_day(simulate(SimulationConfig(n_customers=200, n_terminals=400, n_days=5)), days)
