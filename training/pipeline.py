@@ -241,7 +241,8 @@ def _live(loaded: TrainingData, ids: pd.Series, champion: str | None) -> dict[st
     answers = loaded.window.logged.answers
     answers = answers[answers.index.isin(ids.to_numpy()) & ~answers["degraded"].astype(bool)]
     label = loaded.raw.set_index(schema.TRANSACTION_ID)[schema.TX_FRAUD]
-    out: dict[str, Any] = {"versions": answers["model_version"].value_counts().to_dict()}
+    counts = answers["model_version"].value_counts()
+    out: dict[str, Any] = {"versions": {str(k): int(v) for k, v in counts.items()}}
     for key, part in (
         ("all", answers),
         ("champion", answers[answers["model_version"] == champion]),
