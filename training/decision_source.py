@@ -57,12 +57,8 @@ def load_window(
     policy (``now``: when the policy is applied, default the latest transaction logged — the
     stream's own clock, so replays of past data behave as live ones)."""
     since, until = as_utc(since), as_utc(until) if until else None
-    engine = decision_store.engine_for(url)
-    try:
-        with engine.connect() as conn:
-            rows = decision_store.decisions_with_labels(conn, since, until)
-    finally:
-        engine.dispose()
+    with decision_store.connect(url) as conn:
+        rows = decision_store.decisions_with_labels(conn, since, until)
     if rows.empty:
         raise ValueError(f"no decisions logged since {since:%Y-%m-%d %H:%M} in the store")
     times = pd.to_datetime(rows["tx_time"], utc=True)
@@ -148,12 +144,8 @@ def store_clock(url: str, wall: bool) -> datetime:
     transaction time (the stream's own clock: replays of past data behave as live ones)."""
     if wall:
         return datetime.now(UTC)
-    engine = decision_store.engine_for(url)
-    try:
-        with engine.connect() as conn:
-            latest = decision_store.latest_time(conn)
-    finally:
-        engine.dispose()
+    with decision_store.connect(url) as conn:
+        latest = decision_store.latest_time(conn)
     if latest is None:
         raise ValueError("no decisions logged in the store yet")
     return as_utc(latest)
@@ -195,7 +187,8 @@ def training_window(
         backfilled = len(earlier)
         parts.insert(0, earlier)
     raw = schema.normalize(pd.concat(parts, ignore_index=True)) if backfilled else logged.raw
-    waiting = _count_since(url, horizon)
+    with decision_store.connect(url) as conn:
+        waiting = decision_store.count_since(conn, horizon)
     tags = {
         "data.source": "decision_log",
         "data.as_of": as_of.isoformat(),
@@ -209,12 +202,3 @@ def training_window(
         "data.backfilled_from_files": str(backfilled),
     }
     return TrainingWindow(raw, logged, backfilled, tags)
-
-
-def _count_since(url: str, since: datetime) -> int:
-    engine = decision_store.engine_for(url)
-    try:
-        with engine.connect() as conn:
-            return decision_store.count_since(conn, since)
-    finally:
-        engine.dispose()

@@ -5,7 +5,8 @@ transaction id, a label event on its event id), so a journal shipped twice store
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,17 @@ def engine_for(url: str) -> sa.Engine:
             cur.close()
 
     return engine
+
+
+@contextmanager
+def connect(url: str) -> Iterator[sa.Connection]:
+    """A connection to the store at ``url`` for one piece of work (its engine disposed after)."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def alembic_config(url: str) -> Any:

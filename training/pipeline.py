@@ -127,10 +127,10 @@ def load_data(settings: Settings, data_path: Path, as_of: datetime | None = None
         return TrainingData(raw, features.offline_features(raw), str(data_path))
     import sqlalchemy as sa
 
-    url = settings.decision_db_url
-    store = sa.make_url(url).render_as_string(hide_password=True)
     from training import decision_store
 
+    url = settings.decision_db_url
+    store = sa.make_url(url).render_as_string(hide_password=True)
     try:
         decision_store.upgrade(url)  # an empty store reads as empty, not as a missing table
         files = data.load_transactions(data_path) if data_path.exists() else None
