@@ -586,6 +586,17 @@ def forest_budget(api: dict[str, Any], noop: dict[str, Any], forest: dict[str, A
     )
 
 
+def against(name: str, a: dict[str, Any], other: str, o: dict[str, Any]) -> str:
+    """One server's figures as ratios to another's: peak, p99 at 500 req/s, 100-tx requests,
+    and CPU per request at peak."""
+    return (
+        f"peak {name} / {other} = {a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at 500 req/s = "
+        f"{a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; 100-tx requests "
+        f"{a['batch100']['tx_per_s'] / o['batch100']['tx_per_s']:.2f}x; server CPU per request "
+        f"at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     s = report["servers"]
     lines = [
@@ -636,23 +647,12 @@ def render(report: dict[str, Any]) -> str:
         )
     if all(k in s for k in ("fraud-api", "bentoml-noop", "bentoml-noop-forest")):
         lines.append(forest_budget(s["fraud-api"], s["bentoml-noop"], s["bentoml-noop-forest"]))
-    if "fraud-api" in s and "fraud-api-open" in s:
-        a, o = s["fraud-api"], s["fraud-api-open"]
-        lines.append(
-            "API keys + rate limits: peak fraud-api / fraud-api-open (FRAUD_AUTH=off) = "
-            f"{a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at 500 req/s = "
-            f"{a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; server CPU per request "
-            f"at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
-        )
-    if "fraud-api" in s and "fraud-api-nolog" in s:
-        a, o = s["fraud-api"], s["fraud-api-nolog"]
-        lines.append(
-            "Decision log (journal fsync'd before each answer, shipped to SQLite): peak "
-            f"fraud-api / fraud-api-nolog = {a['peak']['rps'] / o['peak']['rps']:.2f}; p99 at "
-            f"500 req/s = {a['rate500']['p99_ms'] / o['rate500']['p99_ms']:.2f}x; 100-tx "
-            f"requests {a['batch100']['tx_per_s'] / o['batch100']['tx_per_s']:.2f}x; server CPU "
-            f"per request at peak {a['peak']['cpu_us']:,.0f} vs {o['peak']['cpu_us']:,.0f} µs"
-        )
+    for other, what in (
+        ("fraud-api-open", "API keys + rate limits (FRAUD_AUTH=off without)"),
+        ("fraud-api-nolog", "Decision log (journal fsync'd before each answer, shipped to SQLite)"),
+    ):
+        if "fraud-api" in s and other in s:
+            lines.append(f"{what}: {against('fraud-api', s['fraud-api'], other, s[other])}")
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]
         lines.append(
