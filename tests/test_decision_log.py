@@ -72,8 +72,9 @@ def counts(url: str) -> tuple[int, int]:
 
 
 def test_decision_lines_carry_the_feature_vector_exactly() -> None:
-    """Numeric features travel packed (float64, base64) and come back bit for bit, the
-    categorical ones as JSON; a line of the first format (one JSON dict) still reads."""
+    """The feature vector comes back from the journal bit for bit (floats whose shortest
+    repr has 17 digits, integers, categories); a line written by the standard ``json`` (the
+    journal before orjson) reads the same way."""
     from types import SimpleNamespace
 
     import numpy as np
