@@ -109,7 +109,7 @@ class FraudDetector:
         self.flagged = tm.PREDICTIONS.labels("fraud")
         self.passed = tm.PREDICTIONS.labels("genuine")
         self.gauges_due = 0.0
-        self.rewarms_seen = 0
+        self.scorer.on_rewarmed = tm.rewarmed
         # After the state store failed, the first batch checks that it did not come back empty
         # before trusting it (not only the next gauge refresh): no batch scores on a lost state.
         self.state_suspect = False
@@ -239,13 +239,9 @@ class FraudDetector:
         problem = self.scorer.check_state()
         tm.STATE_UP.set(problem is None)
         tm.STATE_REWARMING.set(self.scorer.rewarming)
-        tm.STATE_REWARM_SECONDS.set(self.scorer.last_rewarm_s)
         if self.decisions is not None:
             tm.LOG_BACKLOG.set(self.decisions.shipper.backlog_bytes)
             tm.LOG_SHIP_AGE.set(time.time() - self.decisions.shipper.last_ok)
-        if self.scorer.rewarms > self.rewarms_seen:
-            tm.STATE_REWARMS.inc(self.scorer.rewarms - self.rewarms_seen)
-            self.rewarms_seen = self.scorer.rewarms
         if problem is not None:
             return
         try:

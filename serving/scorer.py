@@ -206,6 +206,10 @@ class FraudScorer:
         self.rewarming = False  # the state store came back empty and is being warmed again
         self.rewarms = 0
         self.last_rewarm_s = 0.0  # how long the last re-warm took (history + decision log)
+        # Told when a re-warm ends (its seconds): the worker that re-warmed may serve no
+        # request afterwards (its clients' connections held by another worker), so its
+        # figures are published from here, not on the request path.
+        self.on_rewarmed: Callable[[float], None] | None = None
         # The decision log since the model's history, replayed after every fresh warm-up
         # (start, Redis back empty); None: no log. See serving/decision_log.py.
         self.replay_source: Callable[[int], pd.DataFrame] | None = None
@@ -375,6 +379,8 @@ class FraudScorer:
             n = self.warm()
             self.rewarms += 1
             self.last_rewarm_s = time.perf_counter() - t0
+            if self.on_rewarmed is not None:
+                self.on_rewarmed(self.last_rewarm_s)
             log.warning(
                 "state store came back empty: warmed again with %d transactions in %.1fs",
                 n,

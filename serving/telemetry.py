@@ -59,6 +59,15 @@ STATE_REWARM_SECONDS = Gauge(
 STATE_REWARMS = Counter(
     "fraud_state_rewarms_total", "Times the state store came back empty and was warmed again"
 )
+
+
+def rewarmed(seconds: float) -> None:
+    """A re-warm of the emptied state store ended (called from the re-warm's thread)."""
+    STATE_REWARM_SECONDS.set(seconds)
+    STATE_REWARMING.set(0)
+    STATE_REWARMS.inc()
+
+
 DEGRADED = Counter(
     "fraud_degraded_transactions_total",
     "Transactions met while the state store was unavailable, by outcome (rejected: 503; "

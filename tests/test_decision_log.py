@@ -126,6 +126,25 @@ def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -
         engine.dispose()
 
 
+def test_workers_starting_together_all_find_the_store_migrated(tmp_path: Path) -> None:
+    """Eight processes migrate one new store at the same moment (workers starting together):
+    each ends at the head, none fails because another created a table first."""
+    url = f"sqlite:///{tmp_path / 'race' / 'decisions.db'}"
+    code = (
+        "import sys, time; from training import decision_store as ds; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); print(ds.upgrade(sys.argv[1]))"
+    )
+    start = str(time.time() + 3)  # past every interpreter's start-up
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url, start], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-800:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["0002"] * 8
+
+
 def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
     store_url: str,
 ) -> None:

@@ -107,13 +107,14 @@ class Traffic(threading.Thread):
 
 @pytest.fixture(scope="module")
 def stream(small_raw: pd.DataFrame) -> list[dict]:
-    """The six days after the model's history (~7,000 transactions: more than the test
-    sends), in time order, as /predict bodies."""
+    """The 20 days after the model's history (~23,000 transactions: more than the test sends
+    on a fast machine, where degraded answers take under a millisecond; traffic that ran out
+    early would leave no request to show the re-warm), in time order, as /predict bodies."""
     from training.simulate import simulate
 
     from .conftest import SMALL
 
-    later = simulate(type(SMALL)(**{**SMALL.__dict__, "n_days": SMALL.n_days + 6}))
+    later = simulate(type(SMALL)(**{**SMALL.__dict__, "n_days": SMALL.n_days + 20}))
     fresh = later[later["TX_DATETIME"] > small_raw["TX_DATETIME"].max()]
     return request_bodies(fresh.reset_index(drop=True), id_prefix="fault-")
 

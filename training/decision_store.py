@@ -5,6 +5,7 @@ transaction id, a label event on its event id), so a journal shipped twice store
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,18 +105,36 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def upgrade(url: str) -> str:
-    """Bring the database at ``url`` to the latest migration; its revision."""
-    from alembic import command
+def revision(url: str) -> str | None:
+    """The store's current migration (None: not migrated)."""
     from alembic.runtime.migration import MigrationContext
 
-    command.upgrade(alembic_config(url), "head")
-    engine = engine_for(url)
-    try:
-        with engine.connect() as conn:
-            return str(MigrationContext.configure(conn).get_current_revision())
-    finally:
-        engine.dispose()
+    with connect(url) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str, wait_s: float = 10.0) -> str:
+    """Bring the database at ``url`` to the latest migration; its revision. Workers and
+    replicas starting together race to migrate: one that fails because another was doing it
+    checks again until the store is at the head (``wait_s`` at most)."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    cfg = alembic_config(url)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            command.upgrade(cfg, "head")
+            break
+        except (sa.exc.SQLAlchemyError, CommandError):  # another one created it, moved it on
+            if revision(url) == head:
+                break
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return str(revision(url))
 
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
