@@ -311,8 +311,8 @@ class FraudScorer:
         rows = rows[~rows["degraded"].astype(bool)]  # scored without the state: never recorded
         if rows.empty:
             return 0
-        sent = rows["kind"] == "feedback" if "kind" in rows else pd.Series(False, rows.index)
-        ingested, rows = rows[sent], rows[~sent]  # records sent to /feedback, never scored
+        sent = rows["kind"] == "feedback"  # records sent to /feedback, never scored
+        ingested, rows = rows[sent], rows[~sent]
         records, sent_records = _logged_records(rows), _logged_records(ingested)
         last = max(r.time_ms for r in (*records, *sent_records))
         self.replayed_until_ms = max(self.replayed_until_ms, last)
@@ -330,11 +330,8 @@ class FraudScorer:
         ]
         with self.lock, bulk:
             if len(ingested):
-                self.features.ingest(
-                    sent_records,
-                    [int(bool(lab)) if lab == lab and lab is not None else 0
-                     for lab in ingested["label"]],
-                )  # fmt: skip
+                sent_labels = [0 if pd.isna(lab) else int(bool(lab)) for lab in ingested["label"]]
+                self.features.ingest(sent_records, sent_labels)
             for version, idx in runs:
                 i, j = idx[0], idx[-1] + 1
                 self.features.compute_columns(records[i:j], True, decided_later=True)
