@@ -8,11 +8,12 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import AfterValidator, BaseModel, Field
@@ -21,6 +22,8 @@ from serving import bentoml_fixes, clock
 from serving import telemetry as tm
 from serving.api_models import (
     API_KEY,
+    EXPLAIN_MAX,
+    Explanation,
     FeedbackResult,
     LabelledTransactions,
     Labels,
@@ -33,9 +36,11 @@ from serving.auth import ApiKeyAuth, LoopbackOnly
 from serving.decision_log import DecisionLog
 from serving.hot_swap import HotSwap
 from serving.http_guard import JsonOnly, Limits, quiet_client_errors
+from serving.reason_codes import NotExplainable, ReasonCodes
 from serving.scorer import (
     BATCHING,
     MAX_BATCH,
+    AlreadyScored,
     FraudScorer,
     ModelBundle,
     SwapError,
@@ -48,6 +53,7 @@ from serving.scorer import (
 from serving.state import StateUnavailable
 from training.bento_model import served_tag
 from training.config import get_settings
+from training.explain import TOP_K
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
 # how our lines (model ready, hot swaps) reach the server log.
@@ -114,6 +120,7 @@ class FraudDetector:
         # before trusting it (not only the next gauge refresh): no batch scores on a lost state.
         self.state_suspect = False
         self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
+        self.reason_codes = ReasonCodes(self.scorer, SETTINGS.bento_model, self.decisions)
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions (and %s from the decision log) "
@@ -327,6 +334,51 @@ class FraudDetector:
             model_version=self.scorer.model_version,
         )
 
+    @bentoml.api
+    def explain(
+        self,
+        transactions: Annotated[
+            list[Transaction],
+            Field(min_length=1, max_length=EXPLAIN_MAX),
+            AfterValidator(unique_ids),
+        ],
+        top_k: Annotated[int, Field(ge=1, le=64)] = TOP_K,
+    ) -> Annotated[list[Explanation], ContentType("application/json")]:
+        """Reason codes: the score and decision /predict would give now, with the top_k
+        feature contributions (exact tree SHAP) in plain words. Records nothing: a
+        transaction scored before is a 409 (explain it with GET /explain/{transaction_id})."""
+        t0 = time.perf_counter()
+        try:
+            out = self.reason_codes.explain_new([t.to_record() for t in transactions], top_k)
+        except StateUnavailable as exc:
+            raise ServiceUnavailable(
+                f"the online feature state is unavailable ({exc}); retry"
+            ) from exc
+        except AlreadyScored as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from exc
+        tm.EXPLAIN_SECONDS.observe(time.perf_counter() - t0)
+        tm.EXPLAINED.labels("new").inc(len(out))
+        return out  # type: ignore[return-value]
+
+    @ops.get("/explain/{transaction_id}")
+    def explain_logged(self, transaction_id: str, top_k: int = TOP_K) -> dict[str, Any]:
+        """Reason codes of a logged decision, from the feature vector it was scored on and by
+        the model version that scored it."""
+        if not 1 <= top_k <= 64:
+            raise HTTPException(400, "top_k: between 1 and 64")
+        t0 = time.perf_counter()
+        try:
+            out = self.reason_codes.explain_logged(transaction_id, top_k)
+        except NotExplainable as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except sqlalchemy_errors() as exc:
+            raise HTTPException(503, f"the decision store is unavailable ({exc}); retry") from exc
+        tm.EXPLAIN_SECONDS.observe(time.perf_counter() - t0)
+        tm.EXPLAINED.labels("logged").inc()
+        return out
+
     @ops.get("/health")
     def health(self) -> dict[str, Any]:
         """Status, model name/version/alias, feature-state size, BentoML fixes, uptime."""
@@ -384,6 +436,13 @@ class FraudDetector:
         }
 
 
+def sqlalchemy_errors() -> type[Exception]:
+    """The decision store's connection errors (SQLAlchemy, imported with the log)."""
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError
+
+
 def check_keys() -> None:
     """Refuse to start with FRAUD_AUTH=keys and no active key: every call would be a 401."""
     from training import api_keys
@@ -412,4 +471,4 @@ if SETTINGS.auth == "keys":
     )
 else:
     FraudDetector.add_asgi_middleware(LoopbackOnly)  # type: ignore[attr-defined]
-FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback"))  # type: ignore[attr-defined]
+FraudDetector.add_asgi_middleware(JsonOnly, paths=("/predict", "/feedback", "/explain"))  # type: ignore[attr-defined]

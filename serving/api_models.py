@@ -149,3 +149,33 @@ class FeedbackResult(BaseModel):
     unknown_transaction_ids: list[str]
     message: str
     model_version: str
+
+
+EXPLAIN_MAX = 100  # transactions a POST /explain request (~3 ms each for a 100-tree forest)
+
+
+class Reason(BaseModel):
+    feature: str = Field(description="The model's feature column")
+    value: float | str = Field(description="Its value in the vector the model scored")
+    contribution: float = Field(description="Exact tree SHAP value, in probability units")
+    direction: Literal["raises", "lowers", "none"]
+    reason: str = Field(examples=["amount 5.1x the customer's 30-day average"])
+
+
+class Explanation(BaseModel):
+    transaction_id: str
+    fraud_probability: float = Field(description="The score as /predict answers it")
+    is_fraud: bool
+    model_version: str
+    threshold: float
+    base_value: float = Field(description="The forest's mean prediction over its training rows")
+    model_output: float = Field(
+        description="base_value plus every feature's contribution: the probability of the "
+        "scikit-learn pipeline of record (the served score is its compiled twin's, within 1e-5)"
+    )
+    recorded: bool = Field(
+        description="True: a logged decision (GET /explain/{id}); false: scored for this "
+        "explanation only, nothing recorded"
+    )
+    degraded: bool
+    reasons: list[Reason] = Field(description="The largest contributions first, either sign")

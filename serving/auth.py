@@ -30,6 +30,8 @@ log = logging.getLogger("bentoml.fraud_service.auth")
 # Path -> scope it needs; a path matches its entry or an entry ending in "/" as a prefix.
 ROUTE_SCOPES: dict[str, api_keys.Scope] = {
     "/predict": "score",
+    "/explain": "score",  # scores as /predict does (records nothing)
+    "/explain/": "read",  # a logged decision's reason codes
     "/feedback": "label",
     "/test": "read",
     "/state/": "read",
@@ -40,7 +42,9 @@ OPEN = frozenset(
     {"/health", "/healthz", "/livez", "/readyz", "/", "/docs", "/docs.json", "/openapi.json"}
 )
 OPEN_PREFIXES = ("/static_content/",)
-COUNTED = frozenset({"/predict", "/feedback"})  # paths whose transactions the tx limit counts
+COUNTED = frozenset(
+    {"/predict", "/explain", "/feedback"}
+)  # paths whose transactions the tx limit counts
 RELOAD_EVERY_S = 1.0  # the key file is re-read at most this often when it changed
 FALLBACK_S = 1.0  # after a Redis error, local buckets for this long before trying Redis again
 

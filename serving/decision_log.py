@@ -465,6 +465,19 @@ class DecisionLog:
         with self.shipper.engine.connect() as conn:
             return decision_store.decisions_with_labels(conn, _utc(since_ms + 1))
 
+    def logged_decision(self, transaction_id: str) -> dict[str, Any] | None:
+        """One transaction's row in the store (None: not there); a miss delivers this
+        worker's journal first and looks again (a decision answered a moment ago)."""
+        from training import decision_store
+
+        for attempt in range(2):
+            with self.shipper.engine.connect() as conn:
+                row = decision_store.decision(conn, transaction_id)
+            if row is not None or attempt:
+                return row
+            self.shipper.ship_once()
+        return None
+
     async def record(self, lines: list[bytes]) -> None:
         """Durable before the caller answers (OSError when the disk refuses)."""
         await self.journal.durable(self.journal.write(lines))

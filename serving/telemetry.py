@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from serving.http_guard import ASGIApp, Scope
 
-API_ROUTES = ("/predict", "/feedback", "/test", "/health")
+API_ROUTES = ("/predict", "/explain", "/feedback", "/test", "/health")
 
 REQUEST_SECONDS = Histogram(
     "fraud_request_duration_seconds",
@@ -274,3 +274,16 @@ class RequestMetrics:
             kind = error_kind(status)
             if kind is not None:
                 ERRORS.labels(path, kind).inc()
+
+
+EXPLAIN_SECONDS = Histogram(
+    "fraud_explain_duration_seconds",
+    "Time to explain one /explain request (features, score and exact tree SHAP)",
+    buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+)
+EXPLAINED = Counter(
+    "fraud_explained_transactions_total",
+    "Transactions explained, by source (new: scored for the explanation; logged: a past "
+    "decision from the decision log)",
+    ["source"],
+)

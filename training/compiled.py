@@ -64,6 +64,40 @@ def input_spec(pipeline: Any) -> InputSpec:
     return InputSpec(categorical, numeric, n_inputs)
 
 
+class Encoder:
+    """The pipeline's preprocessing replayed in numpy: named feature columns to the forest's
+    input matrix (one-hot by index lookups, then the numeric block), no pandas."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.offsets: dict[str, tuple[int, dict[str, int]]] = {}
+        pos = 0
+        for col, cats in spec.categorical.items():
+            self.offsets[col] = (pos, {c: i for i, c in enumerate(cats)})
+            pos += len(cats)
+        self.numeric_start = pos
+
+    def matrix(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """The forest's float32 input from named feature columns (arrays or a DataFrame)."""
+        first = next(iter(columns), None)  # a column's name (a dict's key or a frame's)
+        n = 0 if first is None else len(columns[first])
+        X = np.zeros((n, self.spec.n_inputs), dtype=np.float32)
+        for col, (start, index) in self.offsets.items():
+            for row, value in enumerate(np.asarray(columns[col], dtype=object).tolist()):
+                k = index.get(value)
+                if k is not None:  # unknown category: all zeros, like handle_unknown="ignore"
+                    X[row, start + k] = 1.0
+        if self.spec.numeric:  # one conversion for the whole numeric block (float64 -> float32)
+            block = [np.asarray(columns[c], dtype=np.float64) for c in self.spec.numeric]
+            X[:, self.numeric_start :] = np.array(block, dtype=np.float32).T
+        return X
+
+    def owners(self) -> list[str]:
+        """For each input column of the forest, the feature column it encodes."""
+        out = [col for col, cats in self.spec.categorical.items() for _ in cats]
+        return out + list(self.spec.numeric)
+
+
 def compile_pipeline(pipeline: Any) -> tuple[bytes, InputSpec]:
     """ONNX bytes of the pipeline's forest (probabilities as a plain tensor) + its input spec."""
     from skl2onnx import to_onnx
@@ -111,12 +145,7 @@ class CompiledModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[1].name  # probabilities
         self.spec = spec
-        self._offsets: dict[str, tuple[int, dict[str, int]]] = {}
-        pos = 0
-        for col, cats in spec.categorical.items():
-            self._offsets[col] = (pos, {c: i for i, c in enumerate(cats)})
-            pos += len(cats)
-        self._numeric_start = pos
+        self.encoder = Encoder(spec)
 
     @classmethod
     def load(cls, folder: Path, threads: int = 1) -> CompiledModel:
@@ -125,17 +154,7 @@ class CompiledModel:
 
     def matrix(self, columns: Mapping[str, Any]) -> np.ndarray:
         """The forest's float32 input from named feature columns (arrays or a DataFrame)."""
-        n = len(next(iter(columns.values()))) if len(columns) else 0
-        X = np.zeros((n, self.spec.n_inputs), dtype=np.float32)
-        for col, (start, index) in self._offsets.items():
-            for row, value in enumerate(np.asarray(columns[col], dtype=object).tolist()):
-                k = index.get(value)
-                if k is not None:  # unknown category: all zeros, like handle_unknown="ignore"
-                    X[row, start + k] = 1.0
-        if self.spec.numeric:  # one conversion for the whole numeric block (float64 -> float32)
-            block = [np.asarray(columns[c], dtype=np.float64) for c in self.spec.numeric]
-            X[:, self._numeric_start :] = np.array(block, dtype=np.float32).T
-        return X
+        return self.encoder.matrix(columns)
 
     def predict_proba(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Probability of fraud per row."""
