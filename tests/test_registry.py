@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +109,17 @@ def test_run_logs_everything(settings: Settings, small_raw, small_feats, tmp_pat
         "pr_curve.png",
         "confusion_matrix.png",
         "feature_importances.png",
+        "shap_importance.png",
+        "shap_importance.csv",
+        "shap_beeswarm.png",
     } <= plots
+    # the global SHAP picture: mean |SHAP| over held-out rows, one row per model feature
+    shap_csv = Path(client.download_artifacts(reg.run_id, "plots/shap_importance.csv"))
+    shap_imp = pd.read_csv(shap_csv)
+    assert set(shap_imp["feature"]) == set(reg_info_columns(client, reg))
+    assert (shap_imp["mean_abs_shap"] >= 0).all() and shap_imp["mean_abs_shap"].max() > 0
+    assert list(shap_imp["mean_abs_shap"]) == sorted(shap_imp["mean_abs_shap"], reverse=True)
+    assert run.data.metrics["shap_sample_rows"] > 100
     mv = client.get_model_version(settings.registered_model, reg.version)
     assert {"threshold", "feature_set_version", "git_commit", "data.train_start"} <= set(mv.tags)
     info = mlflow.models.get_model_info(reg.model_uri)
@@ -122,3 +133,9 @@ def test_run_logs_everything(settings: Settings, small_raw, small_feats, tmp_pat
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{reg.run_id}'"
     )
     assert len(nested) == 1  # one candidate in this grid, logged as a nested run
+
+
+def reg_info_columns(client, reg) -> list[str]:
+    """The registered model's feature columns (its model_info.json artefact)."""
+    path = Path(client.download_artifacts(reg.run_id, "model_info.json"))
+    return list(json.loads(path.read_text())["feature_columns"])

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import bento_model, compiled, data, drift, features, metrics, reports, schema
+from training import bento_model, compiled, data, drift, explain, features, metrics, reports, schema
 from training.config import Settings
 from training.train import TrainingResult
 
@@ -132,6 +132,12 @@ def log_training(
                 result.test_labels, result.test_scores, result.threshold, out / "plots"
             )
             reports.write_importances(result.pipeline, out / "plots")
+            held_out = shap_sample(raw, feats[result.feature_columns], result.data_window)
+            explained = explain.ForestExplainer(result.pipeline, result.feature_columns).explain(
+                held_out
+            )
+            reports.write_shap_summary(explained, held_out, out / "plots")
+            mlflow.log_metric("shap_sample_rows", len(held_out))
             pd.DataFrame(rows).to_csv(out / "candidates.csv", index=False)
             (out / "evaluation.json").write_text(
                 json.dumps(
@@ -177,6 +183,24 @@ def log_training(
     }.items():
         client.set_model_version_tag(settings.registered_model, version, key, str(value))
     return Registration(run.info.run_id, version, f"models:/{settings.registered_model}/{version}")
+
+
+SHAP_ROWS = 2_000  # held-out transactions the training run's global SHAP picture explains
+
+
+def shap_sample(
+    raw: pd.DataFrame, feats: pd.DataFrame, window: dict[str, str], rows: int = SHAP_ROWS
+) -> pd.DataFrame:
+    """Up to ``rows`` transactions of the hold-out week (its frauds, up to half of them, then
+    genuine ones at random): the rows the global SHAP picture explains."""
+    day = raw[schema.TX_DATETIME].dt.normalize()
+    test = (day >= pd.Timestamp(window["test_start"])) & (day <= pd.Timestamp(window["test_end"]))
+    fraud = raw[schema.TX_FRAUD].to_numpy().astype(bool)
+    pick = np.flatnonzero(test.to_numpy() & fraud)[: rows // 2]
+    genuine = np.flatnonzero(test.to_numpy() & ~fraud)
+    rng = np.random.default_rng(0)
+    more = rng.choice(genuine, size=min(len(genuine), rows - len(pick)), replace=False)
+    return feats.iloc[np.sort(np.concatenate([pick, more]))]
 
 
 def training_reference(

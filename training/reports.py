@@ -1,4 +1,5 @@
-"""Report artefacts: ROC and PR curves, confusion matrix, feature importances, drift."""
+"""Report artefacts: ROC and PR curves, confusion matrix, feature importances (impurity and
+mean |SHAP|), drift."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from imblearn.pipeline import Pipeline
 from sklearn import metrics as skm
 
 from training.drift import MODERATE, SIGNIFICANT, Reference, level
+from training.explain import Explanations, global_importance
 
 
 def write_curves(labels: np.ndarray, scores: np.ndarray, out: Path) -> list[Path]:
@@ -88,6 +90,41 @@ def write_importances(pipeline: Pipeline, out: Path) -> list[Path]:
     fig.savefig(png, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [csv, png]
+
+
+def write_shap_summary(
+    explained: Explanations, frame: pd.DataFrame, out: Path, max_points: int = 2_000
+) -> list[Path]:
+    """The global picture of a model's reason codes over held-out rows: mean |SHAP| per
+    feature (CSV and bar chart) and a beeswarm of every row's contributions, coloured by the
+    feature's value (a categorical by its code)."""
+    import shap
+
+    out.mkdir(parents=True, exist_ok=True)
+    importance = pd.Series(global_importance(explained), name="mean_abs_shap")
+    csv = out / "shap_importance.csv"
+    importance.to_csv(csv, index_label="feature")
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(importance) + 1))
+    importance[::-1].plot.barh(ax=ax)
+    ax.set_title(f"Mean |SHAP| (fraud probability), {len(frame):,} held-out transactions")
+    bar = out / "shap_importance.png"
+    fig.savefig(bar, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    values = frame[explained.columns].iloc[:max_points].copy()
+    for col in values.columns:
+        if not pd.api.types.is_numeric_dtype(values[col]):
+            values[col] = pd.factorize(values[col])[0]
+    shap.summary_plot(
+        explained.contributions[:max_points],
+        values.astype(float),
+        feature_names=explained.columns,
+        show=False,
+        max_display=len(explained.columns),
+    )
+    swarm = out / "shap_beeswarm.png"
+    plt.gcf().savefig(swarm, dpi=100, bbox_inches="tight")
+    plt.close("all")
+    return [csv, bar, swarm]
 
 
 def write_drift_report(
