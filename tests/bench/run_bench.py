@@ -246,6 +246,33 @@ def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, fl
     return out
 
 
+def explain_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, Any]:
+    """Microseconds per transaction of the reason codes (exact tree SHAP of the champion's
+    forest, grouped to its columns) at 1/10/100 rows, and the forest's shape."""
+    from serving.scorer import ModelBundle
+    from training import features, schema
+
+    bundle = ModelBundle.load(model_path, meta)
+    history = schema.normalize(pd.read_parquet(bento_model.Layout.of(model_path).warmup))
+    frame = features.offline_features(history)[columns].iloc[-1100:]
+    explainer = bundle.explainer()
+    forest = bundle.pipeline.named_steps["forest"]
+    out: dict[str, Any] = {
+        "trees": len(forest.estimators_),
+        "max_depth": max(t.tree_.max_depth for t in forest.estimators_),
+        "leaves_per_tree": float(np.mean([t.tree_.n_leaves for t in forest.estimators_])),
+    }
+    for n in (1, 10, 100):
+        times = []
+        for k in range(min(20, 1000 // n)):
+            part = frame.iloc[k * n : (k + 1) * n]
+            t0 = time.perf_counter()
+            explainer.explain(part)
+            times.append(time.perf_counter() - t0)
+        out[str(n)] = float(np.median(times)) / n * 1e6
+    return out
+
+
 def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]:
     """Microseconds per transaction of the whole scorer (online features + compiled model +
     recording) on the warmed champion state, per batch size: warm caches (batch after batch)
@@ -357,6 +384,7 @@ def main() -> None:
     bodies = make_bodies(work, model_path, columns)
     cost = model_cost(model_path, columns, model.info.metadata)
     scoring = scoring_cost(model_path, model.info.metadata, bodies["single"])
+    explaining = explain_cost(model_path, columns, model.info.metadata)
 
     keys = bench_keys(work)
     env = {
@@ -564,6 +592,7 @@ def main() -> None:
         },
         "model_us_per_tx": cost,
         "scorer_us_per_tx": scoring,
+        "explain_us_per_tx": explaining,
         "servers": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -636,6 +665,15 @@ def render(report: dict[str, Any]) -> str:
             + ", ".join(
                 f"{n} tx: {sc[f'warm_{n}']:.1f} / {sc[f'cold_{n}']:.1f}" for n in (1, 12, 100)
             )
+        )
+    if "explain_us_per_tx" in report:
+        ex = report["explain_us_per_tx"]
+        lines.append(
+            "Reason codes (/explain: exact tree SHAP, grouped to the model's columns), µs per "
+            "transaction (in process, median): "
+            + ", ".join(f"{n} tx: {ex[n]:,.0f}" for n in ("1", "10", "100"))
+            + f" (forest: {ex['trees']} trees, max depth {ex['max_depth']}, "
+            f"{ex['leaves_per_tree']:.0f} leaves a tree)"
         )
     if "fraud-api" in s and "bentoml-noop" in s:
         a, n = s["fraud-api"], s["bentoml-noop"]
