@@ -39,6 +39,40 @@ def test_contributions_plus_base_reproduce_the_probability(fitted) -> None:
     assert (got.contributions[-len(frauds) :].sum(axis=1) > 0).all()
 
 
+def shap_reference(pipe, X: np.ndarray) -> tuple[np.ndarray, float]:
+    """The ``shap`` package's TreeExplainer (path-dependent): the fraud class's values."""
+    import shap
+
+    oracle = shap.TreeExplainer(
+        pipe.named_steps["forest"], feature_perturbation="tree_path_dependent"
+    )
+    values = np.asarray(oracle.shap_values(X, check_additivity=False))[..., 1]
+    return values, float(np.atleast_1d(oracle.expected_value)[-1])
+
+
+@pytest.mark.parametrize("balancing", ["none", "class_weight"])
+def test_the_values_are_shaps_tree_explainer_values(small_raw, small_feats, balancing) -> None:
+    """training.tree_shap's closed form against the shap package, on forests whose paths
+    split a feature several times (deep trees, weighted covers with class_weight)."""
+    from training.tree_shap import FlatForest, LeafPaths
+
+    layout = handbook_layout(small_raw, n_folds=1)
+    columns = features.feature_names(features.FeatureConfig(), True)
+    pipe = train.build_pipeline(
+        train.Candidate(balancing, n_estimators=15, max_depth=None), categorical=True
+    )
+    rows = layout.final.train
+    pipe.fit(small_feats[columns].iloc[rows], small_raw["TX_FRAUD"].to_numpy()[rows])
+    explainer = explain.ForestExplainer(pipe, columns)
+    X = explainer.encoder.matrix(small_feats[columns].iloc[layout.final.test].head(300))
+    flat = FlatForest.of(pipe.named_steps["forest"])
+    paths = LeafPaths.of(flat)
+    assert paths.feature.shape[1] < flat.max_depth  # features repeat along paths: merged
+    expected, base = shap_reference(pipe, X)
+    np.testing.assert_allclose(paths.shap_values(X), expected, rtol=0, atol=1e-12)
+    assert flat.base_value == pytest.approx(base, abs=1e-12)
+
+
 def test_the_one_hot_category_is_one_feature(fitted) -> None:
     pipe, columns, test = fitted
     explainer = explain.ForestExplainer(pipe, columns)
@@ -47,8 +81,7 @@ def test_the_one_hot_category_is_one_feature(fitted) -> None:
     got = explainer.explain(test.head(300))
     j = columns.index("MERCHANT_CATEGORY")
     # the grouped column carries the indicators' sum: the total is unchanged by grouping
-    raw = np.asarray(explainer.explainer.shap_values(explainer.encoder.matrix(test.head(300))))
-    raw_fraud = raw[..., 1]
+    raw_fraud, _ = shap_reference(pipe, explainer.encoder.matrix(test.head(300)))
     np.testing.assert_allclose(raw_fraud.sum(axis=1), got.contributions.sum(axis=1), atol=1e-12)
     n_cats = len(explainer.encoder.spec.categorical["MERCHANT_CATEGORY"])
     np.testing.assert_allclose(raw_fraud[:, :n_cats].sum(axis=1), got.contributions[:, j])

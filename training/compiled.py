@@ -77,10 +77,10 @@ class Encoder:
             pos += len(cats)
         self.numeric_start = pos
 
-    def matrix(self, columns: Mapping[str, Any]) -> np.ndarray:
+    def matrix(self, columns: Mapping[str, Any] | pd.DataFrame) -> np.ndarray:
         """The forest's float32 input from named feature columns (arrays or a DataFrame)."""
         first = next(iter(columns), None)  # a column's name (a dict's key or a frame's)
-        n = 0 if first is None else len(columns[first])
+        n = 0 if first is None else len(columns[str(first)])
         X = np.zeros((n, self.spec.n_inputs), dtype=np.float32)
         for col, (start, index) in self.offsets.items():
             for row, value in enumerate(np.asarray(columns[col], dtype=object).tolist()):
