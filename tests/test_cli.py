@@ -103,6 +103,11 @@ def test_evaluate_writes_json(small_data_dir, tmp_path) -> None:
 
     report = json.loads(out.read_text())
     assert len(report["folds"]) == 2 and report["summary"]["ap"]["mean"] > 0.3
+    # a start the data cannot hold: exit 2, the option named
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(small_data_dir), "--train-start", "2030-01-01"]
+    )
+    assert result.exit_code == 2 and "--train-start 2030-01-01" in result.output
 
 
 @pytest.mark.slow

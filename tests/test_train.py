@@ -131,6 +131,32 @@ def test_handbook_evaluation(small_raw: pd.DataFrame, small_feats: pd.DataFrame)
     assert starts[0] - starts[1] == 7
 
 
+def test_evaluation_from_a_train_start(small_raw: pd.DataFrame, small_feats: pd.DataFrame) -> None:
+    """--train-start: the first fold trains from that day, the others a week earlier each."""
+    from datetime import date, timedelta
+
+    first = small_raw["TX_DATETIME"].min().normalize().date()
+    start = first + timedelta(days=30)
+    report = evaluate.handbook_evaluation(
+        small_raw, small_feats, Candidate(n_estimators=20), n_folds=3, train_start=start
+    )
+    assert [f["train_days"][0] for f in report["folds"]] == [30, 23, 16]
+    assert [f["test_days"][0] for f in report["folds"]] == [44, 37, 30]
+    assert report["train_start"] == str(start)
+    last = (small_raw["TX_DATETIME"].max().normalize().date() - first).days
+    with pytest.raises(data.DataError, match=r"--train-start .*latest possible start"):
+        evaluate.handbook_evaluation(
+            small_raw,
+            small_feats,
+            Candidate(n_estimators=20),
+            train_start=first + timedelta(days=last - 19),
+        )
+    with pytest.raises(data.DataError, match="--train-start"):
+        evaluate.handbook_evaluation(
+            small_raw, small_feats, Candidate(), train_start=date(2000, 1, 1)
+        )
+
+
 def test_evaluation_feature_sets(small_raw: pd.DataFrame, small_feats: pd.DataFrame) -> None:
     base = evaluate.handbook_evaluation(
         small_raw, small_feats, Candidate(n_estimators=30), n_folds=1, feature_set="baseline"

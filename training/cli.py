@@ -292,11 +292,21 @@ def evaluate(
     feature_set: str = typer.Option(
         "full", help="full, baseline (the handbook's 15 features) or no-categorical."
     ),
+    train_start: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="First training day of the first fold (the others shift back a week each); "
+            "default: the last test week ends the data.",
+        ),
+    ] = None,
 ) -> None:
     """Handbook protocol: train 7 days, delay 7, test 7, over prequential folds; mean ± std.
 
-    Example: `fraudops evaluate --data data/full/transactions --protocol handbook --json eval.json`
+    Example: `fraudops evaluate --data data/full/transactions --protocol handbook --json eval.json`;
+    the handbook's own test periods: `--train-start 2018-08-15` on `fraudops simulate` data.
     """
+    from training import data as data_mod
     from training import evaluate as eval_mod
 
     if protocol != "handbook":
@@ -312,17 +322,22 @@ def evaluate(
         from training import registry
 
         registry.configure(settings)
-    with step("evaluating") as say:
-        report = eval_mod.handbook_evaluation(
-            raw,
-            feats,
-            cand,
-            n_folds=folds,
-            budget=budget or settings.review_budget_per_day,
-            model_uri=model_uri,
-            feature_set=feature_set,
-            progress=say,
-        )
+    try:
+        with step("evaluating") as say:
+            report = eval_mod.handbook_evaluation(
+                raw,
+                feats,
+                cand,
+                n_folds=folds,
+                budget=budget or settings.review_budget_per_day,
+                model_uri=model_uri,
+                feature_set=feature_set,
+                progress=say,
+                train_start=train_start.date() if train_start else None,
+            )
+    except (data_mod.DataError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     table = Table(title=f"Handbook protocol, {len(report['folds'])} folds")
     table.add_column("metric")
     table.add_column("mean ± std")

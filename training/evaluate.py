@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,11 @@ def handbook_evaluation(
     model_uri: str | None = None,
     feature_set: str = "full",
     progress: Callable[[str], None] | None = None,
+    train_start: date | None = None,
 ) -> dict[str, Any]:
-    """Train 7 days, delay 7, test 7; folds shifted back 7 days from the end of the data.
+    """Train 7 days, delay 7, test 7; folds shifted back 7 days from the end of the data, or
+    from ``train_start`` (the first fold's first training day, as the handbook gives its
+    periods: 2018-08-15, then 08-08, 08-01, 07-25).
 
     Without ``model_uri`` a fresh pipeline is trained per fold. Threshold metrics use the
     model's stored threshold when a model is given, otherwise the top ``budget`` scores of
@@ -55,7 +59,10 @@ def handbook_evaluation(
         columns, threshold = meta["feature_columns"], float(meta["threshold"])
     folds: list[dict[str, Any]] = []
     train_days = delay_days = test_days = 7  # the handbook's protocol
-    first = last - (train_days + delay_days + test_days) + 1  # the last test week ends the data
+    span = train_days + delay_days + test_days
+    first = last - span + 1  # the last test week ends the data
+    if train_start is not None:
+        first = first_day_of(raw, train_start, span, last)
     splits = data.prequential_splits(raw, days, first, n_folds, train_days, delay_days, test_days)
     for k, split in enumerate(splits):
         say(f"fold {k + 1}/{n_folds}")
@@ -100,11 +107,26 @@ def handbook_evaluation(
         "candidate": asdict(candidate) if model_uri is None else None,
         "model_uri": model_uri,
         "budget_per_day": budget,
+        "train_start": str(train_start) if train_start else None,
         "feature_set": feature_set if model_uri is None else "model",
         "feature_columns": columns,
         "folds": folds,
         "summary": summary,
     }
+
+
+def first_day_of(raw: pd.DataFrame, train_start: date, span: int, last: int) -> int:
+    """The day index of ``train_start``; DataError unless its fold fits inside the data."""
+    start = raw[schema.TX_DATETIME].min().normalize()
+    first = (pd.Timestamp(train_start) - start).days
+    end = (start + pd.Timedelta(days=last)).date()
+    if first < 0 or first + span - 1 > last:
+        raise data.DataError(
+            f"--train-start {train_start}: the fold's {span} days (train, delay, test) must lie "
+            f"inside the data, {start.date()} to {end} (latest possible start "
+            f"{(start + pd.Timedelta(days=last - span + 1)).date()})"
+        )
+    return first
 
 
 def _top_per_day(scores: np.ndarray, days: np.ndarray, budget: int) -> np.ndarray:
