@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
@@ -33,6 +34,7 @@ from serving.api_models import (
     unique_ids,
 )
 from serving.auth import ApiKeyAuth, LoopbackOnly
+from serving.challenger import CHAMPION, RollbackPolicy
 from serving.decision_log import DecisionLog
 from serving.hot_swap import HotSwap
 from serving.http_guard import JsonOnly, Limits, quiet_client_errors
@@ -63,6 +65,18 @@ SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 
 ops = FastAPI(title="fraud-mlops operations")
+
+
+class ChallengerRequest(BaseModel):
+    """A live challenger: a Bento-store version beside the champion, in shadow or canary."""
+
+    mode: Literal["off", "shadow", "canary"] = Field(examples=["canary"])
+    version: str | None = Field(
+        None, max_length=64, description="default: the newest imported as challenger"
+    )
+    share: float | None = Field(
+        None, gt=0, le=1, description="batches (shadow) or customers (canary); default: settings"
+    )
 
 
 class ReloadRequest(BaseModel):
@@ -121,6 +135,14 @@ class FraudDetector:
         self.state_suspect = False
         self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
         self.reason_codes = ReasonCodes(self.scorer, SETTINGS.bento_model, self.decisions)
+        self.challenger_error: str | None = None
+        if SETTINGS.challenger_mode != "off":  # a missing challenger: the champion serves on
+            with contextlib.suppress(LookupError, SwapError):
+                self.set_challenger(
+                    ChallengerRequest(
+                        mode=SETTINGS.challenger_mode, version=SETTINGS.challenger_version
+                    )
+                )
         self.publish_gauges()
         log.info(
             "model %s ready, state warmed with %d transactions (and %s from the decision log) "
@@ -164,15 +186,19 @@ class FraudDetector:
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
         tm.observe_many(tm.SCORES, proba)
+        arms = scored.challenged.arms if scored.challenged else [CHAMPION] * len(records)
         out: list[Any] = [
             {
                 "transaction_id": r.transaction_id,
                 "fraud_probability": p,
                 "is_fraud": f,
                 "model_version": v,
+                "arm": a,
                 "degraded": degraded,
             }
-            for r, p, f, v in zip(records, proba.tolist(), flagged.tolist(), versions, strict=True)
+            for r, p, f, v, a in zip(
+                records, proba.tolist(), flagged.tolist(), versions, arms, strict=True
+            )
         ]
         n, n_fraud = len(out), int(flagged.sum())
         if scored.replayed:  # answered before, and counted then
@@ -206,6 +232,7 @@ class FraudDetector:
             self.scorer.bundle.metadata.get("mlflow_model_name") or SETTINGS.registered_model,
             self.scorer.threshold,
             degraded,
+            scored.challenged,
         )
         try:
             await self.decisions.record(lines)
@@ -393,6 +420,9 @@ class FraudDetector:
             }
             if self.decisions
             else {"enabled": False},
+            "challenger": self.scorer.challenger.health()
+            if self.scorer.challenger
+            else {"mode": "off", "error": self.challenger_error},
             "bentoml_fixes": bentoml_fixes.applied(),
         }
 
@@ -405,6 +435,35 @@ class FraudDetector:
         except StateUnavailable as exc:
             raise HTTPException(503, f"the online feature state is unavailable ({exc})") from exc
         return {"terminal_id": terminal_id, "at": when.isoformat(), **risk}
+
+    def set_challenger(self, request: ChallengerRequest) -> dict[str, Any]:
+        """Start, change or stop the live challenger; a failure is kept for /health (the
+        champion serves on)."""
+        share = request.share or (
+            SETTINGS.shadow_share if request.mode == "shadow" else SETTINGS.canary_share
+        )
+        try:
+            out = self.hot_swap.load_challenger(
+                request.mode, request.version, share, RollbackPolicy.of(SETTINGS)
+            )
+        except (LookupError, SwapError) as exc:
+            self.challenger_error = str(exc)
+            log.warning("no live challenger: %s", exc)
+            raise
+        self.challenger_error = None
+        return out
+
+    @ops.post("/admin/challenger")
+    def challenger(self, body: ChallengerRequest) -> dict[str, Any]:
+        """Score a Bento-store version beside the champion: shadow (answers unchanged) or
+        canary (a share of customers answered by it, rolled back automatically); off stops.
+        Promote it with /admin/reload to its version. Needs a key with scope admin."""
+        try:
+            return self.set_challenger(body)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except SwapError as exc:
+            raise HTTPException(409, str(exc)) from exc
 
     @ops.post("/admin/reload")
     def reload(self, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:

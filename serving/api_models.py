@@ -115,6 +115,11 @@ class Prediction(BaseModel):
     fraud_probability: float
     is_fraud: bool
     model_version: str
+    arm: Literal["champion", "canary"] = Field(
+        "champion",
+        description="Which model answered: the champion, or the canary challenger (a share "
+        "of customers while a canary runs)",
+    )
     degraded: bool = Field(
         False,
         description="Scored without the customer's and terminal's history: the state store "

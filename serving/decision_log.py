@@ -180,6 +180,9 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+CHALLENGER_KEYS = ("arm", "shadow_version", "shadow_probability", "shadow_is_fraud")
+
+
 def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Journal lines as decision rows and label-event rows for the store."""
     decisions: list[dict[str, Any]] = []
@@ -189,6 +192,8 @@ def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, An
         kind = item.pop("k")
         if kind == "d":
             item.setdefault("kind", "scored")  # every row of one insert has the same keys
+            for key in CHALLENGER_KEYS:
+                item.setdefault(key, None)
             tx_time = _utc(item.pop("time_ms"))
             item.update(
                 tx_time=tx_time, tx_day=tx_time.date(), received_at=_utc(item["received_at"])
@@ -380,6 +385,7 @@ class DecisionLog:
         model_name: str,
         threshold: float,
         degraded: bool,
+        challenged: Any = None,
     ) -> list[bytes]:
         """One journal line per scored transaction (the feature vector the model scored, by
         name). orjson writes the floats exactly and ~15x faster than ``json`` (measured in
@@ -411,6 +417,12 @@ class DecisionLog:
                 "worker": self.worker,
                 "received_at": received,
             }
+            if challenged is not None:  # a live challenger took part in the batch
+                row["arm"] = challenged.arms[i]
+                row["threshold"] = challenged.thresholds[i]
+                row["shadow_version"] = challenged.other_versions[i]
+                row["shadow_probability"] = challenged.other_proba[i]
+                row["shadow_is_fraud"] = challenged.other_flagged[i]
             lines.append(dumps(row) + b"\n")
         return lines
 

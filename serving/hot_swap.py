@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving import telemetry as tm
+from serving.challenger import Challenger, RollbackPolicy
 from serving.scorer import FraudScorer, ModelBundle, SwapError
 from training import bento_model
 
@@ -52,6 +53,36 @@ class HotSwap:
             "bento_model": str(model.tag),
             "swap_seconds": round(seconds, 3),
         }
+
+    def load_challenger(
+        self, mode: str, version: str | None, share: float, policy: RollbackPolicy
+    ) -> dict[str, Any]:
+        """Score beside the champion with a Bento-store model (``version``, default: the newest
+        imported as challenger) in ``mode`` shadow or canary, or stop (``off``). LookupError:
+        not in the store; SwapError: another feature configuration."""
+        if mode == "off":
+            previous = self.scorer.set_challenger(None)
+            return {"mode": "off", "previous_version": previous.version if previous else None}
+        with self.lock:
+            served = self.scorer.model_version
+            model = (
+                bento_model.find(self.bento_model_name, version)
+                if version
+                else bento_model.find_challenger(self.bento_model_name, served)
+            )
+            bundle = ModelBundle.load(Path(model.path), model.info.metadata, self.threads)
+            challenger = Challenger(bundle, mode, share, policy, served)
+            try:
+                self.scorer.set_challenger(challenger)
+            except SwapError:
+                challenger.retire()
+                raise
+        log.info(
+            "challenger v%s in %s mode beside champion v%s (share %g)",
+            challenger.version, mode, served, share,
+        )  # fmt: skip
+        return {"mode": mode, "version": challenger.version, "share": share,
+                "bento_model": str(model.tag), "champion_version": served}  # fmt: skip
 
     def follow_announced(self) -> None:
         """Start following (in a thread, once per announcement) a swap another worker made."""

@@ -23,6 +23,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from serving.challenger import CANARY, Challenged, Challenger
 from serving.clock import ServiceClock, now_ms
 from serving.online_features import OnlineFeatures, TxRecord, new_state, terminal_windows
 from serving.redis_state import RedisFeatureState
@@ -188,6 +189,7 @@ class Scored(NamedTuple):
     versions: list[str] | None = None  # per transaction, when some were answered before
     replayed: tuple[int, ...] = ()  # positions answered before: the same answer, not recounted
     columns: dict[str, np.ndarray] | None = None  # the feature vectors the model scored
+    challenged: Challenged | None = None  # the challenger's part (shadow scores, canary answers)
 
 
 class SwapError(RuntimeError):
@@ -244,6 +246,7 @@ class FraudScorer:
         self.replay_error: str | None = None
         self.replayed_until_ms = 0  # the newest transaction time replayed
         # Degraded scoring: the same features over an empty state (no history at all).
+        self.challenger: Challenger | None = None  # a live challenger (shadow or canary)
         self.stateless = OnlineFeatures(
             new_state(self.cfg), self.cfg, bool(bundle.info.get("categorical"))
         )
@@ -278,6 +281,13 @@ class FraudScorer:
         previous = self.model_version
         with self.lock:
             self._install(bundle)
+            challenger = self.challenger
+            if challenger is not None:
+                if challenger.version == self.model_version:  # promoted: it is the champion now
+                    self.challenger = None
+                    challenger.retire()
+                else:
+                    challenger.champion_version = self.model_version
         if isinstance(self.features.state, RedisFeatureState):  # the other workers follow
             self.features.state.announce_model(self.model_version)
         return previous
@@ -425,26 +435,75 @@ class FraudScorer:
             raise StateUnavailable(REWARMING)
         with self.lock:
             cols = self.features.compute_columns(batch, record, decided_later=True)
+            t_model = time.perf_counter()
             if self.bundle.compiled is not None:
                 proba = self.bundle.compiled.predict_proba(cols)
             else:
                 frame = pd.DataFrame({c: cols[c] for c in self.columns})
                 proba = self.bundle.pipeline.predict_proba(frame)[:, 1]
+            model_s = time.perf_counter() - t_model
             flagged = proba >= self.threshold
             version = self.model_version
-            before = self.features.state.answered(batch) if record else {}
+            challenged = None
+            if record and self.challenger is not None:
+                challenged = self.challenger.take_part(
+                    batch, cols, proba, flagged, model_s, self.threshold
+                )
+            canary = challenged.canary_rows if challenged is not None else []
             versions = None
+            if challenged is not None:
+                proba, flagged = challenged.proba, challenged.flagged
+                if canary:
+                    versions = list(challenged.versions)
+            before = self.features.state.answered(batch) if record else {}
             if before:  # re-sent transactions: their first answer, whatever the history now
-                versions = [version] * len(batch)
+                versions = versions or [version] * len(batch)
                 for i, (p, d, v) in before.items():
                     proba[i], flagged[i], versions[i] = p, d == 1, v
             if record:
-                self.features.record(
-                    batch, flagged.astype(np.int8).tolist(), proba.tolist(), version
-                )
+                self._record(batch, proba, flagged, version, canary, challenged)
                 if self.drift is not None:
                     self.drift.add(cols)
-        return Scored(proba, flagged, version, versions, tuple(before), cols)
+        return Scored(proba, flagged, version, versions, tuple(before), cols, challenged)
+
+    def _record(
+        self,
+        batch: Sequence[TxRecord],
+        proba: np.ndarray,
+        flagged: np.ndarray,
+        version: str,
+        canary: list[int],
+        challenged: Challenged | None,
+    ) -> None:
+        """The batch's decisions into the state; a canary's rows with its version (a re-sent
+        transaction gets the model that answered it)."""
+        decisions = flagged.astype(np.int8).tolist()
+        answers = proba.tolist()
+        if not canary or challenged is None:
+            self.features.record(batch, decisions, answers, version)
+            return
+        for arm in (CANARY, "champion"):
+            rows = [i for i, a in enumerate(challenged.arms) if a == arm]
+            if rows:
+                self.features.record(
+                    [batch[i] for i in rows],
+                    [decisions[i] for i in rows],
+                    [answers[i] for i in rows],
+                    challenged.versions[rows[0]],
+                )
+
+    def set_challenger(self, challenger: Challenger | None) -> Challenger | None:
+        """Score beside the champion with ``challenger`` from the next batch on (None: stop);
+        the previous one."""
+        if challenger is not None and feature_config(challenger.bundle.info) != self.cfg:
+            raise SwapError(
+                "the challenger uses another feature configuration than the served model"
+            )
+        with self.lock:
+            previous, self.challenger = self.challenger, challenger
+        if previous is not None and previous is not challenger:
+            previous.retire()
+        return previous
 
     def preview(self, batch: Sequence[TxRecord]) -> tuple[Scored, ModelBundle]:
         """Score ``batch`` as /predict would now, recording nothing, and the model that did
@@ -493,7 +552,11 @@ class FraudScorer:
         with self.lock:
             if records:
                 self.features.ingest(records, record_labels)
-            return self.features.feedback(labels) if labels else LabelUpdate()
+            update = self.features.feedback(labels) if labels else LabelUpdate()
+            challenger = self.challenger
+        if challenger is not None and labels:
+            challenger.label(labels)
+        return update
 
     def drift_psi(self, min_transactions: int) -> dict[str, float] | None:
         """PSI per feature over the recent window; None until it holds ``min_transactions``."""

@@ -174,6 +174,62 @@ def _info_labels(metadata: Mapping[str, Any], version: str) -> tuple[str, str, s
     )
 
 
+# Live challengers (serving/challenger.py): shadow and canary.
+CHALLENGER_INFO = Gauge(
+    "fraud_challenger_info",
+    "The live challenger (1 while it takes part, 0 once off or rolled back); version, mode "
+    "(shadow or canary) and share as labels",
+    ["version", "mode", "share"],
+    multiprocess_mode="livemax",
+)
+MODEL_SCORES = Histogram(
+    "fraud_model_score",
+    "Scores of the transactions both models scored (shadow, canary share), by model role",
+    ["role"],
+    buckets=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+)
+AGREEMENT = Counter(
+    "fraud_challenger_agreement_total",
+    "Decisions of champion and challenger on the same transactions (both_fraud, "
+    "both_genuine, champion_only, challenger_only)",
+    ["outcome"],
+)
+MODEL_LABELS = Counter(
+    "fraud_challenger_labels_total",
+    "Labelled transactions both models scored, by model role and outcome of its decision "
+    "(tp, fp, fn, tn): live precision and recall per model",
+    ["role", "outcome"],
+)
+ARM_TRANSACTIONS = Counter(
+    "fraud_arm_transactions_total",
+    "Transactions answered while a challenger runs, by arm (champion; canary: answered by "
+    "the challenger)",
+    ["arm"],
+)
+ARM_LABELS = Counter(
+    "fraud_arm_labels_total",
+    "Labelled transactions of a canary run, by the arm that answered and the outcome (tp, fp, "
+    "fn, tn)",
+    ["arm", "outcome"],
+)
+CHALLENGER_SECONDS = Histogram(
+    "fraud_challenger_model_seconds",
+    "The challenger's model time per batch (its share of the batch)",
+    buckets=[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
+)
+CHALLENGER_ERRORS = Counter(
+    "fraud_challenger_errors_total",
+    "Transactions the challenger failed to score (the champion's answer stood)",
+)
+CANARY_ROLLBACKS = Counter(
+    "fraud_canary_rollbacks_total", "Canaries rolled back automatically (reason in the log)"
+)
+
+
+def publish_challenger(version: str, mode: str, share: float, active: bool) -> None:
+    CHALLENGER_INFO.labels(version, mode, f"{share:g}").set(1 if active else 0)
+
+
 def publish_model(metadata: Mapping[str, Any], version: str, threshold: float) -> None:
     """Model gauges for the version being served."""
     MODEL_INFO.labels(*_info_labels(metadata, version)).set(1)

@@ -111,7 +111,7 @@ def test_decision_lines_carry_the_feature_vector_exactly() -> None:
 
 
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
-    assert ds.upgrade(store_url) == "0002"  # the fixture ran it once already
+    assert ds.upgrade(store_url) == "0003"  # the fixture ran it once already
     engine = ds.engine_for(store_url)
     try:
         inspector = sa.inspect(engine)
@@ -142,7 +142,7 @@ def test_workers_starting_together_all_find_the_store_migrated(tmp_path: Path) -
     ]  # fmt: skip
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err[-800:] for _, err in outs]
-    assert [out.strip() for out, _ in outs] == ["0002"] * 8
+    assert [out.strip() for out, _ in outs] == ["0003"] * 8
 
 
 def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
@@ -158,8 +158,11 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
     try:
         with engine.begin() as conn:
             old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
-            conn.execute(old.insert(), [{k: v for k, v in r.items() if k != "kind"} for r in rows])
-        assert ds.upgrade(store_url) == "0002"
+            old_columns = set(old.columns.keys())
+            conn.execute(
+                old.insert(), [{k: v for k, v in r.items() if k in old_columns} for r in rows]
+            )
+        assert ds.upgrade(store_url) == "0003"
         record = {**rows[0], "transaction_id": "sent", "kind": ds.FEEDBACK, "probability": None,
                   "threshold": None, "is_fraud": None, "features": None}  # fmt: skip
         with engine.begin() as conn:
@@ -173,6 +176,41 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
             assert ds.count(conn, ds.label_events) == 0
             left = conn.execute(sa.text("SELECT transaction_id FROM decisions")).scalars().all()
         assert left == ["before"]
+    finally:
+        engine.dispose()
+        ds.upgrade(store_url)
+
+
+def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: str) -> None:
+    """0002 -> 0003: decisions logged before keep no arm; a canary decision with the
+    champion's shadow score fits after it; the downgrade drops the columns, not the rows."""
+    from alembic import command
+
+    command.downgrade(ds.alembic_config(store_url), "0002")
+    rows, _ = dl.rows_of([decision_line("before-0003")])
+    engine = ds.engine_for(store_url)
+    try:
+        with engine.begin() as conn:
+            old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
+            assert "arm" not in old.columns
+            keep = set(old.columns.keys())
+            conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
+        assert ds.upgrade(store_url) == "0003"
+        canary = {**rows[0], "transaction_id": "canary-1", "arm": "canary",
+                  "model_version": "9", "shadow_version": "7", "shadow_probability": 0.25,
+                  "shadow_is_fraud": False}  # fmt: skip
+        with engine.begin() as conn:
+            ds.write(conn, [canary], [])
+            got = {r["transaction_id"]: r for r in (
+                ds.decision(conn, "before-0003"), ds.decision(conn, "canary-1"))}  # fmt: skip
+        assert got["before-0003"]["arm"] is None and got["before-0003"]["shadow_version"] is None
+        assert got["canary-1"]["arm"] == "canary"
+        assert got["canary-1"]["shadow_probability"] == 0.25
+        assert got["canary-1"]["shadow_is_fraud"] is False
+        command.downgrade(ds.alembic_config(store_url), "0002")
+        with engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one()
+        assert left == 2
     finally:
         engine.dispose()
         ds.upgrade(store_url)

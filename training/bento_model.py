@@ -61,6 +61,30 @@ def find(name: str, mlflow_version: str | None = None, registered_model: str | N
     raise LookupError(f"MLflow version {mlflow_version} of {name} is not in the Bento store")
 
 
+def find_challenger(name: str, served_version: str) -> Any:
+    """The newest model in the Bento store imported as ``challenger`` that is not the served
+    version; LookupError when there is none (import one: ``fraudops import-bento --alias
+    challenger``)."""
+    import bentoml
+
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        models = []
+    found = [
+        m
+        for m in models
+        if m.info.labels.get("stage") == "challenger"
+        and str(m.info.metadata.get("mlflow_model_version")) != str(served_version)
+    ]
+    if not found:
+        raise LookupError(
+            f"no challenger of {name} in the Bento store besides the served version "
+            f"{served_version}: import one with `fraudops import-bento --alias challenger`"
+        )
+    return max(found, key=lambda m: m.info.creation_time)
+
+
 PIN = "fraud-served.json"
 
 

@@ -44,13 +44,16 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
     """Copy the aliased MLflow model (pipeline, model info, warm-up history) into the Bento store.
 
     Idempotent: a version already imported is not imported twice. Either way the champion
-    becomes the version a (re)started service serves (:func:`bento_model.pin`).
+    becomes the version a (re)started service serves (:func:`bento_model.pin`); the
+    ``challenger`` is imported beside it, for a live shadow or canary, and not pinned.
     """
+    pin = alias != registry.CHALLENGER
     client = registry.configure(settings)
     mv = client.get_model_version_by_alias(settings.registered_model, alias)
     existing = find_imported(settings, str(mv.version))
     if existing is not None:
-        bento_model.pin(settings.bento_model, str(existing.tag))
+        if pin:
+            bento_model.pin(settings.bento_model, str(existing.tag))
         return Imported(str(existing.tag), str(mv.version), False)
     uri = f"models:/{settings.registered_model}/{mv.version}"
     meta = registry.model_metadata(uri)
@@ -91,7 +94,8 @@ def import_champion(settings: Settings, alias: str = registry.CHAMPION) -> Impor
         except MlflowException:
             log.warning("version %s has no drift reference: drift metrics off", mv.version)
         verify_twin(pipeline, meta, files)
-    bento_model.pin(settings.bento_model, str(model.tag))
+    if pin:
+        bento_model.pin(settings.bento_model, str(model.tag))
     return Imported(str(model.tag), str(mv.version), True)
 
 

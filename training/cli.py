@@ -479,15 +479,31 @@ def drift(
 
 
 @app.command("import-bento")
-def import_bento() -> None:
-    """Import the MLflow champion into the Bento store (skipped if already imported).
+def import_bento(
+    alias: str = typer.Option(
+        "champion",
+        help="champion (served from the next start) or challenger (imported beside it for a "
+        "live shadow or canary: FRAUD_CHALLENGER_MODE, /admin/challenger).",
+    ),
+) -> None:
+    """Import the MLflow champion (or challenger) into the Bento store (skipped if already
+    imported).
 
-    Example: `fraudops import-bento`
+    Example: `fraudops import-bento`, `fraudops import-bento --alias challenger`
     """
-    from training import bento_store
+    from mlflow.exceptions import MlflowException
 
-    with step("importing champion into the Bento store"):
-        imported = bento_store.import_champion(get_settings())
+    from training import bento_store, registry
+
+    if alias not in (registry.CHAMPION, registry.CHALLENGER):
+        console.print(f"[red]error:[/red] --alias: champion or challenger, not {alias!r}")
+        raise typer.Exit(2)
+    with step(f"importing {alias} into the Bento store"):
+        try:
+            imported = bento_store.import_champion(get_settings(), alias)
+        except MlflowException as exc:
+            console.print(f"[red]error:[/red] no {alias} in the registry: {exc.message}")
+            raise typer.Exit(2) from exc
     state = "imported" if imported.created else "already in the store"
     console.print(f"MLflow version {imported.mlflow_version} {state} as {imported.tag}")
 

@@ -105,6 +105,49 @@ class Settings(BaseSettings):
         Path(".fraud/journal"),
         description="Per-worker decision journals (local disk; a persistent volume in the stack)",
     )
+    challenger_mode: Literal["off", "shadow", "canary"] = Field(
+        "off",
+        description="Live challenger: off; shadow (scored beside the champion, answers "
+        "unchanged); canary (a share of customers answered by it, rolled back automatically)",
+    )
+    challenger_version: str | None = Field(
+        None,
+        description="MLflow version of the challenger in the Bento store (default: the newest "
+        "model imported as challenger that is not the served one)",
+    )
+    shadow_share: float = Field(
+        1.0, gt=0, le=1, description="shadow: share of batches the challenger also scores"
+    )
+    canary_share: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="canary: share of customers (stable hash of customer_id) it answers",
+    )
+    canary_min_labels: int = Field(
+        50,
+        ge=1,
+        description="canary: labelled alerts per arm before live precision can roll it back",
+    )
+    canary_precision_margin: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="canary: rolled back when its live precision is this much below the champion's",
+    )
+    canary_error_margin: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="canary: rolled back when its scoring error rate exceeds the champion's by "
+        "this much",
+    )
+    canary_latency_ratio: float = Field(
+        2.0,
+        ge=1,
+        description="canary: rolled back when its model time a batch exceeds the champion's "
+        "by this factor (after 200 batches)",
+    )
     drift_window: int = Field(
         10_000, ge=100, description="Recent scored transactions the live drift (PSI) covers"
     )

@@ -41,6 +41,13 @@ decisions = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     # scored: a decision; feedback: a labelled transaction sent to /feedback, never scored here
     sa.Column("kind", sa.String(16), nullable=False, server_default="scored"),
+    # live challengers: the arm that answered (champion, canary; None: no challenger ran) and
+    # the other model's score of the same transaction (a shadow's, or the champion's behind a
+    # canary answer)
+    sa.Column("arm", sa.String(16), nullable=True),
+    sa.Column("shadow_version", sa.String(64), nullable=True),
+    sa.Column("shadow_probability", sa.Float, nullable=True),
+    sa.Column("shadow_is_fraud", sa.Boolean, nullable=True),
     sa.Index("ix_decisions_tx_day", "tx_day"),
     sa.Index("ix_decisions_customer_time", "customer_id", "tx_time"),
     sa.Index("ix_decisions_terminal_time", "terminal_id", "tx_time"),
