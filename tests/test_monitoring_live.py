@@ -111,6 +111,10 @@ def stack(champion, session_dir: Path, streams) -> Iterator[dict[str, Any]]:
         "FRAUD_DRIFT_WINDOW": "1000",
         "FRAUD_DRIFT_MIN_TRANSACTIONS": "300",
         "BENTOML_DO_NOT_TRACK": "True",
+        # the challenger panels need one: the champion shadows itself (a real challenger,
+        # another version, runs in tests/test_challenger_service.py)
+        "FRAUD_CHALLENGER_MODE": "shadow",
+        "FRAUD_CHALLENGER_VERSION": champion["registration"].version,
     }
     with (
         Receiver() as webhook,

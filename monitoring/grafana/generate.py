@@ -305,6 +305,74 @@ def model() -> Dashboard:
                 query("fraud_feature_state_entries", "{{kind}}"),
             )
         )
+        .with_row(Row("Live challenger (shadow or canary)"))
+        .with_panel(
+            series(
+                "Challenger",
+                "short",
+                query("fraud_challenger_info", "v{{version}} {{mode}} {{share}}"),
+                description="1 while it takes part; 0 once stopped or rolled back "
+                "(FRAUD_CHALLENGER_MODE, /admin/challenger).",
+            )
+        )
+        .with_panel(
+            series(
+                "Decision agreement with the champion",
+                "reqps",
+                query(
+                    "sum by (outcome) (rate(fraud_challenger_agreement_total[5m]))",
+                    "{{outcome}}",
+                ),
+                description="Transactions both models scored: both flag, neither, or one only.",
+            )
+        )
+        .with_panel(
+            series(
+                "Live precision per model (1 h)",
+                "percentunit",
+                query(
+                    'sum by (role) (increase(fraud_challenger_labels_total{outcome="tp"}[1h]))'
+                    " / sum by (role) "
+                    '(increase(fraud_challenger_labels_total{outcome=~"tp|fp"}[1h]))',
+                    "{{role}}",
+                ),
+                description="Labelled transactions both models scored, each model's own "
+                "decisions; the retraining DAG's performance check proposes a promotion on "
+                "the same labels from the decision log.",
+            )
+        )
+        .with_panel(
+            series(
+                "Score quantiles per model",
+                "none",
+                query(
+                    "histogram_quantile(0.5, sum by (le, role) "
+                    "(rate(fraud_model_score_bucket[5m])))",
+                    "p50 {{role}}",
+                ),
+                query(
+                    "histogram_quantile(0.95, sum by (le, role) "
+                    "(rate(fraud_model_score_bucket[5m])))",
+                    "p95 {{role}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Answers per arm",
+                "reqps",
+                query("sum by (arm) (rate(fraud_arm_transactions_total[5m]))", "{{arm}}"),
+                description="canary: the customers the challenger answers (it rolls back by "
+                "itself on errors, model time or live precision: fraud_canary_rollbacks_total).",
+            )
+        )
+        .with_panel(
+            series(
+                "Canary roll-backs",
+                "short",
+                query("sum(fraud_canary_rollbacks_total)", "roll-backs"),
+            )
+        )
     )
 
 
