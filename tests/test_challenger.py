@@ -187,3 +187,53 @@ def test_promoting_the_challenger_is_a_swap_and_ends_it(champion_bundle, bad_bun
     with pytest.raises(SwapError, match="feature configuration"):
         scorer.set_challenger(ch.Challenger(odd, "shadow", 1.0, policy(), "7"))
     assert scorer.challenger is other
+
+
+def duel_frames(better: bool, n: int = 4_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled transactions the champion v1 answered and a challenger v2 shadowed (half) or
+    answered as a canary (the other half, v1 behind it); v2 ranks the frauds better or worse."""
+    rng = np.random.default_rng(11)
+    y = (rng.random(n) < 0.05).astype(int)
+    good = np.clip(y * 0.6 + rng.random(n) * 0.5, 0, 1)
+    poor = np.clip(y * 0.1 + rng.random(n) * 0.9, 0, 1)
+    v1, v2 = (poor, good) if better else (good, poor)
+    ids = [f"d{i}" for i in range(n)]
+    raw = pd.DataFrame({
+        "TRANSACTION_ID": ids,
+        "TX_DATETIME": pd.Timestamp("2018-07-01") + pd.to_timedelta(np.arange(n) * 300, "s"),
+        "CUSTOMER_ID": [str(i % 700) for i in range(n)],
+        "TX_FRAUD": y,
+    })  # fmt: skip
+    canary = np.arange(n) % 2 == 1
+    answers = pd.DataFrame(
+        {
+            "model_version": np.where(canary, "2", "1"),
+            "probability": np.where(canary, v2, v1),
+            "is_fraud": np.where(canary, v2, v1) >= 0.5,
+            "degraded": False,
+            "arm": np.where(canary, "canary", "champion"),
+            "shadow_version": np.where(canary, "1", "2"),
+            "shadow_probability": np.where(canary, v1, v2),
+            "shadow_is_fraud": np.where(canary, v1, v2) >= 0.5,
+        },
+        index=ids,
+    )
+    return raw, answers
+
+
+@pytest.mark.parametrize("better", [True, False])
+def test_the_performance_check_proposes_a_challenger_better_on_live_labels(better: bool) -> None:
+    """The DAG's performance check: the champion and a live challenger on the labelled
+    transactions both scored, judged by the promotion gate's rule."""
+    from training import pipeline
+    from training.config import Settings
+
+    raw, answers = duel_frames(better)
+    duels = pipeline._duels(raw.set_index("TRANSACTION_ID"), answers, "1", Settings())
+    duel = duels["2"]
+    assert duel["n"] == len(raw) and duel["canary"] == duel["shadow"] == len(raw) // 2
+    assert duel["frauds"] == int(raw["TX_FRAUD"].sum())
+    champ, chall = duel["champion"], duel["challenger"]
+    assert (chall["ap"] > champ["ap"]) == better
+    assert duel["promote"] == better, duel["reason"]
+    assert {"precision", "recall", "auc", "ap", "cp100"} <= set(chall)

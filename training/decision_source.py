@@ -19,6 +19,10 @@ import pandas as pd
 
 from training import decision_store, schema
 
+# What the service answered, and the other model's score beside it (a live challenger's)
+ANSWER_COLUMNS = ("model_version", "probability", "is_fraud", "degraded", "arm",
+                  "shadow_version", "shadow_probability", "shadow_is_fraud")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class LoggedWindow:
@@ -26,7 +30,7 @@ class LoggedWindow:
 
     raw: pd.DataFrame  # schema columns, TX_FRAUD set by the policy, time order
     logged_features: pd.DataFrame  # the vectors the model scored, by transaction id
-    answers: pd.DataFrame  # what the service answered: model_version, probability, is_fraud
+    answers: pd.DataFrame  # what the service answered (ANSWER_COLUMNS), by transaction id
     since: datetime
     until: datetime
     labelled: int  # with a label event
@@ -86,7 +90,7 @@ def load_window(
         index=rows["transaction_id"][scored].to_numpy(),
     )
     answered = keep & decided
-    answers = rows.loc[answered, ["model_version", "probability", "is_fraud", "degraded"]]
+    answers = rows.loc[answered, [*ANSWER_COLUMNS]]
     return LoggedWindow(
         raw=schema.normalize(raw.reset_index(drop=True)),
         logged_features=logged,

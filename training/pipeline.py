@@ -183,7 +183,7 @@ def check_champion(
     loaded = loaded or load_data(settings, data_path)
     raw, feats = loaded.raw, loaded.feats
     recent = _recent(raw, days)
-    live = _live(loaded, raw[schema.TRANSACTION_ID][recent], champion)
+    live = _live(loaded, raw[schema.TRANSACTION_ID][recent], champion, settings)
     source = "files" if loaded.window is None else "decision_log"
     labels = raw[schema.TX_FRAUD].to_numpy()[recent]
     window = (
@@ -214,6 +214,12 @@ def check_champion(
         reasons.append(f"drift above {drift_threshold} on {', '.join(sorted(drifted))}")
     if holdout_ap is not None and not single and ap < holdout_ap - 0.1:
         reasons.append(f"live AP {ap:.3f} is more than 0.1 below hold-out AP {holdout_ap:.3f}")
+    for version, duel in (live.get("challengers") or {}).items():
+        if duel["promote"]:  # a proposal: `fraudops promote VERSION` acts on it
+            reasons.append(
+                f"challenger v{version} beats the champion on live labels ({duel['reason']}): "
+                f"promote it with `fraudops promote {version}`"
+            )
     return HealthReport(
         champion,
         window,
@@ -231,9 +237,13 @@ def check_champion(
     )
 
 
-def _live(loaded: TrainingData, ids: pd.Series, champion: str | None) -> dict[str, Any]:
+def _live(
+    loaded: TrainingData, ids: pd.Series, champion: str | None, settings: Settings
+) -> dict[str, Any]:
     """Precision, recall and AP of the answers the service logged for ``ids`` against their
-    labels (by the policy): all of them, and the champion's own when it answered any."""
+    labels (by the policy): all of them, and the champion's own when it answered any; and
+    every live challenger against the champion on the transactions both scored
+    (:func:`_duels`)."""
     from training import metrics
 
     if loaded.window is None:
@@ -252,6 +262,58 @@ def _live(loaded: TrainingData, ids: pd.Series, champion: str | None) -> dict[st
         y = label.loc[part.index].to_numpy()
         m = metrics.decision_metrics(y, part["probability"].to_numpy(), part["is_fraud"].to_numpy())
         out[key] = {"n": len(part), "frauds": int(y.sum()), **m}
+    if champion is not None:
+        duels = _duels(loaded.raw.set_index(schema.TRANSACTION_ID), answers, champion, settings)
+        if duels:
+            out["challengers"] = duels
+    return out
+
+
+def _duels(
+    raw: pd.DataFrame, answers: pd.DataFrame, champion: str, settings: Settings
+) -> dict[str, dict[str, Any]]:
+    """Each live challenger (a shadow, or a canary) against the champion on the labelled
+    transactions both scored: precision and recall of each one's decisions, AUC, AP and
+    CP@100 of its scores, and the promotion gate's verdict on them (the same rule as on the
+    hold-out: ``registry.decide``)."""
+    from training import metrics
+
+    pairs = answers[answers["shadow_version"].notna()]
+    out: dict[str, dict[str, Any]] = {}
+    for version in sorted({*pairs["model_version"], *pairs["shadow_version"]} - {champion}):
+        mine = pairs[(pairs["model_version"] == version) & (pairs["shadow_version"] == champion)]
+        theirs = pairs[(pairs["shadow_version"] == version) & (pairs["model_version"] == champion)]
+        champ_p = np.concatenate([mine["shadow_probability"], theirs["probability"]])
+        champ_f = np.concatenate([mine["shadow_is_fraud"], theirs["is_fraud"]])
+        chall_p = np.concatenate([mine["probability"], theirs["shadow_probability"]])
+        chall_f = np.concatenate([mine["is_fraud"], theirs["shadow_is_fraud"]])
+        ids = np.concatenate([mine.index, theirs.index])
+        if not len(ids):
+            continue
+        y = raw.loc[ids, schema.TX_FRAUD].to_numpy().astype(int)
+        days = raw.loc[ids, schema.TX_DATETIME].dt.normalize().to_numpy()
+        customers = raw.loc[ids, schema.CUSTOMER_ID].to_numpy()
+        scored = {}
+        for role, p, f in (("champion", champ_p, champ_f), ("challenger", chall_p, chall_f)):
+            p, f = p.astype(float), f.astype(bool)
+            scored[role] = {
+                **metrics.decision_metrics(y, p, f),
+                **metrics.ranking_metrics(y, p, days, customers),
+            }
+        promote, reason = (
+            registry.decide(scored["challenger"], scored["champion"], settings.promotion_margin)
+            if len(np.unique(y)) == 2
+            else (False, "one class only among the labelled transactions")
+        )
+        out[version] = {
+            "n": len(ids),
+            "frauds": int(y.sum()),
+            "canary": len(mine),
+            "shadow": len(theirs),
+            **scored,
+            "promote": promote,
+            "reason": reason,
+        }
     return out
 
 
