@@ -6,6 +6,9 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api-open  the same with FRAUD_AUTH=off (no key check, no limits)
   fraud-api-nolog  the same as fraud-api with FRAUD_DECISION_LOG=false (no journal, no fsync
                 before the answer, no shipping): the decision log's cost
+  fraud-api-shadow  the same as fraud-api with a live challenger in shadow on every batch
+                (the champion shadowing itself: the cost of a same-size challenger)
+  fraud-api-canary  the same with a canary answering 10 % of the customers
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
                 with the same request-path fixes (serving/bentoml_fixes.py) and GC
                 setting (serving.scorer.settle_gc)
@@ -413,6 +416,14 @@ def main() -> None:
             ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
             "tx",
         ),
+        "fraud-api-shadow": (
+            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
+            "tx",
+        ),
+        "fraud-api-canary": (
+            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
+            "tx",
+        ),
         "bentoml-noop": (
             ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
             "tx",
@@ -471,6 +482,8 @@ def main() -> None:
             "fraud-api",
             "fraud-api-open",
             "fraud-api-nolog",
+            "fraud-api-shadow",
+            "fraud-api-canary",
             "bentoml-noop",
             "bentoml-noop-stock",
             "bentoml-noop-forest",
@@ -509,6 +522,7 @@ def main() -> None:
                         "FRAUD_JOURNAL_DIR": str(work / "journals" / name),
                         "FRAUD_DECISION_DB_URL": f"sqlite:///{work / 'journals' / name}.db",
                         **({"FRAUD_DECISION_LOG": "false"} if name.endswith("-nolog") else {}),
+                        **challenger_env(name, model.info.metadata),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                         **(
                             {"NOOP_FOREST_ROWS": str(bodies["f_single"])}
@@ -623,6 +637,19 @@ def forest_budget(api: dict[str, Any], noop: dict[str, Any], forest: dict[str, A
     )
 
 
+def challenger_env(name: str, meta: dict[str, Any]) -> dict[str, str]:
+    """The shadow and canary servers' settings: the champion as its own challenger (the same
+    model size, so the same cost as a challenger of its kind)."""
+    mode = {"fraud-api-shadow": "shadow", "fraud-api-canary": "canary"}.get(name)
+    if mode is None:
+        return {}
+    return {
+        "FRAUD_CHALLENGER_MODE": mode,
+        "FRAUD_CHALLENGER_VERSION": str(meta.get("mlflow_model_version")),
+        "FRAUD_CANARY_SHARE": "0.1",
+    }
+
+
 def against(name: str, a: dict[str, Any], other: str, o: dict[str, Any]) -> str:
     """One server's figures as ratios to another's: peak, p99 at 500 req/s, 100-tx requests,
     and CPU per request at peak."""
@@ -695,12 +722,15 @@ def render(report: dict[str, Any]) -> str:
         )
     if all(k in s for k in ("fraud-api", "bentoml-noop", "bentoml-noop-forest")):
         lines.append(forest_budget(s["fraud-api"], s["bentoml-noop"], s["bentoml-noop-forest"]))
-    for other, what in (
-        ("fraud-api-open", "API keys + rate limits (FRAUD_AUTH=off without)"),
-        ("fraud-api-nolog", "Decision log (journal fsync'd before each answer, shipped to SQLite)"),
-    ):
-        if "fraud-api" in s and other in s:
-            lines.append(f"{what}: {against('fraud-api', s['fraud-api'], other, s[other])}")
+    for first, second, what in (
+        ("fraud-api", "fraud-api-open", "API keys + rate limits (FRAUD_AUTH=off without)"),
+        ("fraud-api", "fraud-api-nolog",
+         "Decision log (journal fsync'd before each answer, shipped to SQLite)"),
+        ("fraud-api-shadow", "fraud-api", "Shadow challenger on every batch"),
+        ("fraud-api-canary", "fraud-api", "Canary on 10 % of the customers"),
+    ):  # fmt: skip
+        if first in s and second in s:
+            lines.append(f"{what}: {against(first, s[first], second, s[second])}")
     if "fraud-api" in s and "bentoml-noop-stock" in s:
         a, n = s["fraud-api"], s["bentoml-noop-stock"]
         lines.append(
