@@ -381,7 +381,7 @@ class FraudDetector:
             raise ServiceUnavailable(
                 f"the online feature state is unavailable ({exc}); retry"
             ) from exc
-        except AlreadyScored as exc:
+        except (AlreadyScored, NotExplainable) as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from exc
         tm.EXPLAIN_SECONDS.observe(time.perf_counter() - t0)
         tm.EXPLAINED.labels("new").inc(len(out))

@@ -175,8 +175,12 @@ class Explanation(BaseModel):
     threshold: float
     base_value: float = Field(description="The forest's mean prediction over its training rows")
     model_output: float = Field(
-        description="base_value plus every feature's contribution: the probability of the "
+        description="base_value plus every feature's contribution: the output of the "
         "scikit-learn pipeline of record (the served score is its compiled twin's, within 1e-5)"
+    )
+    output_space: Literal["probability", "log_odds"] = Field(
+        description="What the contributions add up to: the probability (a random forest), or "
+        "its log-odds (boosted trees: fraud_probability = 1 / (1 + exp(-model_output)))"
     )
     recorded: bool = Field(
         description="True: a logged decision (GET /explain/{id}); false: scored for this "

@@ -44,7 +44,7 @@ class ReasonCodes:
         AlreadyScored from the scorer)."""
         scored, bundle = self.scorer.preview(batch)
         cols = scored.columns or {}
-        explained = bundle.explainer().explain(cols)
+        explained = _explainer(bundle).explain(cols)
         threshold = float(bundle.info["threshold"])
         return [
             self._answer(
@@ -86,7 +86,7 @@ class ReasonCodes:
         missing = [c for c in columns if c not in vector]
         if missing:
             raise NotExplainable(f"the logged vector lacks the model's features {missing}")
-        explained = bundle.explainer().explain({c: [vector[c]] for c in columns})
+        explained = _explainer(bundle).explain({c: [vector[c]] for c in columns})
         return self._answer(
             transaction_id,
             float(row["probability"]),
@@ -147,6 +147,7 @@ class ReasonCodes:
             "threshold": threshold,
             "base_value": explained.base_value,
             "model_output": float(explained.output[i]),
+            "output_space": explained.space,
             "recorded": recorded,
             "degraded": degraded,
             "reasons": explain.top_reasons(
@@ -157,6 +158,13 @@ class ReasonCodes:
                 feature_config(bundle.info).delay_days,
             ),
         }
+
+
+def _explainer(bundle: ModelBundle) -> explain.ForestExplainer:
+    try:
+        return bundle.explainer()
+    except explain.UnsupportedModel as exc:
+        raise NotExplainable(str(exc)) from exc
 
 
 def _scalar(value: Any) -> Any:

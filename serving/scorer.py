@@ -137,9 +137,11 @@ class ModelBundle:
     def pipeline(self) -> Any:
         if self._pipeline is None:
             pipeline = joblib.load(bento_model.Layout.of(self.path).pipeline)
-            forest = getattr(pipeline, "named_steps", {}).get("forest")
-            if forest is not None:  # one thread: joblib's pool costs ~20 ms a call at this size
-                forest.n_jobs = 1
+            model = getattr(pipeline, "named_steps", {}).get("forest")
+            # one thread: joblib's pool costs ~20 ms a call at this size (a soft vote's members)
+            for part in [model, *getattr(model, "estimators_", [])] if model is not None else []:
+                if hasattr(part, "n_jobs"):
+                    part.n_jobs = 1
             self._pipeline = pipeline
         return self._pipeline
 

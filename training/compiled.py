@@ -98,12 +98,31 @@ class Encoder:
         return out + list(self.spec.numeric)
 
 
+def _register_xgboost() -> None:
+    """skl2onnx converts XGBoost (alone or in a soft vote) with onnxmltools' converter."""
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+    from xgboost import XGBClassifier
+
+    update_registered_converter(
+        XGBClassifier,
+        "XGBoostXGBClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_xgboost,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+
+
 def compile_pipeline(pipeline: Any) -> tuple[bytes, InputSpec]:
-    """ONNX bytes of the pipeline's forest (probabilities as a plain tensor) + its input spec."""
+    """ONNX bytes of the pipeline's model (a forest, boosted trees or their soft vote;
+    probabilities as a plain tensor) + its input spec."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
     spec = input_spec(pipeline)
+    if _uses_xgboost(pipeline.named_steps["forest"]):
+        _register_xgboost()
     forest = pipeline.named_steps["forest"]
     onx = to_onnx(
         forest,
@@ -111,6 +130,11 @@ def compile_pipeline(pipeline: Any) -> tuple[bytes, InputSpec]:
         options={id(forest): {"zipmap": False}},
     )
     return onx.SerializeToString(), spec
+
+
+def _uses_xgboost(model: Any) -> bool:
+    members = [m for _, m in getattr(model, "estimators", [])] or [model]
+    return any(type(m).__name__ == "XGBClassifier" for m in members)
 
 
 # Batches at least this large run on the multi-threaded session when there is one: ONNX Runtime

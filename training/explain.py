@@ -30,23 +30,38 @@ from training.compiled import Encoder, input_spec
 TOP_K = 5  # reasons an answer gives by default
 
 
+class UnsupportedModel(ValueError):
+    """A model whose exact contributions this module cannot compute (a soft-vote ensemble:
+    its average of a probability and a sigmoid is additive in neither)."""
+
+
 @dataclass(frozen=True)
 class Explanations:
     """Contributions of a batch: ``contributions[i, j]`` is feature ``columns[j]``'s share of
-    row i's ``output`` above or below ``base_value``."""
+    row i's ``output`` above or below ``base_value``, in ``space``: ``probability`` (a
+    forest) or ``log_odds`` (boosted trees: their margin, the probability's logit)."""
 
     base_value: float
-    output: np.ndarray  # the pipeline's fraud probability per row
+    output: np.ndarray  # the model's output per row: the probability, or the margin
     contributions: np.ndarray  # (rows, features)
     columns: list[str]
+    space: str = "probability"
 
 
 class ForestExplainer:
-    """Exact tree SHAP of a fitted fraud pipeline (prep -> [sampler] -> forest)."""
+    """Exact tree SHAP of a fitted fraud pipeline (prep -> [sampler] -> model): a random
+    forest in probability (:mod:`training.tree_shap`), XGBoost in log-odds (its own exact
+    TreeSHAP, ``pred_contribs``); UnsupportedModel for a soft-vote ensemble."""
 
     def __init__(self, pipeline: Any, columns: list[str]) -> None:
         from training.tree_shap import FlatForest, LeafPaths
 
+        model = pipeline.named_steps["forest"]
+        if hasattr(model, "voting"):
+            raise UnsupportedModel(
+                "the served model is a soft-vote ensemble: its average of a forest's "
+                "probability and boosted trees' sigmoid has no exact additive reason codes"
+            )
         self.columns = list(columns)
         self.encoder = Encoder(input_spec(pipeline))
         owners = self.encoder.owners()
@@ -57,9 +72,15 @@ class ForestExplainer:
         self.group = np.zeros((len(owners), len(self.columns)))
         for i, owner in enumerate(owners):
             self.group[i, self.columns.index(owner)] = 1.0
-        flat = FlatForest.of(pipeline.named_steps["forest"])
-        self.paths = LeafPaths.of(flat)
-        self.base_value = flat.base_value
+        self.booster = model.get_booster() if hasattr(model, "get_booster") else None
+        self.space = "log_odds" if self.booster is not None else "probability"
+        if self.booster is None:
+            flat = FlatForest.of(model)
+            self.paths = LeafPaths.of(flat)
+            self.base_value = flat.base_value
+        else:  # the bias column of any row: the margin's expected value
+            probe = np.zeros((1, len(owners)), dtype=np.float32)
+            self.base_value = float(self._contribs(probe)[0, -1])
 
     def explain(self, columns: Mapping[str, Any] | pd.DataFrame) -> Explanations:
         """Contributions for named feature columns (arrays, a DataFrame or one row's lists)."""
@@ -67,9 +88,19 @@ class ForestExplainer:
         if len(X) == 0:
             empty = np.zeros((0, len(self.columns)))
             return Explanations(self.base_value, np.zeros(0), empty, self.columns)
-        grouped = self.paths.shap_values(X) @ self.group  # (rows, inputs) -> (rows, columns)
+        values = self.paths.shap_values(X) if self.booster is None else self._contribs(X)[:, :-1]
+        grouped = values @ self.group  # (rows, inputs) -> (rows, columns)
         output = self.base_value + grouped.sum(axis=1)
-        return Explanations(self.base_value, output, grouped, self.columns)
+        return Explanations(self.base_value, output, grouped, self.columns, self.space)
+
+    def _contribs(self, X: np.ndarray) -> np.ndarray:
+        """XGBoost's exact path-dependent TreeSHAP in margin units, bias last."""
+        from xgboost import DMatrix
+
+        assert self.booster is not None
+        return np.asarray(
+            self.booster.predict(DMatrix(X), pred_contribs=True), dtype=np.float64
+        ).reshape(len(X), -1)
 
 
 def global_importance(explained: Explanations) -> dict[str, float]:

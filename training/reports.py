@@ -72,10 +72,17 @@ def write_confusion(
 
 
 def feature_importances(pipeline: Pipeline) -> pd.Series:
-    """Impurity importances of the forest, named after the preprocessed columns."""
+    """The model's impurity (forest) or gain (boosted) importances, named after the
+    preprocessed columns."""
     names = pipeline.named_steps["prep"].get_feature_names_out()
-    forest = pipeline.named_steps["forest"]
-    return pd.Series(forest.feature_importances_, index=names).sort_values(ascending=False)
+    model = pipeline.named_steps["forest"]
+    members = getattr(model, "estimators_", None) if hasattr(model, "voting") else None
+    importances = (
+        np.mean([m.feature_importances_ for m in members], axis=0)  # a soft vote: the mean
+        if members
+        else model.feature_importances_
+    )
+    return pd.Series(importances, index=names).sort_values(ascending=False)
 
 
 def write_importances(pipeline: Pipeline, out: Path) -> list[Path]:

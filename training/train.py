@@ -28,24 +28,38 @@ from training import features, metrics, schema
 from training.data import Layout, Split, day_index
 
 BALANCING = ("none", "class_weight", "undersample", "smote")
+# Model families: a random forest (the default), gradient-boosted trees (XGBoost), and the
+# soft vote of the two (their probabilities averaged). The pipeline's model step keeps the
+# name "forest" whatever the family (the registered pipelines are read by that name).
+FAMILIES = ("rf", "xgb", "ensemble")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the search: a balancing strategy and forest hyper-parameters."""
+    """One point of the search: a model family, a balancing strategy and hyper-parameters
+    (``max_depth`` is the forest's; boosted trees take ``boost_depth``)."""
 
     balancing: str = "none"
     n_estimators: int = 100
     max_depth: int | None = 20
     min_samples_leaf: int = 1
     max_features: str | float = "sqrt"
+    family: str = "rf"
+    boost_depth: int = 6
+    learning_rate: float = 0.1
 
     @property
     def name(self) -> str:
-        return (
+        forest = (
             f"{self.balancing}-t{self.n_estimators}-d{self.max_depth}"
             f"-l{self.min_samples_leaf}-f{self.max_features}"
         )
+        boost = f"t{self.n_estimators}-d{self.boost_depth}-lr{self.learning_rate:g}"
+        if self.family == "rf":
+            return forest
+        if self.family == "xgb":
+            return f"xgb-{self.balancing}-{boost}"
+        return f"ensemble-{forest}+{boost}"
 
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
@@ -62,16 +76,36 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "n_estimators": [100, 200],
     },
 }
+# Boosted and ensemble candidates the standard and full grids add to their forests.
+BOOSTED: dict[str, list[dict[str, Any]]] = {
+    "standard": [
+        {"family": "xgb", "n_estimators": 200, "boost_depth": 4, "learning_rate": 0.1},
+        {"family": "xgb", "n_estimators": 200, "boost_depth": 6, "learning_rate": 0.1},
+        {"family": "ensemble", "n_estimators": 100, "max_depth": 10, "boost_depth": 4},
+    ],
+    "full": [
+        {"family": "xgb", "n_estimators": n, "boost_depth": d, "learning_rate": lr}
+        for n, d, lr in itertools.product([200, 400], [4, 6], [0.05, 0.1])
+    ]
+    + [
+        {"family": "ensemble", "n_estimators": 100, "max_depth": md, "boost_depth": 4}
+        for md in (10, 20)
+    ],
+}
 
 
 def candidates(grid: str | dict[str, list[Any]]) -> list[Candidate]:
-    """Expand a named grid (quick, standard, full) or an explicit one into candidates."""
+    """Expand a named grid (quick, standard, full) or an explicit one into candidates; the
+    standard and full grids add boosted-tree and ensemble candidates (:data:`BOOSTED`)."""
     spec = GRIDS[grid] if isinstance(grid, str) else grid
     keys = list(spec)
-    return [
+    out = [
         Candidate(**dict(zip(keys, vals, strict=True)))
         for vals in itertools.product(*spec.values())
     ]
+    if isinstance(grid, str):
+        out += [Candidate(**kw) for kw in BOOSTED.get(grid, [])]
+    return out
 
 
 def build_pipeline(c: Candidate, categorical: bool, seed: int = 0) -> Pipeline:
@@ -89,6 +123,13 @@ def build_pipeline(c: Candidate, categorical: bool, seed: int = 0) -> Pipeline:
         sampler = SMOTE(sampling_strategy=0.1, random_state=seed)
     elif c.balancing not in BALANCING:
         raise ValueError(f"unknown balancing {c.balancing!r}; choose one of {BALANCING}")
+    return Pipeline([("prep", prep), ("sampler", sampler), ("forest", build_model(c, seed))])
+
+
+def build_model(c: Candidate, seed: int = 0) -> Any:
+    """The candidate's classifier: a random forest, XGBoost, or their soft vote."""
+    if c.family not in FAMILIES:
+        raise ValueError(f"unknown model family {c.family!r}; choose one of {FAMILIES}")
     forest = RandomForestClassifier(
         n_estimators=c.n_estimators,
         max_depth=c.max_depth,
@@ -98,7 +139,30 @@ def build_pipeline(c: Candidate, categorical: bool, seed: int = 0) -> Pipeline:
         n_jobs=-1,
         random_state=seed,
     )
-    return Pipeline([("prep", prep), ("sampler", sampler), ("forest", forest)])
+    if c.family == "rf":
+        return forest
+    if c.balancing == "class_weight":
+        raise ValueError(
+            "balancing class_weight is for random forests; boosted and ensemble candidates take "
+            "none, undersample or smote"
+        )
+    from xgboost import XGBClassifier
+
+    boosted = XGBClassifier(
+        n_estimators=c.n_estimators if c.family == "xgb" else 200,
+        max_depth=c.boost_depth,
+        learning_rate=c.learning_rate,
+        tree_method="hist",
+        subsample=0.8,
+        colsample_bytree=0.8,
+        n_jobs=-1,
+        random_state=seed,
+    )
+    if c.family == "xgb":
+        return boosted
+    from sklearn.ensemble import VotingClassifier
+
+    return VotingClassifier([("rf", forest), ("xgb", boosted)], voting="soft")
 
 
 @dataclass
@@ -106,7 +170,37 @@ class FoldResult:
     scores: np.ndarray
     labels: np.ndarray
     metrics: dict[str, float]
-    comparisons: float  # serving cost: see forest_comparisons
+    comparisons: float  # serving cost: see model_comparisons
+
+
+def model_comparisons(model: Any) -> float:
+    """Expected threshold comparisons for one prediction, whatever the family: a forest's
+    (:func:`forest_comparisons`), boosted trees' (:func:`boosted_comparisons`) or the sum of an
+    ensemble's members'."""
+    members = getattr(model, "estimators_", None)
+    if hasattr(model, "voting") and members is not None:
+        return float(sum(model_comparisons(m) for m in members))
+    if hasattr(model, "get_booster"):
+        return boosted_comparisons(model)
+    return forest_comparisons(model)
+
+
+def boosted_comparisons(model: Any) -> float:
+    """XGBoost's expected comparisons: per tree, the depth of the leaf a training sample
+    reaches weighted by the leaves' cover (hessian mass), summed over trees."""
+    trees = model.get_booster().trees_to_dataframe()
+    total = 0.0
+    for _, tree in trees.groupby("Tree", sort=False):
+        depth = {str(tree["ID"].iloc[0]): 0}
+        for node_id, yes, no, feature in zip(tree["ID"], tree["Yes"], tree["No"], tree["Feature"],
+                                             strict=True):  # fmt: skip
+            if feature != "Leaf":  # children come after their parent in the dump
+                depth[str(yes)] = depth[str(no)] = depth[str(node_id)] + 1
+        leaves = tree[tree["Feature"] == "Leaf"]
+        weight = leaves["Cover"].to_numpy(dtype=float)
+        d = np.array([depth[str(i)] for i in leaves["ID"]], dtype=float)
+        total += float(np.sum(d * weight) / np.sum(weight)) if weight.sum() > 0 else 0.0
+    return total
 
 
 def forest_comparisons(forest: Any) -> float:
@@ -201,7 +295,7 @@ def fit_and_score(
     m = metrics.ranking_metrics(
         labels, scores, days[split.test], raw[schema.CUSTOMER_ID].to_numpy()[split.test]
     )
-    return pipe, FoldResult(scores, labels, m, forest_comparisons(pipe.named_steps["forest"]))
+    return pipe, FoldResult(scores, labels, m, model_comparisons(pipe.named_steps["forest"]))
 
 
 @dataclass
