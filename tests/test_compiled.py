@@ -133,3 +133,44 @@ def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Non
     assert config.usable_cpus(tmp_path / "absent") == 6
     monkeypatch.setattr(config, "usable_cpus", lambda: 4)
     assert config.Settings(model_threads=0).model_thread_count() == 2
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        Candidate(family="xgb", n_estimators=60, boost_depth=5, balancing="none"),
+        Candidate(family="xgb", n_estimators=40, boost_depth=4, balancing="undersample"),
+        Candidate(family="ensemble", n_estimators=30, max_depth=10, boost_depth=4),
+    ],
+    ids=lambda c: c.name,
+)
+def test_boosted_and_ensemble_candidates_pass_the_same_gate(
+    candidate: Candidate, small_raw: pd.DataFrame, small_feats: pd.DataFrame
+) -> None:
+    """XGBoost alone and its soft vote with a forest: fitted, scored, compiled to ONNX and
+    held to the same 1e-5 parity gate on 10,000 rows, with a serving cost."""
+    layout = data.handbook_layout(small_raw, n_folds=1)
+    cols = features.feature_names(features.FeatureConfig(), categorical=True)
+    pipe, fold = train_mod.fit_and_score(
+        candidate, small_feats[cols], small_raw, layout.final, True, data.day_index(small_raw)
+    )
+    assert fold.metrics["ap"] > 0.3 and fold.comparisons > 0
+    twin = compiled.CompiledModel(*compiled.compile_pipeline(pipe))
+    diff = compiled.verify(pipe, twin, small_feats[cols])
+    assert diff <= compiled.TOLERANCE
+    odd = small_feats[cols].head(50).assign(MERCHANT_CATEGORY="never-seen")
+    np.testing.assert_allclose(
+        twin.predict_proba({c: odd[c].to_numpy() for c in odd.columns}),
+        pipe.predict_proba(odd)[:, 1],
+        atol=compiled.TOLERANCE,
+    )
+
+
+def test_boosted_candidates_take_no_class_weight() -> None:
+    with pytest.raises(ValueError, match="class_weight is for random forests"):
+        train_mod.build_model(Candidate(family="xgb", balancing="class_weight"))
+    with pytest.raises(ValueError, match="model family"):
+        train_mod.build_model(Candidate(family="svm"))
+    names = {c.family for c in train_mod.candidates("standard")}
+    assert names == {"rf", "xgb", "ensemble"}
+    assert {c.family for c in train_mod.candidates("quick")} == {"rf"}

@@ -171,3 +171,31 @@ def test_top_reasons_order_sign_and_words(fitted) -> None:
 def test_reason_words(name: str, value: object, words: str) -> None:
     row = {name: value, "CUSTOMER_ID_NB_TX_30DAY_WINDOW": 3.0}
     assert explain.reason(name, row) == words
+
+
+def test_boosted_trees_are_explained_in_log_odds(small_raw, small_feats) -> None:
+    """XGBoost: its own exact TreeSHAP, grouped the same way; base value plus contributions
+    give its margin, whose sigmoid is the probability."""
+    layout = handbook_layout(small_raw, n_folds=1)
+    columns = features.feature_names(features.FeatureConfig(), True)
+    pipe = train.build_pipeline(
+        train.Candidate(family="xgb", n_estimators=50, boost_depth=5), categorical=True
+    )
+    rows = layout.final.train
+    pipe.fit(small_feats[columns].iloc[rows], small_raw["TX_FRAUD"].to_numpy()[rows])
+    test = small_feats[columns].iloc[layout.final.test].head(500)
+    got = explain.ForestExplainer(pipe, columns).explain(test)
+    assert got.space == "log_odds" and got.contributions.shape == (500, len(columns))
+    np.testing.assert_allclose(
+        1 / (1 + np.exp(-got.output)), pipe.predict_proba(test)[:, 1], rtol=0, atol=1e-6
+    )
+
+
+def test_an_ensemble_has_no_exact_reason_codes(small_raw, small_feats) -> None:
+    columns = features.feature_names(features.FeatureConfig(), True)
+    pipe = train.build_pipeline(
+        train.Candidate(family="ensemble", n_estimators=10, max_depth=4), categorical=True
+    )
+    pipe.fit(small_feats[columns].head(5_000), small_raw["TX_FRAUD"].to_numpy()[:5_000])
+    with pytest.raises(explain.UnsupportedModel, match="soft-vote"):
+        explain.ForestExplainer(pipe, columns)

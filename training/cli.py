@@ -287,6 +287,9 @@ def evaluate(
     balancing: str = "none",
     max_depth: int = 20,
     n_estimators: int = 100,
+    family: str = typer.Option("rf", help="Model family: rf, xgb or ensemble (rf + xgb)."),
+    boost_depth: int = typer.Option(6, help="Boosted trees' depth (xgb, ensemble)."),
+    learning_rate: float = typer.Option(0.1, help="Boosted trees' learning rate."),
     folds: int = 4,
     budget: int | None = None,
     feature_set: str = typer.Option(
@@ -317,7 +320,14 @@ def evaluate(
     raw, feats = loaded.raw, loaded.feats
     from training.train import Candidate
 
-    cand = Candidate(balancing=balancing, max_depth=max_depth, n_estimators=n_estimators)
+    cand = Candidate(
+        balancing=balancing,
+        max_depth=max_depth,
+        n_estimators=n_estimators,
+        family=family,
+        boost_depth=boost_depth,
+        learning_rate=learning_rate,
+    )
     if model_uri:
         from training import registry
 
