@@ -124,10 +124,13 @@ def compile_pipeline(pipeline: Any) -> tuple[bytes, InputSpec]:
     if _uses_xgboost(pipeline.named_steps["forest"]):
         _register_xgboost()
     forest = pipeline.named_steps["forest"]
+    xgboost = _uses_xgboost(forest)
     onx = to_onnx(
         forest,
         initial_types=[("X", FloatTensorType([None, spec.n_inputs]))],
         options={id(forest): {"zipmap": False}},
+        # onnxmltools' XGBoost converter writes the ai.onnx.ml 3 tree ensembles
+        target_opset={"": 17, "ai.onnx.ml": 3} if xgboost else None,
     )
     return onx.SerializeToString(), spec
 

@@ -162,7 +162,9 @@ def build_model(c: Candidate, seed: int = 0) -> Any:
         return boosted
     from sklearn.ensemble import VotingClassifier
 
-    return VotingClassifier([("rf", forest), ("xgb", boosted)], voting="soft")
+    return VotingClassifier(
+        [("rf", forest), ("xgb", boosted)], voting="soft", flatten_transform=False
+    )
 
 
 @dataclass
