@@ -41,6 +41,9 @@ def settings(request, tmp_path_factory) -> Iterator[Settings]:
         return
     with mlflow_server(work, free_port()) as uri:
         yield Settings(mlflow_tracking_uri=uri, registered_model="gate-test")
+    # the server is gone: MLflow's process-wide tracking URI back to the session's store (a
+    # later module calling MLflow before configuring it would reach the dead server)
+    mlflow.set_tracking_uri(Settings().mlflow_tracking_uri)
 
 
 def _register(settings: Settings, raw: pd.DataFrame, feats: pd.DataFrame, grid: dict):
