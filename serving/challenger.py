@@ -270,6 +270,8 @@ class Challenger:
                 other_v[i] = self.champion_version
                 other_p[i], other_f[i] = float(champ_p[k]), bool(champ_f[k])
         tm.CHALLENGER_SECONDS.observe(seconds)
+        if self.mode == "canary" and champ.batches % 100 == 0:  # errors and model time
+            self.check()
         return Challenged(answer_p, answer_f, arms, versions, thresholds, other_v, other_p, other_f)
 
     def _failed(self, rows: int, exc: Exception) -> None:

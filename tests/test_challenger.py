@@ -237,3 +237,26 @@ def test_the_performance_check_proposes_a_challenger_better_on_live_labels(bette
     assert (chall["ap"] > champ["ap"]) == better
     assert duel["promote"] == better, duel["reason"]
     assert {"precision", "recall", "auc", "ap", "cp100"} <= set(chall)
+
+
+def test_a_slow_canary_rolls_back_on_model_time(champion_bundle, bad_bundle, small_raw) -> None:
+    """Worse on purpose: a canary whose model sleeps 2 ms a batch, against a champion taking
+    well under a millisecond for its batch, rolls back once both have 200 batches."""
+    import time as clock
+
+    class Slow(ch.Challenger):
+        def predict(self, cols):  # type: ignore[no-untyped-def]
+            clock.sleep(0.002)
+            return super().predict(cols)
+
+    records = records_from_frame(stream(small_raw, "slow", 3_000))
+    scorer = FraudScorer(champion_bundle)
+    scorer.warm()
+    canary = Slow(bad_bundle, "canary", 0.9, policy(min_labels=10**9, latency_ratio=2.0), "1")
+    scorer.set_challenger(canary)
+    for k in range(0, len(records), 10):
+        scorer.score(records[k : k + 10])
+        if not canary.active:
+            break
+    assert canary.rolled_back is not None and "model time" in canary.rolled_back
+    assert canary.arms["canary"].batches >= ch.MIN_BATCHES
