@@ -63,8 +63,10 @@ class OnlineFeatures:
         spans = [w * MS_PER_DAY for w in widest]
         delay = cfg.delay_ms
         right_of = bisect.bisect_right
+        i30 = widest.index(30) if cfg.extras else -1
+        large_span, factor = cfg.large_days * MS_PER_DAY, cfg.large_factor
         # One row of ints per transaction: gap, then per window (widest first) customer
-        # count and cents, terminal count and frauds.
+        # count and cents, terminal count and frauds; last, the customer's large transactions.
         flat: list[int] = []
         add = flat.extend
         for r in batch:
@@ -73,9 +75,20 @@ class OnlineFeatures:
             right = right_of(times, t)
             add((t - times[right - 1] if right else -1,))
             lo, top = 0, cum[right]
-            for span in spans:
+            count30 = cents30 = 0
+            for w, span in enumerate(spans):
                 lo = right_of(times, t - span, lo, right)
-                add((right - lo + 1, top - cum[lo] + amount))
+                count, cents = right - lo + 1, top - cum[lo] + amount
+                add((count, cents))
+                if w == i30:
+                    count30, cents30 = count, cents
+            large = 0
+            if i30 >= 0:  # earlier amounts in the window above factor x the 30-day average
+                bar = factor * cents30
+                start = right_of(times, t - large_span, 0, right)
+                for i in range(start, right):
+                    if (cum[i + 1] - cum[i]) * count30 > bar:
+                        large += 1
             remaining[cid] -= 1
             if remaining[cid]:  # seen again later in this batch: keep it, on a copy
                 if cid not in copied:
@@ -89,11 +102,12 @@ class OnlineFeatures:
             for span in spans:
                 lo = right_of(ttimes, t - delay - span, lo, hi)
                 add((hi - lo, top - frauds[lo]))
+            add((large,))
         k = len(widest)
-        block = np.array(flat, dtype=np.int64).reshape(n, 1 + 4 * k).T
+        block = np.array(flat, dtype=np.int64).reshape(n, 2 + 4 * k).T
         order = [widest.index(w) for w in cfg.windows]  # back to the configured order
         cust = block[1 : 1 + 2 * k].reshape(k, 2, n)[order]
-        term = block[1 + 2 * k :].reshape(k, 2, n)[order]
+        term = block[1 + 2 * k : 1 + 4 * k].reshape(k, 2, n)[order]
         agg = Aggregates(
             time_ms=np.fromiter((r.time_ms for r in batch), np.int64, n),
             amount_cents=np.fromiter((r.amount_cents for r in batch), np.int64, n),
@@ -102,6 +116,7 @@ class OnlineFeatures:
             term_count=term[:, 0],
             term_frauds=term[:, 1],
             gap_ms=block[0],
+            cust_large=block[1 + 4 * k],
         )
         cats = None
         if self.categorical:

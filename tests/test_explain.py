@@ -160,6 +160,11 @@ def test_top_reasons_order_sign_and_words(fitted) -> None:
             "(labels known)",
         ),
         ("SECONDS_SINCE_PREVIOUS_TX", 95.0, "95 s since the customer's previous transaction"),
+        (
+            "CUSTOMER_NB_LARGE_TX_14DAY",
+            2.0,
+            "2 earlier transactions over 3x the customer's 30-day average in the past 14 days",
+        ),
         ("SECONDS_SINCE_PREVIOUS_TX", 5400.0, "90 min since the customer's previous transaction"),
         (
             "SECONDS_SINCE_PREVIOUS_TX",

@@ -31,7 +31,7 @@ def test_feature_names_with_and_without_categoricals(stream: pd.DataFrame) -> No
     plain = stream.drop(columns=[schema.TX_CHANNEL, schema.MERCHANT_CATEGORY])
     without = features.offline_features(plain, CFG)
     assert list(without.columns) == features.feature_names(CFG, categorical=False)
-    assert len(features.feature_names(CFG, categorical=False)) == 15 + 2
+    assert len(features.feature_names(CFG, categorical=False)) == 15 + 3
 
 
 def test_baseline_definitions_by_hand(stream: pd.DataFrame) -> None:
@@ -52,6 +52,32 @@ def test_baseline_definitions_by_hand(stream: pd.DataFrame) -> None:
     assert feats.loc[i, "TERMINAL_ID_RISK_30DAY_WINDOW"] == pytest.approx(expected_risk)
     assert feats.loc[i, "TX_DURING_NIGHT"] == int(t.hour <= 6)
     assert feats.loc[i, "TX_DURING_WEEKEND"] == int(t.weekday() >= 5)
+
+
+def test_large_transactions_by_hand(stream: pd.DataFrame) -> None:
+    """The customer's earlier transactions in the past 14 days over 3x its 30-day average
+    (current transaction included in the average), for every transaction of one customer."""
+    feats = features.offline_features(stream, CFG)
+    # the customer of the highest count (every one of its transactions checked by hand) and
+    # the busiest customer
+    top = stream.loc[feats["CUSTOMER_NB_LARGE_TX_14DAY"].idxmax(), schema.CUSTOMER_ID]
+    busiest = stream[schema.CUSTOMER_ID].value_counts().index[0]
+    mine = stream[stream[schema.CUSTOMER_ID].isin([top, busiest])]
+    mine = mine.sort_values([schema.CUSTOMER_ID, schema.TX_DATETIME], kind="stable")
+    checked = 0
+    for i, row in mine.iterrows():
+        t = row[schema.TX_DATETIME]
+        same = mine[mine[schema.CUSTOMER_ID] == row[schema.CUSTOMER_ID]]
+        pos = same.index.get_loc(i)
+        before = same.iloc[:pos]
+        last30 = same.iloc[: pos + 1]
+        last30 = last30[last30[schema.TX_DATETIME] > t - pd.Timedelta(days=30)]
+        avg = last30[schema.TX_AMOUNT].mean()
+        last14 = before[before[schema.TX_DATETIME] > t - pd.Timedelta(days=14)]
+        expected = int((last14[schema.TX_AMOUNT] > 3 * avg).sum())
+        assert feats.loc[i, "CUSTOMER_NB_LARGE_TX_14DAY"] == expected, (i, expected)
+        checked += expected
+    assert checked > 0  # the customer has some: the comparison was exercised
 
 
 def test_no_future_data(stream: pd.DataFrame) -> None:

@@ -137,6 +137,7 @@ def top_reasons(
     return out
 
 
+_LARGE = re.compile(r"^CUSTOMER_NB_LARGE_TX_(\d+)DAY$")
 _WINDOW = re.compile(r"^(CUSTOMER_ID|TERMINAL_ID)_(NB_TX|AVG_AMOUNT|RISK)_(\d+)DAY_WINDOW$")
 
 
@@ -181,6 +182,13 @@ def reason(name: str, row: Mapping[str, Any], delay_days: int = 7) -> str:
         if float(value) >= cap:
             return "no earlier transaction by the customer in the past 30 days"
         return f"{_duration(float(value))} since the customer's previous transaction"
+    m = _LARGE.match(name)
+    if m:
+        cfg = features.FeatureConfig()
+        return (
+            f"{_count(float(value), 'earlier transaction')} over {cfg.large_factor}x the "
+            f"customer's 30-day average in the past {_days(int(m.group(1)))}"
+        )
     m = _WINDOW.match(name)
     if m:
         entity, kind, w = m.group(1), m.group(2), int(m.group(3))

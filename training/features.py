@@ -20,7 +20,7 @@ import pandas as pd
 
 from training import schema
 
-FEATURE_SET_VERSION = "2"
+FEATURE_SET_VERSION = "3"
 # Functions of the clock, not of the data: a window of minutes is all-night or all-weekend by
 # construction, so live drift monitoring leaves them out (reports over whole weeks keep them).
 CALENDAR_FEATURES = ("TX_DURING_WEEKEND", "TX_DURING_NIGHT")
@@ -36,6 +36,10 @@ class FeatureConfig:
     delay_days: int = 7
     gap_cap_days: int = 30
     extras: bool = True
+    # the customer's large transactions: earlier ones in the past ``large_days`` whose amount
+    # exceeds ``large_factor`` times the customer's 30-day average as of now
+    large_days: int = 14
+    large_factor: int = 3
 
     @property
     def max_window_ms(self) -> int:
@@ -47,8 +51,9 @@ class FeatureConfig:
 
     @property
     def customer_retention_ms(self) -> int:
-        """How long customer events matter: the longest window and the gap cap."""
-        return max(self.max_window_ms, self.gap_cap_days * MS_PER_DAY)
+        """How long customer events matter: the longest window, the gap cap, the large
+        transactions' window."""
+        return max(self.max_window_ms, (max(self.gap_cap_days, self.large_days)) * MS_PER_DAY)
 
     @property
     def terminal_retention_ms(self) -> int:
@@ -69,6 +74,7 @@ class Aggregates:
     term_count: np.ndarray
     term_frauds: np.ndarray
     gap_ms: np.ndarray  # -1 when the customer has no earlier transaction
+    cust_large: np.ndarray  # the customer's large transactions (see FeatureConfig.large_days)
 
 
 def to_ms(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -88,10 +94,14 @@ def feature_names(cfg: FeatureConfig, categorical: bool) -> list[str]:
     for w in cfg.windows:
         names += [f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW", f"TERMINAL_ID_RISK_{w}DAY_WINDOW"]
     if cfg.extras:
-        names += ["AMOUNT_TO_CUSTOMER_AVG_30DAY", "SECONDS_SINCE_PREVIOUS_TX"]
+        names += ["AMOUNT_TO_CUSTOMER_AVG_30DAY", "SECONDS_SINCE_PREVIOUS_TX", large_name(cfg)]
     if categorical:
         names += ["TX_CARD_NOT_PRESENT", *CATEGORICAL_FEATURES]
     return names
+
+
+def large_name(cfg: FeatureConfig) -> str:
+    return f"CUSTOMER_NB_LARGE_TX_{cfg.large_days}DAY"
 
 
 def assemble(
@@ -135,6 +145,7 @@ def feature_columns(
         cap = cfg.gap_cap_days * MS_PER_DAY
         gap = np.where((agg.gap_ms < 0) | (agg.gap_ms > cap), cap, agg.gap_ms)
         out["SECONDS_SINCE_PREVIOUS_TX"] = gap / 1000.0
+        out[large_name(cfg)] = agg.cust_large.astype(np.float64)
     if categoricals:
         channel = np.asarray(categoricals.get(schema.TX_CHANNEL, []), dtype=object)
         out["TX_CARD_NOT_PRESENT"] = (channel == schema.CHANNELS[1]).astype(np.float64)
@@ -177,6 +188,7 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
         term_count=np.zeros(block, dtype=np.int64),
         term_frauds=np.zeros(block, dtype=np.int64),
         gap_ms=np.zeros(n, dtype=np.int64),
+        cust_large=np.zeros(n, dtype=np.int64),
     )
     if n == 0:
         return agg
@@ -197,6 +209,12 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
     gap_sorted = np.full(n, -1, dtype=np.int64)
     gap_sorted[1:] = np.where(same[1:], t0[order][1:] - t0[order][:-1], -1)
     agg.gap_ms[order] = gap_sorted
+    if cfg.extras:
+        i30 = cfg.windows.index(30)
+        agg.cust_large[order] = _large_counts(
+            cust[order], t0[order], cents[order],
+            agg.cust_count[i30, order], agg.cust_cents[i30, order], cfg,
+        )  # fmt: skip
 
     term = _group_codes(df[schema.TERMINAL_ID])
     order = np.lexsort((pos, t0, term))
@@ -208,6 +226,32 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
         agg.term_count[i, order] = hi - lo
         agg.term_frauds[i, order] = fsum[hi] - fsum[lo]
     return agg
+
+
+def _large_counts(
+    cust: np.ndarray,
+    t: np.ndarray,
+    cents: np.ndarray,
+    count30: np.ndarray,
+    cents30: np.ndarray,
+    cfg: FeatureConfig,
+) -> np.ndarray:
+    """In customer-time order: per transaction, the customer's earlier transactions in
+    ``(t - large_days, t]`` whose amount exceeds ``large_factor`` times its 30-day average as
+    of now (integers: ``amount * count30 > factor * cents30``). One pass per offset back, as
+    many as the busiest customer's transactions in the window."""
+    n = len(t)
+    out = np.zeros(n, dtype=np.int64)
+    span = cfg.large_days * MS_PER_DAY
+    bar = cfg.large_factor * cents30
+    j = 1
+    while j < n:
+        same = (cust[j:] == cust[:-j]) & (t[j:] - t[:-j] < span)
+        if not same.any():
+            break
+        out[j:] += same & (cents[:-j] * count30[j:] > bar[j:])
+        j += 1
+    return out
 
 
 def offline_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd.DataFrame:

@@ -44,6 +44,34 @@ def _rolling(raw: pd.DataFrame, key: str, window: str, column: str, how: str) ->
     return out
 
 
+def large_now(raw: pd.DataFrame, feats: pd.DataFrame, days: int = 14, factor: float = 3.0
+              ) -> np.ndarray:  # fmt: skip
+    """The customer's earlier transactions in the past ``days`` whose amount exceeds
+    ``factor`` times the customer's 30-day average as of now: what the online state's 30 days
+    of amounts can give (the per-transaction flag needs each one's own average, 44 days back)."""
+    t = features.to_ms(raw[schema.TX_DATETIME])
+    cents = features.to_cents(raw[schema.TX_AMOUNT])
+    cust = pd.factorize(raw[schema.CUSTOMER_ID])[0]
+    order = np.lexsort((np.arange(len(raw)), t, cust))
+    c, tt, a = cust[order], t[order], cents[order]
+    avg = feats["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"].to_numpy()[order] * 100
+    count = np.zeros(len(raw))
+    span = days * features.MS_PER_DAY
+    j = 1
+    while True:
+        same = np.zeros(len(raw), dtype=bool)
+        same[j:] = (c[j:] == c[:-j]) & (tt[j:] - tt[:-j] < span)
+        if not same.any():
+            break
+        big = np.zeros(len(raw), dtype=bool)
+        big[j:] = a[:-j] > factor * avg[j:]
+        count += same & big
+        j += 1
+    out = np.zeros(len(raw))
+    out[order] = count
+    return out
+
+
 def candidates(raw: pd.DataFrame, feats: pd.DataFrame) -> dict[str, np.ndarray]:
     """Behavioural features a fraud analyst asks for (point in time)."""
     amount = raw[schema.TX_AMOUNT].to_numpy()
@@ -59,6 +87,7 @@ def candidates(raw: pd.DataFrame, feats: pd.DataFrame) -> dict[str, np.ndarray]:
     out["CUSTOMER_NB_LARGE_TX_14DAY"] = np.nan_to_num(
         _rolling(raw.assign(LARGE=large), schema.CUSTOMER_ID, "14D", "LARGE", "sum"), nan=0.0
     )
+    out["CUSTOMER_NB_LARGE_TX_14DAY_NOW"] = large_now(raw, feats)
     out["CUSTOMER_NB_TERMINALS_1DAY"] = np.nan_to_num(
         _rolling(cust, schema.CUSTOMER_ID, "1D", "TERM_CODE", "nunique"), nan=0.0
     )
@@ -73,11 +102,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/demo/transactions"))
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("reports/feature_trial.json"))
+    ap.add_argument("--only", nargs="*", default=None, help="candidates to try (default: all)")
     args = ap.parse_args()
     raw = data.load_transactions(args.data)
     feats = features.offline_features(raw)
     t0 = time.perf_counter()
     extra = candidates(raw, feats)
+    if args.only:
+        extra = {k: v for k, v in extra.items() if k in args.only}
     print(f"{len(raw):,} transactions; candidates computed in {time.perf_counter() - t0:.0f} s")
     for name, values in extra.items():
         feats[name] = values
