@@ -10,8 +10,8 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED = {
-    "api_keys", "bento_model", "compiled", "config", "decision_store", "drift", "features",
-    "schema",
+    "api_keys", "bento_model", "compiled", "config", "decision_store", "drift", "explain",
+    "features", "schema", "tree_shap",
 }  # fmt: skip
 
 
