@@ -74,8 +74,11 @@ class ChallengerRequest(BaseModel):
     version: str | None = Field(
         None, max_length=64, description="default: the newest imported as challenger"
     )
-    share: float | None = Field(
-        None, gt=0, le=1, description="batches (shadow) or customers (canary); default: settings"
+    share: float | None = Field(  # ge, not gt: OpenAPI 3.0 has no numeric exclusiveMinimum
+        None,
+        ge=0.001,
+        le=1,
+        description="batches (shadow) or customers (canary); default: settings",
     )
 
 

@@ -210,7 +210,10 @@ def test_a_worse_canary_answers_its_customers_then_rolls_back(live_env, later, w
     v1, v2 = live_env["v1"], live_env["v2"]
     settings = {"FRAUD_CHALLENGER_MODE": "canary", "FRAUD_CANARY_SHARE": "0.5",
                 "FRAUD_CANARY_MIN_LABELS": "20"}  # fmt: skip
-    with serve(live_env, work, **settings) as url:
+    with (
+        serve(live_env, work, **settings) as url,
+        prometheus(work, free_port(), url.removeprefix("http://"), "127.0.0.1:9", 1) as prom,
+    ):
 
         def rolled_back() -> bool:
             return bool(httpx.get(f"{url}/health", timeout=10).json()["challenger"]["rolled_back"])
@@ -218,6 +221,16 @@ def test_a_worse_canary_answers_its_customers_then_rolls_back(live_env, later, w
         loads = drive(url, later, "canary-", until=rolled_back)
         health = httpx.get(f"{url}/health", timeout=10).json()["challenger"]
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        # Prometheus has the arms and the roll-back (scraped every second)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not prom_query(
+            prom, "fraud_canary_rollbacks_total > 0"
+        ):
+            time.sleep(1)
+        arms = {s["metric"]["arm"] for s in prom_query(prom, "fraud_arm_transactions_total > 0")}
+        labelled = {s["metric"]["arm"] for s in prom_query(prom, "fraud_arm_labels_total > 0")}
+        assert prom_query(prom, "fraud_canary_rollbacks_total > 0"), "no roll-back in Prometheus"
+        assert arms == labelled == {"champion", "canary"}
         # after the roll-back the champion answers everyone
         after = request_bodies(later.head(200), id_prefix="after-")  # inside the clock
         r = httpx.post(f"{url}/predict", json={"transactions": after}, headers=AUTH, timeout=30)
@@ -247,8 +260,8 @@ def test_a_worse_canary_answers_its_customers_then_rolls_back(live_env, later, w
         if a["arm"] == "canary":
             assert in_canary(customers[a["transaction_id"]], 0.5)
     assert health["rolled_back"] and "live precision" in health["rolled_back"]
-    arms = health["arms"]
+    figures = health["arms"]
     # (labels of answers in flight at the roll-back still count after it: no margin here)
-    assert arms["canary"]["live"]["precision"] < arms["champion"]["live"]["precision"]
+    assert figures["canary"]["live"]["precision"] < figures["champion"]["live"]["precision"]
     assert "fraud_canary_rollbacks_total 1.0" in metrics
     assert 'fraud_challenger_info{mode="canary",share="0.5",version="' + v2 + '"} 0.0' in metrics

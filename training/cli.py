@@ -978,7 +978,7 @@ def run(
             f"champion: version {registry.champion_version(client, settings.registered_model)}"
         )
     if not bento_store.champion_in_store(settings):
-        import_bento()
+        import_bento(alias="champion")
     else:
         console.print("champion already in the Bento store")
     if serve_after:
