@@ -98,10 +98,12 @@ LOG_FAILURES = Counter(
     "Answers refused (503) because the decision journal could not be made durable",
 )
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
+# Fraud-probability buckets: the served scores and each model's under a challenger
+SCORE_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 SCORES = Histogram(
     "fraud_score",
     "Fraud probability of scored transactions",
-    buckets=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+    buckets=SCORE_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "fraud_batch_size",
@@ -186,7 +188,7 @@ MODEL_SCORES = Histogram(
     "fraud_model_score",
     "Scores of the transactions both models scored (shadow, canary share), by model role",
     ["role"],
-    buckets=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+    buckets=SCORE_BUCKETS,
 )
 AGREEMENT = Counter(
     "fraud_challenger_agreement_total",
