@@ -144,7 +144,8 @@ class FraudDetector:
                 self.set_challenger(
                     ChallengerRequest(
                         mode=SETTINGS.challenger_mode, version=SETTINGS.challenger_version
-                    )
+                    ),
+                    announce=False,  # every worker starts it from the same settings
                 )
         self.publish_gauges()
         log.info(
@@ -270,8 +271,8 @@ class FraudDetector:
 
     def publish_gauges(self) -> None:
         """State-store status, feature-state size and live drift (a few ms at most, every
-        GAUGE_EVERY_S); with several workers, follows a hot swap another worker announced
-        and shares the stream clock."""
+        GAUGE_EVERY_S); with several workers, follows a hot swap or a live challenger another
+        worker announced and shares the stream clock."""
         self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
         problem = self.scorer.check_state()
         tm.STATE_UP.set(problem is None)
@@ -283,6 +284,7 @@ class FraudDetector:
             return
         try:
             self.hot_swap.follow_announced()
+            self.hot_swap.follow_challenger()
             self.clock.sync()
             stats = self.scorer.features.state.stats()
         except StateUnavailable:
@@ -439,15 +441,15 @@ class FraudDetector:
             raise HTTPException(503, f"the online feature state is unavailable ({exc})") from exc
         return {"terminal_id": terminal_id, "at": when.isoformat(), **risk}
 
-    def set_challenger(self, request: ChallengerRequest) -> dict[str, Any]:
-        """Start, change or stop the live challenger; a failure is kept for /health (the
-        champion serves on)."""
+    def set_challenger(self, request: ChallengerRequest, announce: bool = True) -> dict[str, Any]:
+        """Start, change or stop the live challenger (``announce``: in every worker sharing
+        Redis); a failure is kept for /health (the champion serves on)."""
         share = request.share or (
             SETTINGS.shadow_share if request.mode == "shadow" else SETTINGS.canary_share
         )
         try:
             out = self.hot_swap.load_challenger(
-                request.mode, request.version, share, RollbackPolicy.of(SETTINGS)
+                request.mode, request.version, share, RollbackPolicy.of(SETTINGS), announce
             )
         except (LookupError, SwapError) as exc:
             self.challenger_error = str(exc)
@@ -460,7 +462,8 @@ class FraudDetector:
     def challenger(self, body: ChallengerRequest) -> dict[str, Any]:
         """Score a Bento-store version beside the champion: shadow (answers unchanged) or
         canary (a share of customers answered by it, rolled back automatically); off stops.
-        Promote it with /admin/reload to its version. Needs a key with scope admin."""
+        With several workers on Redis, the others follow within seconds. Promote it with
+        /admin/reload to its version. Needs a key with scope admin."""
         try:
             return self.set_challenger(body)
         except LookupError as exc:

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +189,7 @@ class Challenger:
         self.seen: OrderedDict[str, tuple[str, bool, bool]] = OrderedDict()
         self.lock = threading.Lock()  # /feedback runs in a thread, scoring on the event loop
         self.rng = random.Random()
+        self.on_rollback: Callable[[str], None] | None = None  # told once, after a roll-back
         self._scores = {role: tm.MODEL_SCORES.labels(role) for role in ("champion", "challenger")}
         tm.publish_challenger(self.version, mode, share, active=True)
 
@@ -348,12 +349,22 @@ class Challenger:
         if self.mode != "canary" or self.rolled_back is not None:
             return self.rolled_back
         reason = self.policy.verdict(self.arms[CHAMPION], self.arms[CANARY])
-        if reason is not None:
-            self.rolled_back = reason
+        if reason is not None and self.roll_back(reason):
             tm.CANARY_ROLLBACKS.inc()
-            tm.publish_challenger(self.version, self.mode, self.share, active=False)
-            log.warning("canary v%s rolled back: %s", self.version, reason)
+            if self.on_rollback is not None:  # the other workers roll it back too
+                self.on_rollback(reason)
         return self.rolled_back
+
+    def roll_back(self, reason: str) -> bool:
+        """Answer every customer with the champion from now on (``reason``: why); False when
+        it was rolled back already."""
+        with self.lock:
+            if self.rolled_back is not None:
+                return False
+            self.rolled_back = reason
+        tm.publish_challenger(self.version, self.mode, self.share, active=False)
+        log.warning("canary v%s rolled back: %s", self.version, reason)
+        return True
 
     def retire(self) -> None:
         tm.publish_challenger(self.version, self.mode, self.share, active=False)

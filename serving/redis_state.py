@@ -146,6 +146,14 @@ return #KEYS
 """
 
 # KEYS: the clock key. ARGV: a worker's stream clock (ms). Keeps and returns the larger.
+# KEYS: the topic's generation counter, the topic. ARGV: what is said. One step: two workers
+# announcing at once cannot leave the older value under the newer generation.
+ANNOUNCE = """
+local g = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], g .. ' ' .. ARGV[1])
+return g
+"""
+
 MAX_CLOCK = """
 local v = redis.call('GET', KEYS[1])
 if v and tonumber(v) >= tonumber(ARGV[1]) then return v end
@@ -216,6 +224,7 @@ class RedisFeatureState(FeatureState):
         self._record = client.register_script(RECORD)
         self._decide = client.register_script(DECIDE)
         self._labels = client.register_script(LABELS)
+        self._announce = client.register_script(ANNOUNCE)
 
     @classmethod
     def from_url(
@@ -494,26 +503,25 @@ class RedisFeatureState(FeatureState):
         key = f"{self.prefix}:clock"
         return int(self._guard(lambda: self._max_clock(keys=[key], args=[t_ms])))
 
-    def announce_model(self, version: str) -> None:
-        """Tell the other workers which model version to serve (after a hot swap)."""
-        generation = self.bulk.incr(f"{self.prefix}:model:generation")
-        self.bulk.set(f"{self.prefix}:model", f"{generation} {version}")
+    def announce(self, topic: str, value: str) -> int:
+        """Tell the other workers ``value`` on ``topic`` ("model": a hot swap's version,
+        "challenger": the live challenger); the announcement's generation."""
+        keys = [f"{self.prefix}:{topic}:generation", f"{self.prefix}:{topic}"]
+        return int(self._guard(lambda: self._announce(keys=keys, args=[value], client=self.r)))
 
-    def model_generation(self) -> int:
-        """How many hot swaps have been announced (a process notes it when it starts)."""
-        return int(self._guard(lambda: self.r.get(f"{self.prefix}:model:generation")) or 0)
+    def generation(self, topic: str) -> int:
+        """How many announcements ``topic`` has had (a process notes it when it starts)."""
+        return int(self._guard(lambda: self.r.get(f"{self.prefix}:{topic}:generation")) or 0)
 
-    def announced_model(self, after: int) -> str | None:
-        """The version of the latest announcement if it came after generation ``after``: a
-        process started later serves its own model, not a swap made before it existed. A counter,
-        not a clock: processes on different machines need not agree on the time."""
-        value = self._guard(lambda: self.r.get(f"{self.prefix}:model"))
+    def announced(self, topic: str, after: int) -> tuple[int, str] | None:
+        """The latest announcement on ``topic`` (generation, value) if it came after generation
+        ``after``: a process started later goes by its own start-up, not by what was said
+        before it existed. A counter, not a clock: machines need not agree on the time."""
+        value = self._guard(lambda: self.r.get(f"{self.prefix}:{topic}"))
         if value is None:
             return None
-        generation, _, version = (value.decode() if isinstance(value, bytes) else value).partition(
-            " "
-        )
-        return version if int(generation) > after else None
+        generation, _, said = (value.decode() if isinstance(value, bytes) else value).partition(" ")
+        return (int(generation), said) if int(generation) > after else None
 
 
 def _answer(value: bytes) -> Answer:

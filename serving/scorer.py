@@ -181,6 +181,7 @@ def clock_for(settings: Settings, scorer: FraudScorer) -> ServiceClock:
 
 
 log = logging.getLogger("bentoml.fraud_service.state")
+TOPICS = ("model", "challenger")  # what workers sharing Redis tell each other
 REWARMING = "the state store came back empty: warming it again from the model's history"
 
 
@@ -228,10 +229,11 @@ class FraudScorer:
         )
         self.lock = threading.Lock()
         self.started = time.time()
-        state = self.features.state  # hot swaps announced before this process started are not ours
-        self._generation_at_start = (
-            state.model_generation() if isinstance(state, RedisFeatureState) else 0
-        )
+        state = self.features.state  # what was announced before this process started is not ours
+        self._generations_at_start = {
+            topic: state.generation(topic) if isinstance(state, RedisFeatureState) else 0
+            for topic in TOPICS
+        }
         self.warmed = 0
         self.warm_token: str | None = None  # the warm-up's history (Redis: its marker)
         self.rewarming = False  # the state store came back empty and is being warmed again
@@ -290,16 +292,34 @@ class FraudScorer:
                     challenger.retire()
                 else:
                     challenger.champion_version = self.model_version
-        if isinstance(self.features.state, RedisFeatureState):  # the other workers follow
-            self.features.state.announce_model(self.model_version)
+        self.announce("model", self.model_version)  # the other workers follow
         return previous
 
-    def announced_model(self) -> str | None:
-        """The version a hot swap in another worker switched to (shared state only)."""
+    def announce(self, topic: str, value: str) -> int:
+        """Tell the other workers (shared state only) on ``topic`` (:data:`TOPICS`); the
+        announcement's generation, 0 when there is nobody to tell or Redis is unavailable (the
+        change stands here; the others keep what they serve, logged)."""
+        state = self.features.state
+        if not isinstance(state, RedisFeatureState):
+            return 0
+        try:
+            return state.announce(topic, value)
+        except StateUnavailable as exc:
+            log.warning("could not tell the other workers (%s %s): %s", topic, value, exc)
+            return 0
+
+    def announced(self, topic: str) -> tuple[int, str] | None:
+        """What another worker announced on ``topic`` since this process started (generation,
+        value); None without a shared state."""
         state = self.features.state
         if not isinstance(state, RedisFeatureState):
             return None
-        return state.announced_model(after=self._generation_at_start)
+        return state.announced(topic, after=self._generations_at_start[topic])
+
+    def announced_model(self) -> str | None:
+        """The version a hot swap in another worker switched to (shared state only)."""
+        said = self.announced("model")
+        return said[1] if said else None
 
     @property
     def model_version(self) -> str:

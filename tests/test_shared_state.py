@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from uuid import uuid4
 
@@ -11,6 +12,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from serving.challenger import RollbackPolicy
+from serving.hot_swap import HotSwap
 from serving.online_features import records_from_frame
 from serving.redis_state import RedisFeatureState
 from serving.scorer import FraudScorer, ModelBundle
@@ -18,7 +21,7 @@ from training.features import FeatureConfig
 from training.schema import request_bodies
 
 from .conftest import REDIS_URL, free_port
-from .servers import API, assert_times_outside_the_clock_are_refused
+from .servers import API, AUTH, assert_times_outside_the_clock_are_refused
 
 
 def _state(prefix: str) -> RedisFeatureState:
@@ -112,6 +115,31 @@ def test_times_outside_the_clock_are_refused_by_both_workers(two_workers) -> Non
         assert_times_outside_the_clock_are_refused(url, f"clock-redis-{i}")
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
+def test_both_workers_follow_the_admin_challenger_call(two_workers, champion, small_raw) -> None:
+    """/admin/challenger reaches one worker; the other follows it once it scores."""
+    url, _ = two_workers
+    version = str(champion["registration"].version)
+    r = httpx.post(f"{url}/admin/challenger", json={"mode": "shadow", "version": version},
+                   headers=AUTH, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    modes: dict[int, str] = {}
+    bodies = request_bodies(_stream(small_raw, 400))
+    deadline = time.monotonic() + 60
+    while len(modes) < 2 or set(modes.values()) != {"shadow"}:
+        assert time.monotonic() < deadline, f"workers' challenger modes: {modes}"
+        body = bodies.pop()  # new connections: either worker may answer
+        reply = httpx.post(f"{url}/predict", json={"transactions": [body]}, headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        modes[health["process"]] = health["challenger"]["mode"]
+        time.sleep(0.2)
+    r = httpx.post(f"{url}/admin/challenger", json={"mode": "off"}, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.redis
 def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
     model = bentoml.models.get(champion["imported"].tag)
@@ -146,3 +174,50 @@ def test_more_workers_need_the_shared_state() -> None:
 def test_an_unreachable_redis_is_named_at_start_up() -> None:
     with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
         RedisFeatureState.from_url("redis://127.0.0.1:1/0", 1, 1, "x")
+
+
+def _until(check, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the other worker did not follow"
+        time.sleep(0.05)
+
+
+@pytest.mark.redis
+def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None:
+    """One worker starts a canary (the admin call), rolls it back, stops it: the other follows
+    each step; a worker started later goes by its own settings."""
+    model = bentoml.models.get(champion["imported"].tag)
+    bundle = ModelBundle.load(Path(model.path), model.info.metadata)
+    prefix = f"test-{uuid4().hex[:12]}"
+    one, other = (
+        HotSwap(FraudScorer(bundle, state=_state(prefix)), model.tag.name, 1) for _ in range(2)
+    )
+    version = one.scorer.model_version  # the champion as its own challenger
+    try:
+        one.load_challenger("canary", version, 0.25, RollbackPolicy(error_margin=0.02))
+        one.follow_challenger()  # its own announcement: nothing to follow
+        assert not one.challenger_following
+        other.follow_challenger()
+        _until(lambda: other.scorer.challenger is not None)
+        followed = other.scorer.challenger
+        assert (followed.version, followed.mode, followed.share) == (version, "canary", 0.25)
+        assert followed.policy == RollbackPolicy(error_margin=0.02) and followed.active
+
+        mine = one.scorer.challenger  # fails a third of its transactions: rolls back
+        mine.arms["canary"].attempted, mine.arms["canary"].errors = 300, 100
+        assert "error rate" in (mine.check() or "")
+        other.follow_challenger()
+        _until(lambda: not followed.active)
+        assert followed.rolled_back == f"{mine.rolled_back} (in another worker)"
+
+        one.load_challenger("off", None, 1.0, RollbackPolicy())
+        other.follow_challenger()
+        _until(lambda: other.scorer.challenger is None)
+
+        one.load_challenger("shadow", version, 1.0, RollbackPolicy())
+        late = HotSwap(FraudScorer(bundle, state=_state(prefix)), model.tag.name, 1)
+        late.follow_challenger()  # announced before it started: not its business
+        assert not late.challenger_following and late.scorer.challenger is None
+    finally:
+        _state(prefix).clear()
