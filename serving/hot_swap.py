@@ -107,8 +107,9 @@ class HotSwap:
                 "bento_model": str(model.tag), "champion_version": served}  # fmt: skip
 
     def _announce_challenger(self, said: dict[str, Any]) -> None:
-        with self.challenger_lock:  # not followed back by this worker
-            self.challenger_said = self.scorer.announce("challenger", json.dumps(said))
+        with self.challenger_lock:  # not followed back by this worker (0: not announced)
+            generation = self.scorer.announce("challenger", json.dumps(said))
+            self.challenger_said = max(self.challenger_said, generation)
 
     def follow_challenger(self) -> None:
         """Do what another worker announced of the live challenger (start, stop, a canary's

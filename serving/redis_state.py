@@ -145,7 +145,6 @@ end
 return #KEYS
 """
 
-# KEYS: the clock key. ARGV: a worker's stream clock (ms). Keeps and returns the larger.
 # KEYS: the topic's generation counter, the topic. ARGV: what is said. One step: two workers
 # announcing at once cannot leave the older value under the newer generation.
 ANNOUNCE = """
@@ -154,6 +153,7 @@ redis.call('SET', KEYS[2], g .. ' ' .. ARGV[1])
 return g
 """
 
+# KEYS: the clock key. ARGV: a worker's stream clock (ms). Keeps and returns the larger.
 MAX_CLOCK = """
 local v = redis.call('GET', KEYS[1])
 if v and tonumber(v) >= tonumber(ARGV[1]) then return v end
