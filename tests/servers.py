@@ -66,6 +66,18 @@ def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
     return path
 
 
+def wait_for(check, timeout: float, what: str, step: float = 1.0):  # type: ignore[no-untyped-def]
+    """Poll ``check`` until it returns something true (returned); AssertionError after
+    ``timeout`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -29,7 +29,7 @@ from training.replay import next_days
 from training.simulate import save_config
 
 from .conftest import SMALL, free_port
-from .servers import AUTH, PrivatePostgres, bento_server
+from .servers import AUTH, PrivatePostgres, bento_server, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.postgres]
 RATE = 500  # requests a second offered
@@ -138,13 +138,6 @@ def stored(url: str, ids: list[str]) -> tuple[int, int]:
         engine.dispose()
 
 
-def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("kill9-data")
@@ -177,7 +170,7 @@ def test_three_kill_9s_lose_no_answered_decision(served: dict, stream: pd.DataFr
     killed: list[int] = []
 
     def kill() -> None:  # the serving worker: started again and answering, not one starting
-        wait_until(lambda: live_worker(port, killed) and ready(url), 60, "no worker to kill")
+        wait_for(lambda: live_worker(port, killed) and ready(url), 60, "no worker to kill", 0.5)
         worker = serving_worker(port)
         killed.append(worker.pid)
         worker.kill()  # SIGKILL: no shutdown hook, no flush, no goodbye
@@ -185,13 +178,14 @@ def test_three_kill_9s_lose_no_answered_decision(served: dict, stream: pd.DataFr
     t0 = time.monotonic()
     rate = drive.run(SECONDS, [(m, kill) for m in moments])
     done_s = time.monotonic() - t0
-    wait_until(lambda: live_worker(port, killed), 120, "no new worker")
-    wait_until(lambda: ready(url), 120, "not ready")
+    wait_for(lambda: live_worker(port, killed), 120, "no new worker", 0.5)
+    wait_for(lambda: ready(url), 120, "not ready", 0.5)
     answered = sorted(set(drive.answered))
-    wait_until(
+    wait_for(
         lambda: stored(store, answered)[0] == len(answered),
         60,
         f"answered decisions missing from the store: {len(answered) - stored(store, answered)[0]}",
+        0.5,
     )
     in_store, total = stored(store, answered)
     print(
@@ -226,7 +220,7 @@ def test_the_database_stopped_10_s_delays_but_loses_nothing(served: dict, stream
     rate = drive.run(20, [(4, pg.stop), (9, watch), (14, up)])
     answered = sorted(set(drive.answered))
     t0 = time.monotonic()
-    wait_until(lambda: stored(store, answered)[0] == len(answered), 60, "backlog not delivered")
+    wait_for(lambda: stored(store, answered)[0] == len(answered), 60, "backlog not delivered", 0.5)
     delivered_s = time.monotonic() - t0
     print(
         f"\nPostgreSQL stopped 10 s, {rate:.0f} req/s offered: {len(answered)} answered "

@@ -35,7 +35,7 @@ from .observability import (
     dashboard_renderer,
     prometheus,
 )
-from .servers import AUTH, bento_server
+from .servers import AUTH, bento_server, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 FACTOR = 60  # 5m -> 5 s, 10m -> 10 s, 15m -> 15 s, 7d -> 2.8 h (all the data), 1d -> 24 min
@@ -152,16 +152,6 @@ def query(prom: str, expr: str) -> list[dict]:
 
 def firing(prom: str) -> set[str]:
     return {s["metric"]["alertname"] for s in query(prom, 'ALERTS{alertstate="firing"}')}
-
-
-def wait_for(check, timeout: float, what: str, step: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_alerts_fire_end_to_end_and_every_panel_has_data(stack: dict[str, Any]) -> None:

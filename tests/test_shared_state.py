@@ -21,7 +21,7 @@ from training.features import FeatureConfig
 from training.schema import request_bodies
 
 from .conftest import REDIS_URL, free_port
-from .servers import API, AUTH, assert_times_outside_the_clock_are_refused
+from .servers import API, AUTH, assert_times_outside_the_clock_are_refused, wait_for
 
 
 def _state(prefix: str) -> RedisFeatureState:
@@ -176,13 +176,6 @@ def test_an_unreachable_redis_is_named_at_start_up() -> None:
         RedisFeatureState.from_url("redis://127.0.0.1:1/0", 1, 1, "x")
 
 
-def _until(check, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "the other worker did not follow"
-        time.sleep(0.05)
-
-
 @pytest.mark.redis
 def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None:
     """One worker starts a canary (the admin call), rolls it back, stops it: the other follows
@@ -199,7 +192,7 @@ def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None
         one.follow_challenger()  # its own announcement: nothing to follow
         assert not one.challenger_following
         other.follow_challenger()
-        _until(lambda: other.scorer.challenger is not None)
+        wait_for(lambda: other.scorer.challenger is not None, 30, "the follow", 0.05)
         followed = other.scorer.challenger
         assert (followed.version, followed.mode, followed.share) == (version, "canary", 0.25)
         assert followed.policy == RollbackPolicy(error_margin=0.02) and followed.active
@@ -208,12 +201,12 @@ def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None
         mine.arms["canary"].attempted, mine.arms["canary"].errors = 300, 100
         assert "error rate" in (mine.check() or "")
         other.follow_challenger()
-        _until(lambda: not followed.active)
+        wait_for(lambda: not followed.active, 30, "the roll-back", 0.05)
         assert followed.rolled_back == f"{mine.rolled_back} (in another worker)"
 
         one.load_challenger("off", None, 1.0, RollbackPolicy())
         other.follow_challenger()
-        _until(lambda: other.scorer.challenger is None)
+        wait_for(lambda: other.scorer.challenger is None, 30, "the stop", 0.05)
 
         one.load_challenger("shadow", version, 1.0, RollbackPolicy())
         late = HotSwap(FraudScorer(bundle, state=_state(prefix)), model.tag.name, 1)
