@@ -135,7 +135,8 @@ class HotSwap:
     def _follow_challenger(self) -> None:
         try:
             while (news := self._challenger_news()) is not None:
-                self.challenger_said, wanted = news
+                generation, wanted = news
+                self.challenger_said = max(self.challenger_said, generation)
                 current = self.scorer.challenger
                 if wanted["mode"] == "off":
                     self.scorer.set_challenger(None)
