@@ -53,9 +53,9 @@ from serving.scorer import (
     state_for,
 )
 from serving.state import StateUnavailable
-from training.bento_model import served_tag
-from training.config import get_settings
-from training.explain import TOP_K
+from training.core.bento_model import served_tag
+from training.core.config import get_settings
+from training.core.explain import TOP_K
 
 # A child of "bentoml": BentoML configures handlers for its own logger tree only, so this is
 # how our lines (model ready, hot swaps) reach the server log.
@@ -510,7 +510,7 @@ def sqlalchemy_errors() -> type[Exception]:
 
 def check_keys() -> None:
     """Refuse to start with FRAUD_AUTH=keys and no active key: every call would be a 401."""
-    from training import api_keys
+    from training.core import api_keys
 
     if SETTINGS.auth == "keys" and not api_keys.load(SETTINGS.api_keys_file).active():
         raise RuntimeError(

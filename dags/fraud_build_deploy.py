@@ -27,8 +27,8 @@ from typing import Any
 from airflow.sdk import dag, task
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, settings
 
-from training import bento_store, release
-from training.config import Settings
+from training.core.config import Settings
+from training.delivery import bento_store, release
 from training.notify import send
 
 log = logging.getLogger(__name__)

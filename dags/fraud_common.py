@@ -12,7 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Connection
 
-from training.config import Settings, comma_list, get_settings
+from training.core.config import Settings, comma_list, get_settings
 from training.notify import Channels
 
 log = logging.getLogger(__name__)

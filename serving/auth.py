@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from serving import telemetry as tm
 from serving.api_models import API_KEY
 from serving.http_guard import LOOPBACK, ASGIApp, Scope, json_error, read_body
-from training import api_keys
-from training.api_keys import ApiKey
+from training.core import api_keys
+from training.core.api_keys import ApiKey
 
 if TYPE_CHECKING:
     import redis.asyncio

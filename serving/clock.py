@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from training.features import MS_PER_DAY
+from training.core.features import MS_PER_DAY
 
 ClockMode = Literal["stream", "wall"]
 

@@ -1,6 +1,6 @@
 """Every decision and label durable before its answer: a per-worker append-only journal on
 local disk, made durable by group commit, and shipped asynchronously into the decision store
-(:mod:`training.decision_store`, idempotent), so the database can be down without losing or
+(:mod:`training.core.decision_store`, idempotent), so the database can be down without losing or
 holding up anything.
 
 Layout: ``<root>/<worker>/<segment>.jsonl`` plus ``<segment>.shipped`` (the byte offset
@@ -222,7 +222,7 @@ class Shipper:
     def __init__(
         self, root: Path, url: str, own: Journal | None = None, migrate: bool = False
     ) -> None:
-        from training import decision_store
+        from training.core import decision_store
 
         self.root, self.url, self.own = root, url, own
         self.migrate = migrate  # bring the store's tables up to date before the first delivery
@@ -259,7 +259,7 @@ class Shipper:
             return self._ship_once()
 
     def _ship_once(self) -> ShipResult:
-        from training import decision_store
+        from training.core import decision_store
 
         result = ShipResult()
         if self.migrate:
@@ -283,7 +283,7 @@ class Shipper:
         return result
 
     def _ship_folder(self, folder: Path, orphan: bool, result: ShipResult) -> None:
-        from training import decision_store
+        from training.core import decision_store
 
         segments = sorted(folder.glob("*.jsonl"))
         current = self.own.segment if self.own is not None and not orphan else None
@@ -467,7 +467,7 @@ class DecisionLog:
         """The store's decisions after ``since_ms`` with their latest labels (a DataFrame),
         after delivering what journals of stopped workers still hold: what a starting worker
         replays into its state. Raises when the store is unreachable."""
-        from training import decision_store
+        from training.core import decision_store
 
         try:
             self.shipper.ship_once()
@@ -480,7 +480,7 @@ class DecisionLog:
     def logged_decision(self, transaction_id: str) -> dict[str, Any] | None:
         """One transaction's row in the store (None: not there); a miss delivers this
         worker's journal first and looks again (a decision answered a moment ago)."""
-        from training import decision_store
+        from training.core import decision_store
 
         for attempt in range(2):
             with self.shipper.engine.connect() as conn:

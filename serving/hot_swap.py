@@ -16,7 +16,7 @@ from serving import telemetry as tm
 from serving.challenger import Challenger, RollbackPolicy
 from serving.scorer import FraudScorer, ModelBundle, SwapError
 from serving.state import StateUnavailable
-from training import bento_model
+from training.core import bento_model
 
 log = logging.getLogger("bentoml.fraud_service")
 

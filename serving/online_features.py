@@ -23,8 +23,8 @@ from serving.state import (
     TxRecord,
     insert_sorted,
 )
-from training import features, schema
-from training.features import MS_PER_DAY, Aggregates, FeatureConfig
+from training.core import features, schema
+from training.core.features import MS_PER_DAY, Aggregates, FeatureConfig
 
 __all__ = ["OnlineFeatures", "TxRecord", "new_state", "records_from_frame", "replay"]
 

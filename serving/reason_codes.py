@@ -1,5 +1,5 @@
 """/explain: reason codes for transactions scored now (recording nothing) and for decisions
-in the decision log, from the features the model scored (exact tree SHAP, training/explain.py).
+in the decision log, from the features the model scored (exact tree SHAP, training/core/explain.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from serving.decision_log import DecisionLog
 from serving.online_features import TxRecord
 from serving.scorer import FraudScorer, ModelBundle, feature_config
-from training import bento_model, explain
+from training.core import bento_model, explain
 
 KEEP_MODELS = 3  # past versions kept loaded for GET /explain/{id}
 

@@ -52,7 +52,7 @@ from serving.state import (
     StateUnavailable,
     TxRecord,
 )
-from training.features import MS_PER_DAY
+from training.core.features import MS_PER_DAY
 
 if TYPE_CHECKING:
     import redis

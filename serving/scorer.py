@@ -28,13 +28,13 @@ from serving.clock import ServiceClock, now_ms
 from serving.online_features import OnlineFeatures, TxRecord, new_state, terminal_windows
 from serving.redis_state import RedisFeatureState
 from serving.state import FeatureState, LabelUpdate, StateUnavailable
-from training import bento_model, drift, features, schema
-from training.compiled import CompiledModel
-from training.config import Settings
-from training.features import FeatureConfig
+from training.core import bento_model, drift, features, schema
+from training.core.compiled import CompiledModel
+from training.core.config import Settings
+from training.core.features import FeatureConfig
 
 if TYPE_CHECKING:
-    from training.explain import ForestExplainer
+    from training.core.explain import ForestExplainer
 
 _EXPLAINER_LOCK = threading.Lock()
 
@@ -128,7 +128,7 @@ class ModelBundle:
         pipeline, ~1 s)."""
         with _EXPLAINER_LOCK:
             if self._explainer is None:
-                from training.explain import ForestExplainer
+                from training.core.explain import ForestExplainer
 
                 self._explainer = ForestExplainer(self.pipeline, list(self.info["feature_columns"]))
             return self._explainer

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from training import schema
+from training.core import schema
 
 UNKNOWN_LABEL = -1
 NOT_SCORED = -1  # decision of an event this process did not score (warm-up, ingested records)

@@ -18,8 +18,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from training import features, schema  # noqa: E402
-from training.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
+from training.core import features, schema  # noqa: E402
+from training.demo.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Small but protocol-complete: 75 days cover 2 prequential folds plus the final split.
@@ -86,9 +86,10 @@ def small_data_dir(small_raw: pd.DataFrame, session_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def champion(small_raw: pd.DataFrame, small_feats: pd.DataFrame):
     """A champion trained on the small set (SQLite MLflow), imported into the Bento store."""
-    from training import bento_store, data, registry
+    from training import data, registry
     from training import train as train_mod
-    from training.config import Settings
+    from training.core.config import Settings
+    from training.delivery import bento_store
 
     settings = Settings()
     client = registry.configure(settings)

@@ -44,7 +44,7 @@ def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
     and one with score and 3 requests a second."""
     from datetime import UTC, datetime
 
-    from training import api_keys
+    from training.core import api_keys
 
     def record(key: str, name: str, scopes: list[api_keys.Scope], rps: float | None = None):
         return api_keys.ApiKey(

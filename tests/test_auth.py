@@ -14,7 +14,7 @@ import pytest
 
 from serving import auth
 from serving.auth import ApiKeyAuth, LocalBuckets, LoopbackOnly, transactions_in
-from training import api_keys
+from training.core import api_keys
 
 from .conftest import REDIS_URL, free_port
 from .test_http_guard import call, slow_app

@@ -9,7 +9,8 @@ import bentoml
 import pytest
 import yaml
 
-from training import bento_model, bento_store
+from training.core import bento_model
+from training.delivery import bento_store
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The Bento model's layout (training/bento_model.py): one place names the files."""
+"""The Bento model's layout (training/core/bento_model.py): one place names the files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training import bento_model
+from training.core import bento_model
 
 
 def test_layout_names_every_file_under_the_root(tmp_path: Path) -> None:

@@ -373,7 +373,7 @@ def test_fixes_can_be_skipped_by_name() -> None:
     shipped; an unknown name is refused, naming the setting and the known fixes."""
     applied, patched_wait = _fresh(
         "from bentoml._internal.marshal.dispatcher import Optimizer\n"
-        "from training.config import get_settings\n"
+        "from training.core.config import get_settings\n"
         "applied = bf.apply(skip=get_settings().skipped_fixes())\n"
         "print(json.dumps([applied, 'wait' in vars(Optimizer)]))\n",
         {"FRAUD_BENTOML_FIXES_SKIP": " idle_dispatch,root_json "},

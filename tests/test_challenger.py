@@ -226,7 +226,7 @@ def test_the_performance_check_proposes_a_challenger_better_on_live_labels(bette
     """The DAG's performance check: the champion and a live challenger on the labelled
     transactions both scored, judged by the promotion gate's rule."""
     from training import pipeline
-    from training.config import Settings
+    from training.core.config import Settings
 
     raw, answers = duel_frames(better)
     duels = pipeline._duels(raw.set_index("TRANSACTION_ID"), answers, "1", Settings())

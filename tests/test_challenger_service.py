@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from serving.challenger import in_canary
-from training import data, decision_store, registry, train
-from training.config import Settings
-from training.schema import request_bodies
-from training.simulate import simulate
+from training import data, registry, train
+from training.core import decision_store
+from training.core.config import Settings
+from training.core.schema import request_bodies
+from training.demo.simulate import simulate
 
 from .conftest import SMALL, free_port
 from .observability import prometheus

@@ -113,7 +113,7 @@ def test_evaluate_writes_json(small_data_dir, tmp_path) -> None:
 @pytest.mark.slow
 def test_run_trains_once_then_skips(small_data_dir, monkeypatch) -> None:
     """`fraudops run` (what `make run` calls): trains and imports the first time, then skips."""
-    from training.config import get_settings
+    from training.core.config import get_settings
 
     monkeypatch.setenv("FRAUD_REGISTERED_MODEL", "cli-run-model")
     monkeypatch.setenv("FRAUD_BENTO_MODEL", "cli_run_model")
@@ -149,7 +149,7 @@ def test_check_reports_the_champion_on_recent_days(champion, small_data_dir, tmp
 
 def test_keys_create_list_revoke(tmp_path) -> None:
     """`fraudops keys`: the key is printed once on stdout, listed without it, revoked by name."""
-    from training import api_keys
+    from training.core import api_keys
 
     path = tmp_path / "api-keys.json"
     made = runner.invoke(

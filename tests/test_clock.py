@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from serving import clock
 from serving.api_models import Transaction, epoch_ms
 from serving.clock import ServiceClock
-from training.features import MS_PER_DAY
+from training.core.features import MS_PER_DAY
 
 from .conftest import REDIS_URL, free_port
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import compiled, data, features, schema
+from training import data
 from training import train as train_mod
+from training.core import compiled, features, schema
 from training.train import Candidate
 
 
@@ -116,7 +117,7 @@ def test_large_batches_on_two_threads_give_the_same_probabilities(
 
 
 def test_model_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from training import config
+    from training.core import config
 
     assert config.Settings(model_threads=3).model_thread_count() == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})

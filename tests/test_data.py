@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import schema
+from training.core import schema
 from training.data import DataError, handbook_layout, load_transactions
-from training.simulate import SimulationConfig, simulate, write_per_day
+from training.demo.simulate import SimulationConfig, simulate, write_per_day
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from serving import decision_log as dl
-from training import decision_store as ds
+from training.core import decision_store as ds
 
 from .conftest import free_port
 from .servers import PG, psql

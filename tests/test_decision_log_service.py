@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from training import decision_store as ds
+from training.core import decision_store as ds
 
 from .conftest import free_port
 from .servers import AUTH, PG, SCORE_KEY, bento_server, psql

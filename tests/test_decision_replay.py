@@ -13,7 +13,7 @@ import pytest
 from serving.decision_log import DecisionLog
 from serving.online_features import records_from_frame
 from serving.scorer import FraudScorer, ModelBundle
-from training import decision_store as ds
+from training.core import decision_store as ds
 
 from .test_decision_log import store_url  # noqa: F401  (SQLite, and PostgreSQL when marked)
 
@@ -136,7 +136,8 @@ def test_training_data_from_the_log_follows_the_label_policy_and_the_feature_def
     tmp_path: Path,
     store_url: str,  # noqa: F811
 ) -> None:
-    from training import decision_source, schema
+    from training import decision_source
+    from training.core import schema
 
     scorer = FraudScorer(bundle)
     log = DecisionLog(tmp_path / "journal", store_url, scorer.columns)

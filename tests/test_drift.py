@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training import drift
 from training.cli import app
+from training.core import drift
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_reference_is_logged_with_the_model_and_imported(champion) -> None:
 
     import bentoml
 
-    from training import bento_model, registry
+    from training import registry
+    from training.core import bento_model
 
     client = registry.configure(champion["settings"])
     version, ref = registry.load_reference(client, "fraud-detector", registry.CHAMPION)
@@ -138,7 +139,7 @@ def test_drift_command_reports_and_fails_above(champion, small_data_dir, tmp_pat
 
 def test_drift_command_without_a_model_is_a_clear_error(small_data_dir, monkeypatch) -> None:
     monkeypatch.setenv("FRAUD_REGISTERED_MODEL", "no-such-model")
-    from training.config import get_settings
+    from training.core.config import get_settings
 
     get_settings.cache_clear()
     try:

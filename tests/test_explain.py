@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import explain, features, train
+from training import train
+from training.core import explain, features
 from training.data import handbook_layout
 
 
@@ -52,9 +53,9 @@ def shap_reference(pipe, X: np.ndarray) -> tuple[np.ndarray, float]:
 
 @pytest.mark.parametrize("balancing", ["none", "class_weight"])
 def test_the_values_are_shaps_tree_explainer_values(small_raw, small_feats, balancing) -> None:
-    """training.tree_shap's closed form against the shap package, on forests whose paths
+    """training.core.tree_shap's closed form against the shap package, on forests whose paths
     split a feature several times (deep trees, weighted covers with class_weight)."""
-    from training.tree_shap import FlatForest, LeafPaths
+    from training.core.tree_shap import FlatForest, LeafPaths
 
     layout = handbook_layout(small_raw, n_folds=1)
     columns = features.feature_names(features.FeatureConfig(), True)

@@ -10,9 +10,9 @@ import pytest
 
 from serving.online_features import OnlineFeatures, records_from_frame, replay
 from serving.state import UNKNOWN_LABEL, FeatureState, InMemoryFeatureState
-from training import features, schema
-from training.features import FeatureConfig
-from training.simulate import SimulationConfig, simulate
+from training.core import features, schema
+from training.core.features import FeatureConfig
+from training.demo.simulate import SimulationConfig, simulate
 
 CFG = FeatureConfig()
 StateFactory = Callable[[int, int], FeatureState]  # the make_state fixture (conftest)

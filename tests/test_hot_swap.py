@@ -13,7 +13,7 @@ import pytest
 
 from serving.online_features import records_from_frame
 from serving.scorer import FraudScorer, ModelBundle, SwapError
-from training.schema import request_bodies
+from training.core.schema import request_bodies
 
 from .servers import PROJECT
 
@@ -80,7 +80,7 @@ def test_hot_swap_loads_from_the_bento_store_and_counts_outcomes(bundle, champio
         swapper.swap_to("12345")
     assert scorer.model_version == champion["imported"].mlflow_version
     assert (swaps("ok"), swaps("failed")) == (ok + 1, failed + 1)
-    from training import bento_model
+    from training.core import bento_model
 
     assert bento_model.served_tag(settings.bento_model) == str(champion["imported"].tag)
 

@@ -23,10 +23,10 @@ import sqlalchemy as sa
 
 from serving.online_features import records_from_frame
 from serving.scorer import FraudScorer, ModelBundle
-from training import decision_store as ds
-from training import schema
-from training.replay import next_days
-from training.simulate import save_config
+from training.core import decision_store as ds
+from training.core import schema
+from training.demo.replay import next_days
+from training.demo.simulate import save_config
 
 from .conftest import SMALL, free_port
 from .servers import AUTH, PrivatePostgres, bento_server, wait_for

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from training import kubernetes_rollout as kr
-from training import release
-from training.config import Settings
+from training.core.config import Settings
+from training.delivery import kubernetes_rollout as kr
+from training.delivery import release
 
 from .conftest import free_port
 from .kube_api import fake_cluster

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from training.schema import request_bodies
+from training.core.schema import request_bodies
 
 from .conftest import free_port
 from .servers import BIN, PROJECT, private_home, wait_http

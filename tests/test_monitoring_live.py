@@ -20,8 +20,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from training.schema import request_bodies
-from training.simulate import simulate
+from training.core.schema import request_bodies
+from training.demo.simulate import simulate
 
 from .conftest import SMALL, free_port
 from .observability import (

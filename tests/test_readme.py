@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import Settings
+from training.core.config import Settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 README = (PROJECT / "README.md").read_text()

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import redis
 
-from training.schema import request_bodies
+from training.core.schema import request_bodies
 
 from .conftest import free_port
 from .servers import AUTH, bento_server
@@ -110,7 +110,7 @@ def stream(small_raw: pd.DataFrame) -> list[dict]:
     """The 20 days after the model's history (~23,000 transactions: more than the test sends
     on a fast machine, where degraded answers take under a millisecond; traffic that ran out
     early would leave no request to show the re-warm), in time order, as /predict bodies."""
-    from training.simulate import simulate
+    from training.demo.simulate import simulate
 
     from .conftest import SMALL
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from training import data, registry
 from training import train as train_mod
-from training.config import Settings
+from training.core.config import Settings
 
 from .conftest import free_port
 from .servers import mlflow_server

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from training import release
-from training.config import Settings
+from training.core.config import Settings
+from training.delivery import release
 
 
 def test_image_names_follow_the_model_version() -> None:

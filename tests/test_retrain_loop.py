@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training import decision_store as ds
-from training import pipeline, registry, schema
+from training import pipeline, registry
 from training.cli import app
-from training.config import Settings
-from training.simulate import save_config
+from training.core import decision_store as ds
+from training.core import schema
+from training.core.config import Settings
+from training.demo.simulate import save_config
 
 from .conftest import SMALL, free_port
 from .servers import KEY, PG, bento_server, psql
@@ -131,7 +132,7 @@ def test_served_decisions_and_labels_retrain_a_gated_candidate(
 
 
 def _next_days(root: Path) -> pd.DataFrame:
-    from training.replay import next_days
+    from training.demo.replay import next_days
 
     return next_days(root, WEEKS)
 

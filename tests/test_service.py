@@ -233,7 +233,7 @@ def test_the_body_cap_admits_the_largest_valid_request(service_url: str) -> None
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_body_over_the_cap_gets_413_before_parsing(service_url: str, chunked: bool) -> None:
-    from training.config import Settings
+    from training.core.config import Settings
 
     cap = Settings().max_body_bytes
     body = b'{"transactions": [' + b" " * cap + b"]}"
@@ -333,7 +333,7 @@ def test_keys_and_scopes_through_the_server(service_url: str) -> None:
 def test_rate_limit_and_revocation_through_the_server(service_url: str, session_dir: Path) -> None:
     """The limited key (3 requests a second): a burst gets 429 + Retry-After; revoked in the
     key file, it is refused within ~1 s, without a restart."""
-    from training import api_keys
+    from training.core import api_keys
 
     limited = {"Authorization": f"Bearer {LIMITED_KEY}"}
     body = {"transactions": [tx("rl-1")]}

@@ -17,8 +17,8 @@ from serving.hot_swap import HotSwap
 from serving.online_features import records_from_frame
 from serving.redis_state import RedisFeatureState
 from serving.scorer import FraudScorer, ModelBundle
-from training.features import FeatureConfig
-from training.schema import request_bodies
+from training.core.features import FeatureConfig
+from training.core.schema import request_bodies
 
 from .conftest import REDIS_URL, free_port
 from .servers import API, AUTH, assert_times_outside_the_clock_are_refused, wait_for
@@ -164,7 +164,7 @@ def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
 def test_more_workers_need_the_shared_state() -> None:
     from pydantic import ValidationError
 
-    from training.config import Settings
+    from training.core.config import Settings
 
     with pytest.raises(ValidationError, match="FRAUD_STATE_BACKEND=redis"):
         Settings(workers=2)

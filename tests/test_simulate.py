@@ -6,8 +6,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, truncnorm
 
-from training import schema
-from training.simulate import SimulationConfig, simulate, terminals_within_radius, write_per_day
+from training.core import schema
+from training.demo.simulate import (
+    SimulationConfig,
+    simulate,
+    terminals_within_radius,
+    write_per_day,
+)
 
 CFG = SimulationConfig(n_customers=1000, n_terminals=2000, n_days=60, seed=11)
 
@@ -97,7 +102,7 @@ def test_prefix_stable_and_extendable(tmp_path) -> None:
     tail = simulate(SimulationConfig(**{**small.__dict__, "n_days": 30}), first_day=20)
     pd.testing.assert_frame_equal(tail, long.iloc[len(short) :].reset_index(drop=True))
 
-    from training.simulate import append_days, load_config, save_config
+    from training.demo.simulate import append_days, load_config, save_config
 
     write_per_day(short, tmp_path / "transactions")
     save_config(small, tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training import release
+from training.delivery import release
 
 PROJECT = Path(__file__).resolve().parent.parent
 K8S = PROJECT / "k8s"
@@ -168,7 +168,7 @@ def test_airflow_may_roll_out_fraud_api_and_nothing_else() -> None:
     """The `kubernetes` roll-out target's rights: get/patch deployment/fraud-api and read its
     status, bound to the workers' service account; the Deployment reports a stalled roll-out
     before the roll-out task gives up."""
-    from training.config import Settings
+    from training.core.config import Settings
 
     rbac = K8S / "airflow" / "rbac.yaml"
     validate = str(Path(sys.executable).parent / "kubernetes-validate")

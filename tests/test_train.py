@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import data, evaluate, metrics, schema
+from training import data, evaluate, metrics
 from training import train as train_mod
+from training.core import schema
 from training.train import Candidate
 
 # 600 customers / 1200 terminals / 75 days: ~80k transactions, ~6 % fraud (fewer terminals
@@ -108,7 +109,7 @@ def test_card_precision_removes_detected_cards() -> None:
 
 
 def test_works_without_categorical_fields(small_raw: pd.DataFrame) -> None:
-    from training import features
+    from training.core import features
 
     plain = small_raw.drop(columns=[schema.TX_CHANNEL, schema.MERCHANT_CATEGORY])
     feats = features.offline_features(plain)

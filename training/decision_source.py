@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training import decision_store, schema
+from training.core import decision_store, schema
 
 # What the service answered, and the other model's score beside it (a live challenger's)
 ANSWER_COLUMNS = ("model_version", "probability", "is_fraud", "degraded", "arm",
@@ -112,7 +112,7 @@ def feature_parity(
     ``offline`` its features when already computed. Customer features must agree exactly; the
     terminal risk features may not where labels reached the service at other times than the
     offline pass assumes (its fixed delay): see :func:`parity_breaks`."""
-    from training import features
+    from training.core import features
 
     if offline is None:
         offline = features.offline_features(raw)

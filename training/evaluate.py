@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training import data, features, metrics, schema
+from training import data, metrics
+from training.core import features, schema
 from training.train import Candidate, fit_and_score
 
 FEATURE_SETS = ("full", "baseline", "no-categorical")

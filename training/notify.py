@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from training.config import Settings, comma_list
+from training.core.config import Settings, comma_list
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from training import data, decision_source, features, registry, schema, simulate
-from training.config import Settings
+from training import data, decision_source, registry
+from training.core import features, schema
+from training.core.config import Settings
+from training.demo import simulate
 
 if TYPE_CHECKING:
     from training.train import TrainingResult
@@ -127,7 +129,7 @@ def load_data(settings: Settings, data_path: Path, as_of: datetime | None = None
         return TrainingData(raw, features.offline_features(raw), str(data_path))
     import sqlalchemy as sa
 
-    from training import decision_store
+    from training.core import decision_store
 
     url = settings.decision_db_url
     store = sa.make_url(url).render_as_string(hide_password=True)
@@ -391,7 +393,7 @@ def purge_decisions(settings: Settings, keep_days: int | None = None) -> Purge:
     the store's clock (the latest logged transaction; now with ``FRAUD_CLOCK=wall``)."""
     from datetime import timedelta
 
-    from training import decision_store
+    from training.core import decision_store
 
     days = keep_days or settings.decision_retention_days
     decision_store.upgrade(settings.decision_db_url)  # the schema, if nothing made it yet
@@ -467,7 +469,7 @@ def smoke_check(
     probabilities, and its compiled twin agrees (raises :class:`PipelineError`)."""
     from mlflow import sklearn as mlflow_sklearn
 
-    from training import compiled
+    from training.core import compiled
 
     registry.configure(settings)
     uri = f"models:/{settings.registered_model}/{version}"

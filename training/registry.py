@@ -16,13 +16,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import bento_model, compiled, data, drift, explain, features, metrics, reports, schema
-from training.config import Settings
+from training import data, metrics, reports
+from training.core import bento_model, compiled, drift, explain, features, schema
+from training.core.config import Settings
 from training.train import TrainingResult
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# Artifact paths in a training run: the Bento model's files (training.bento_model) under folders.
+# Artifact paths in a training run: the Bento model's files (training.core.bento_model).
 WARMUP_ARTIFACT = f"feature_state/{bento_model.WARMUP}"
 COMPILED_DIR = bento_model.COMPILED
 DRIFT_REFERENCE_ARTIFACT = f"drift/{bento_model.DRIFT_REFERENCE}"

@@ -15,8 +15,8 @@ import pandas as pd
 from imblearn.pipeline import Pipeline
 from sklearn import metrics as skm
 
-from training.drift import MODERATE, SIGNIFICANT, Reference, level
-from training.explain import Explanations, global_importance
+from training.core.drift import MODERATE, SIGNIFICANT, Reference, level
+from training.core.explain import Explanations, global_importance
 
 
 def write_curves(labels: np.ndarray, scores: np.ndarray, out: Path) -> list[Path]:

@@ -24,7 +24,8 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import OneHotEncoder
 
-from training import features, metrics, schema
+from training import metrics
+from training.core import features, schema
 from training.data import Layout, Split, day_index
 
 BALANCING = ("none", "class_weight", "undersample", "smote")

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from training import pipeline, registry
-from training.config import Settings, get_settings
-from training.schema import request_bodies
-from training.simulate import SimulationConfig, save_config, simulate, write_per_day
+from training.core.config import Settings, get_settings
+from training.core.schema import request_bodies
+from training.demo.simulate import SimulationConfig, save_config, simulate, write_per_day
 
 from ..conftest import free_port
 from ..observability import Mailbox, Receiver
@@ -142,8 +142,8 @@ def log_decisions(url: str, files: pd.DataFrame, new: pd.DataFrame, version: str
     cents, the features of the one definition over the files and ``new``."""
     from datetime import UTC
 
-    from training import decision_store as ds
-    from training import features
+    from training.core import decision_store as ds
+    from training.core import features
 
     new = new.assign(TX_AMOUNT=(new["TX_AMOUNT"] * 100).round() / 100)
     both = pd.concat([files, new], ignore_index=True)
@@ -181,7 +181,7 @@ def test_retrain_from_the_decision_log(env, monkeypatch: pytest.MonkeyPatch) -> 
     """FRAUD_TRAINING_SOURCE=db: data_prep fixes the window from the log (its as_of), the
     training and the gate read that same window, the version records it."""
     from training.data import load_transactions
-    from training.replay import next_days
+    from training.demo.replay import next_days
 
     settings = Settings()
     files = load_transactions(env["root"] / "transactions")
@@ -240,7 +240,7 @@ class Traffic(threading.Thread):
 
 
 def test_build_deploy_hot_swaps_the_running_service_under_load(env) -> None:
-    from training import bento_store, release
+    from training.delivery import bento_store, release
 
     settings = Settings()
     client = registry.configure(settings)

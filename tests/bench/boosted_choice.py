@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from training import compiled, data, evaluate, features, metrics, schema
+from training import data, evaluate, metrics
+from training.core import compiled, features, schema
 from training.train import Candidate, build_pipeline
 
 XGB = Candidate(family="xgb", n_estimators=200, boost_depth=4, learning_rate=0.1)

@@ -5,7 +5,7 @@ mean AP beats the served set's by more than one standard error (of the served se
 
 The candidates are computed here, offline only, point in time (each transaction sees only the
 customer's and terminal's earlier transactions); one that earns its place must then join the
-shared definition (training/features.py) and the online state, with the parity test.
+shared definition (training/core/features.py) and the online state, with the parity test.
 
     python -m tests.bench.feature_trial --data data/demo/transactions
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training import data, features, schema
+from training import data
+from training.core import features, schema
 from training.train import Candidate, fit_and_score
 
 DAY = pd.Timedelta(days=1)

@@ -18,7 +18,7 @@ from typing import Any
 
 from serving.auth import ApiKeyAuth
 from serving.http_guard import Limits
-from training import api_keys
+from training.core import api_keys
 
 SCOPE = {
     "type": "http",

@@ -60,7 +60,7 @@ async def durable_waits(journal: Journal, encoded: list[list[bytes]]) -> list[fl
 def shipping(url: str, passes: int = 3, n: int = 5_000) -> None:
     """Parse and store ``passes`` x ``n`` decisions as the shipper does; µs per decision."""
     from serving.decision_log import rows_of
-    from training import decision_store
+    from training.core import decision_store
 
     decision_store.upgrade(url)
     engine = decision_store.engine_for(url)

@@ -23,8 +23,8 @@ from serving import bentoml_fixes
 from serving.api_models import Prediction, Transaction
 from serving.scorer import BATCHING, MAX_BATCH, ModelBundle, service_config, settle_gc
 from tests.bench.noop_service import answers
-from training.compiled import CompiledModel
-from training.config import get_settings
+from training.core.compiled import CompiledModel
+from training.core.config import get_settings
 
 
 def feature_matrix(model: CompiledModel, rows_file: Path) -> np.ndarray:

@@ -16,7 +16,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from training import data, evaluate, features
+from training import data, evaluate
+from training.core import features
 from training.train import Candidate
 
 FAMILIES = {

@@ -49,7 +49,7 @@ import pandas as pd
 import psutil
 
 from tests.servers import stop, wait_http
-from training import bento_model
+from training.core import bento_model
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -198,9 +198,9 @@ def hey_rate(
 
 def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, Path]:
     """Transactions that continue the champion's data in time, as request bodies."""
-    from training import features, schema
-    from training.schema import request_bodies
-    from training.simulate import SimulationConfig, simulate
+    from training.core import features, schema
+    from training.core.schema import request_bodies
+    from training.demo.simulate import SimulationConfig, simulate
 
     info = json.loads(bento_model.Layout.of(model_path).info.read_text())
     sim = PROJECT / "data" / "demo" / "simulation.json"
@@ -244,7 +244,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
 def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, float]:
     """Microseconds per transaction: scikit-learn pipeline vs compiled, at 1/100/1000 rows."""
     from serving.scorer import ModelBundle
-    from training import features, schema
+    from training.core import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
     history = schema.normalize(pd.read_parquet(bento_model.Layout.of(model_path).warmup))
@@ -271,7 +271,7 @@ def explain_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, 
     """Microseconds per transaction of the reason codes (exact tree SHAP of the champion's
     forest, grouped to its columns) at 1/10/100 rows, and the forest's shape."""
     from serving.scorer import ModelBundle
-    from training import features, schema
+    from training.core import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
     history = schema.normalize(pd.read_parquet(bento_model.Layout.of(model_path).warmup))
@@ -345,7 +345,7 @@ def bench_keys(work: Path) -> Path:
     exported as FRAUD_KEY for wrk (bodies.lua) and sent by hey."""
     from datetime import UTC, datetime
 
-    from training import api_keys
+    from training.core import api_keys
 
     record = api_keys.ApiKey(
         id=api_keys.key_id(BENCH_KEY) or "",
@@ -406,7 +406,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install -y wrk hey util-linux")
 
-    from training.config import get_settings
+    from training.core.config import get_settings
 
     settings = get_settings()
     model = bento_model.find(settings.bento_model)

@@ -22,8 +22,8 @@ import numpy as np
 
 from serving.api_models import Transaction
 from serving.scorer import FraudScorer, ModelBundle
-from training import bento_model
-from training.config import get_settings
+from training.core import bento_model
+from training.core.config import get_settings
 
 PARTS = ("validate", "to_record", "features", "model", "record")
 

@@ -17,9 +17,9 @@ from uuid import uuid4
 
 from serving.online_features import OnlineFeatures, new_state, records_from_frame
 from serving.redis_state import RedisFeatureState
-from training import schema
-from training.features import FeatureConfig
-from training.simulate import SimulationConfig, simulate
+from training.core import schema
+from training.core.features import FeatureConfig
+from training.demo.simulate import SimulationConfig, simulate
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
-from training.schema import request_bodies
-from training.simulate import SimulationConfig, simulate
+from training.core.schema import request_bodies
+from training.demo.simulate import SimulationConfig, simulate
 
 STREAM: list[dict] = []
 _cursor = itertools.count()

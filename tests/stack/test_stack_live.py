@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from training import api_keys, release
+from training.core import api_keys
+from training.delivery import release
 
 from . import engine
 

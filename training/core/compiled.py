@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.config import allowed_cpus
+from training.core.config import allowed_cpus
 
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "spec.json"

@@ -4,7 +4,7 @@ feature columns, each with a plain-words reason.
 The values are exact path-dependent tree SHAP (Lundberg et al.), the ``shap`` package's
 TreeExplainer values with ``feature_perturbation="tree_path_dependent"``: no background data,
 the trees' own training cover stands in for it. They are computed by
-:mod:`training.tree_shap` (numba, ~2-3x faster than ``shap``; tested equal to it). The
+:mod:`training.core.tree_shap` (numba, ~2-3x faster than ``shap``; tested equal to it). The
 forest's output is the fraud probability, so the contributions plus the base value (the
 forest's mean prediction over its training rows) add up to the probability the model of record
 (the scikit-learn pipeline) gives. A one-hot encoded categorical gets the sum of its indicator
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training import features
-from training.compiled import Encoder, input_spec
+from training.core import features
+from training.core.compiled import Encoder, input_spec
 
 TOP_K = 5  # reasons an answer gives by default
 
@@ -50,11 +50,11 @@ class Explanations:
 
 class ForestExplainer:
     """Exact tree SHAP of a fitted fraud pipeline (prep -> [sampler] -> model): a random
-    forest in probability (:mod:`training.tree_shap`), XGBoost in log-odds (its own exact
+    forest in probability (:mod:`training.core.tree_shap`), XGBoost in log-odds (its own exact
     TreeSHAP, ``pred_contribs``); UnsupportedModel for a soft-vote ensemble."""
 
     def __init__(self, pipeline: Any, columns: list[str]) -> None:
-        from training.tree_shap import FlatForest, LeafPaths
+        from training.core.tree_shap import FlatForest, LeafPaths
 
         model = pipeline.named_steps["forest"]
         if hasattr(model, "voting"):

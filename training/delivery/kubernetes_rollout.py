@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from training.config import Settings
+from training.core.config import Settings
 
 POLL_S = 2.0
 

@@ -1,7 +1,7 @@
 """The Bento model's folder: the files an imported champion carries, finding one in the store,
 and which one the service serves.
 
-Written by :mod:`training.bento_store` (import), read by the serving package and the bench;
+Written by :mod:`training.delivery.bento_store` (import), read by the serving package and the bench;
 the MLflow run logs the same files under the artifact paths :mod:`training.registry` names.
 The served version is pinned in the Bento store's home (``fraud-served.json``): an import of the
 champion and every hot swap (roll-outs and roll-backs) set it, and a (re)started service serves

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from training import schema
+from training.core import schema
 
 SECONDS_PER_DAY = 86_400
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from training import schema, simulate
+from training.core import schema
+from training.demo import simulate
 
 RETRY_STATUSES = (429, 503)  # rate limit, overload or a dependency down: retry after a pause
 

@@ -1,5 +1,5 @@
 """The Bento store: import an aliased MLflow version as a self-contained Bento model (its files:
-:mod:`training.bento_model`), build the serving Bento and export it as an archive."""
+:mod:`training.core.bento_model`), build the serving Bento and export it as an archive."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from training import bento_model, compiled, features, registry, schema
-from training.config import Settings
+from training import registry
+from training.core import bento_model, compiled, features, schema
+from training.core.config import Settings
 
 log = logging.getLogger(__name__)
 

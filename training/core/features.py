@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from training import schema
+from training.core import schema
 
 FEATURE_SET_VERSION = "3"
 # Functions of the clock, not of the data: a window of minutes is all-night or all-weekend by

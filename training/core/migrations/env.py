@@ -1,14 +1,14 @@
-"""Alembic environment of the decision log (``training.decision_store.upgrade`` runs it)."""
+"""Alembic environment of the decision log (``training.core.decision_store.upgrade`` runs it)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from training.decision_store import engine_for, metadata
+from training.core.decision_store import engine_for, metadata
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
-assert url, "sqlalchemy.url is set by training.decision_store.alembic_config"
+assert url, "sqlalchemy.url is set by training.core.decision_store.alembic_config"
 engine = engine_for(url)
 try:
     with engine.connect() as connection:

@@ -5,7 +5,7 @@ service (``/admin/reload``, then a smoke call); target ``compose`` ships the Ben
 ``<api_image>:v<version>`` (built through the Docker Engine API as ``bentoml containerize``
 would), re-points ``<api_image>:champion`` and lets Compose recreate ``fraud-api``; target
 ``kubernetes`` pushes that image to its registry (:func:`containerize`) and rolls it out to the
-Deployment (:mod:`training.kubernetes_rollout`). :func:`rollback` does the same with the
+Deployment (:mod:`training.delivery.kubernetes_rollout`). :func:`rollback` does the same with the
 previous version.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from training import registry
-from training.bento_store import find_imported
-from training.config import Settings
+from training.core.config import Settings
+from training.delivery.bento_store import find_imported
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def roll_out(settings: Settings, version: str) -> dict[str, Any] | None:
         done = switch_stack(settings, version)
         return {"model_version": version, "previous_version": previous, **done}
     if settings.deploy_target == "kubernetes":
-        from training import kubernetes_rollout
+        from training.delivery import kubernetes_rollout
 
         done = kubernetes_rollout.roll_out_image(settings, image_for(settings, version).ref)
         return {"model_version": version, **done}

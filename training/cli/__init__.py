@@ -1,0 +1,7 @@
+"""The ``fraudops`` command: the app and its UI helpers (:mod:`.app`), then a module per command
+group, each registering its commands on the app: lifecycle, delivery, decisions, keys, serve."""
+
+from training.cli import decisions, delivery, keys, lifecycle, serve
+from training.cli.app import app
+
+__all__ = ["app", "decisions", "delivery", "keys", "lifecycle", "serve"]

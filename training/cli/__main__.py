@@ -1,0 +1,5 @@
+"""``python -m training.cli``."""
+
+from training.cli import app
+
+app()
