@@ -3,7 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_COMPILE_BYTECODE := 1
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
-UV := python3 -m uv
+# uv lives in a venv of its own (.uv/): the system Python (PEP 668) is never touched; uv then
+# builds .venv from uv.lock with that same interpreter and never downloads one.
+PYTHON ?= python3
+BOOT := .uv
+UV := $(BOOT)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --no-sync
 DATA ?= data/demo/transactions
 
@@ -12,30 +17,43 @@ DATA ?= data/demo/transactions
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
-.venv/.synced: pyproject.toml uv.lock
-	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --compile-bytecode
+$(UV):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "fraud-mlops needs Python 3.11 as $(PYTHON) (make PYTHON=/path/to/python3.11)"; exit 1; }
+	@rm -rf $(BOOT); $(PYTHON) -m venv $(BOOT) >/dev/null 2>&1 || { rm -rf $(BOOT); \
+		echo "installing python3-venv (apt): the system Python has no venv module"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends python3-venv >/dev/null && $(PYTHON) -m venv $(BOOT); }
+	$(BOOT)/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 install: .venv/.synced ## Install everything (uv, locked deps, bytecode compiled)
 
-MONITORING_BINS := prometheus promtool prometheus-alertmanager amtool
-tools: ## Debian packages the tests use: Prometheus + promtool, Alertmanager + amtool
-	@for b in $(MONITORING_BINS); do command -v $$b >/dev/null || missing=1; done; \
+# Debian packages the tests run for real: a command each comes with, and its package.
+TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+	amtool:prometheus-alertmanager redis-server:redis-server \
+	/usr/lib/postgresql/*/bin/pg_ctl:postgresql
+tools: ## Debian packages the tests use: Prometheus, Alertmanager, PostgreSQL and Redis binaries (apt)
+	@missing=""; for t in $(TOOLS); do bin=$${t%%:*}; \
+		command -v $$bin >/dev/null 2>&1 || ls $$bin >/dev/null 2>&1 || missing="$$missing $${t##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing prometheus and prometheus-alertmanager (apt)"; \
+		pkgs=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); echo "installing $$pkgs(apt)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+			--no-install-recommends $$pkgs >/dev/null; \
 	fi
 
 run: install ## Main job: demo data if none, train if no champion, import, serve on 127.0.0.1:8080
 	$(RUN) fraudops run
 
-test: install tools ## Run the whole test suite (real MLflow server, PostgreSQL, bentoml serve, Prometheus, Alertmanager)
+test: install tools ## The whole suite: private PostgreSQL + Redis (FRAUD_TEST_SERVICES=machine: the running ones)
 	$(RUN) pytest -q
 
 FAST := not slow and not server and not postgres and not redis
-test-fast: install tools ## Unit tests: no server, PostgreSQL or Redis needed (~3 min)
+test-fast: install tools ## Unit tests: no server, PostgreSQL or Redis started (~3 min)
 	$(RUN) pytest -q -m "$(FAST)"
 
 test-isolated: install tools ## test-fast in a network namespace: proves it needs no PostgreSQL/Redis (root)
@@ -130,7 +148,7 @@ stack-test: install ## The Compose stack on a local Docker engine, end to end (~
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; }
 	$(RUN) pytest -q -s -p no:cacheprovider tests/stack
 
-clean: ## Remove generated data, MLflow store and Bento store (keeps the venv)
+clean: ## Remove generated data, MLflow store and Bento store (keeps the venvs)
 	rm -rf data/demo mlruns .bentoml reports
 
 bench: install ## Side-by-side benchmark (fraud-api, no-op BentoML, FastAPI seed, mlflow serve)

@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from training.core import features, schema  # noqa: E402
+
+from . import services  # noqa: E402
 from training.demo.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -26,9 +28,19 @@ PROJECT = Path(__file__).resolve().parent.parent
 SMALL = SimulationConfig(n_customers=600, n_terminals=1200, n_days=75, seed=7)
 
 
-# The tests' Redis (the machine's, started before the session): database 15, one key prefix per
-# test, every key deleted afterwards.
-REDIS_URL = os.environ.get("FRAUD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The tests' Redis (tests/services.py: the session's own, or the machine's): database 15, one key
+# prefix per test, every key deleted afterwards.
+REDIS_URL = services.REDIS_URL
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the session's private PostgreSQL and Redis when a selected test may reach them."""
+    if any(item.get_closest_marker(m) for item in session.items for m in services.NEEDS):
+        services.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services.stop()
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 
+from . import services
+
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+PG = services.PG  # the session's PostgreSQL (tests/services.py): a database per test module
 # The test key (every scope, no limits): a fixed string, hashed into a key file per session.
 KEY = "fm_7e575e11_the-test-suite-key-with-every-scope-and-no-limit"
 SCORE_KEY = "fm_5c0e0001_a-key-with-scope-score-only"
@@ -105,11 +107,8 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-        check=True,
-        capture_output=True,
-    )
+    """Run one statement (CREATE/DROP DATABASE included) on the session's PostgreSQL."""
+    services.run_sql(sql)
 
 
 @contextmanager
@@ -213,49 +212,3 @@ def assert_times_outside_the_clock_are_refused(url: str, customer: str) -> None:
     later = (datetime.fromisoformat(at) + timedelta(minutes=1)).isoformat()
     r = API.post(f"{url}/predict", json=body("clock-1", later))
     assert r.status_code == 200, r.text
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own (initdb as the ``postgres`` user, trust on
-    127.0.0.1), which the test may stop and start again: the machine's shared server is never
-    stopped."""
-
-    def __init__(self, port: int) -> None:
-        import glob
-        import shutil
-        import tempfile
-
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found or shutil.which("runuser") is None:
-            raise RuntimeError("a private PostgreSQL needs /usr/lib/postgresql/*/bin and runuser")
-        self.bin = Path(found[-1]).parent
-        self.port = port
-        self.root = Path(tempfile.mkdtemp(prefix="fraud-pg-"))  # postgres must reach it
-        shutil.chown(self.root, "postgres")
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-        self._as_postgres("initdb", "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres")
-
-    def _as_postgres(self, tool: str, *args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(self.bin / tool), *args],
-            check=True,
-            capture_output=True,
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on"
-        self._as_postgres(
-            "pg_ctl", "-D", str(self.root / "data"), "-o", options,
-            "-l", str(self.root / "log"), "-w", "start",
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        """A fast shutdown: sessions are cut, new connections refused until start()."""
-        self._as_postgres("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
-
-    def close(self) -> None:
-        import shutil
-
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)

@@ -131,7 +131,7 @@ def test_workers_starting_together_all_find_the_store_migrated(tmp_path: Path) -
     each ends at the head, none fails because another created a table first."""
     url = f"sqlite:///{tmp_path / 'race' / 'decisions.db'}"
     code = (
-        "import sys, time; from training import decision_store as ds; "
+        "import sys, time; from training.core import decision_store as ds; "
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); print(ds.upgrade(sys.argv[1]))"
     )
     start = str(time.time() + 3)  # past every interpreter's start-up

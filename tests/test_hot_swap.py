@@ -90,7 +90,7 @@ def test_a_restart_serves_the_pinned_version_not_the_latest(tmp_path) -> None:
     service takes v1. A pin the store lacks falls back to the latest."""
     code = (
         "import bentoml\n"
-        "from training import bento_model\n"
+        "from training.core import bento_model\n"
         "tags = []\n"
         "for v in ('1', '2'):\n"
         "    with bentoml.models.create('m', metadata={'mlflow_model_version': v}) as m:\n"

@@ -29,7 +29,8 @@ from training.demo.replay import next_days
 from training.demo.simulate import save_config
 
 from .conftest import SMALL, free_port
-from .servers import AUTH, PrivatePostgres, bento_server, wait_for
+from .servers import AUTH, bento_server, wait_for
+from .services import PrivatePostgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.postgres]
 RATE = 500  # requests a second offered

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..servers import BIN, PROJECT, psql
+from ..servers import BIN, PG, PROJECT, psql
 
 DB = f"fraud_airflow_test_{uuid.uuid4().hex[:8]}"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fraud-airflow-"))
@@ -26,7 +26,7 @@ os.environ.update(
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DB}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{DB}",
     }
 )
 if str(PROJECT / "dags") not in sys.path:
