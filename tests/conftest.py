@@ -19,9 +19,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from training.core import features, schema  # noqa: E402
+from training.demo.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
 
 from . import services  # noqa: E402
-from training.demo.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Small but protocol-complete: 75 days cover 2 prequential folds plus the final split.

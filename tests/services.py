@@ -107,9 +107,7 @@ class PrivateRedis:
     def start(self) -> None:
         import redis
 
-        self.proc = subprocess.Popen(
-            self.argv, stdout=self.log.open("a"), stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.argv, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:

@@ -87,7 +87,12 @@ def test_the_wall_clock_allows_a_small_skew_only() -> None:
 
 
 def test_the_test_sample_skips_the_clock(stream) -> None:
-    Transaction.model_validate(body("2030-01-01T00:00:00Z"), context={"any_time": True})
+    """/test's built-in sample is scored whatever the clock: the same far-off time that a
+    client is refused passes with the ``any_time`` context, and keeps its own time."""
+    assert "after the service clock" in refused("2030-01-01T00:00:00Z")
+    tx = Transaction.model_validate(body("2030-01-01T00:00:00Z"), context={"any_time": True})
+    assert tx.tx_datetime == datetime(2030, 1, 1, tzinfo=UTC)
+    assert stream.now_ms() == epoch_ms(START)  # nor did it move the clock
 
 
 @pytest.mark.redis

@@ -66,12 +66,18 @@ def test_every_alert_rule_has_a_firing_and_a_silent_unit_test() -> None:
 
 
 def test_alert_rules_carry_severity_service_and_text() -> None:
-    for path in RULES:
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in (r for r in group["rules"] if "alert" in r):
-                assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
-                assert rule["labels"]["service"], rule["alert"]
-                assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    alerts = [
+        rule
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    assert len(alerts) >= 10, f"only {len(alerts)} alert rules found in {RULES}"
+    for rule in alerts:
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["labels"]["service"], rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
 
 
 def test_compress_divides_ranges_offsets_and_for_durations_only() -> None:
