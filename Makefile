@@ -59,10 +59,12 @@ test-fast: install tools ## Unit tests: no server, PostgreSQL or Redis started (
 test-isolated: install tools ## test-fast in a network namespace: proves it needs no PostgreSQL/Redis (root)
 	unshare -n bash -c 'ip link set lo up && $(RUN) pytest -q -p no:cacheprovider -m "$(FAST)"'
 
-lint: install ## ruff + mypy
+lint: install ## ruff + mypy; the CI workflows with actionlint and zizmor (offline)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) actionlint
+	$(RUN) zizmor --offline --quiet .github/workflows
 
 format: install ## Format the code
 	$(RUN) ruff format .
