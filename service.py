@@ -4,54 +4,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, Field
 
 from serving import bentoml_fixes, clock
 from serving import telemetry as tm
 from serving.api_models import (
     API_KEY,
     EXPLAIN_MAX,
+    ChallengerRequest,
     Explanation,
     FeedbackResult,
     LabelledTransactions,
     Labels,
     Prediction,
+    ReloadRequest,
     Transaction,
     epoch_ms,
     unique_ids,
 )
 from serving.auth import ApiKeyAuth, LoopbackOnly
-from serving.challenger import CHAMPION, RollbackPolicy
-from serving.decision_log import DecisionLog
-from serving.hot_swap import HotSwap
+from serving.bento_config import BATCHING, MAX_BATCH, service_config, settle_gc
+from serving.challenger import CHAMPION
 from serving.http_guard import JsonOnly, Limits, quiet_client_errors
-from serving.reason_codes import NotExplainable, ReasonCodes
-from serving.scorer import (
-    BATCHING,
-    MAX_BATCH,
-    AlreadyScored,
-    FraudScorer,
-    ModelBundle,
-    SwapError,
-    clock_for,
-    feature_config,
-    service_config,
-    settle_gc,
-    state_for,
-)
+from serving.reason_codes import NotExplainable
+from serving.runtime import build
+from serving.scorer import AlreadyScored, SwapError
 from serving.state import StateUnavailable
 from training.core.bento_model import served_tag
 from training.core.config import get_settings
@@ -62,30 +51,8 @@ from training.core.explain import TOP_K
 log = logging.getLogger("bentoml.fraud_service")
 SETTINGS = get_settings()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
-GAUGE_EVERY_S = 2.0  # state-size and drift gauges: refreshed at most this often
 
 ops = FastAPI(title="fraud-mlops operations")
-
-
-class ChallengerRequest(BaseModel):
-    """A live challenger: a Bento-store version beside the champion, in shadow or canary."""
-
-    mode: Literal["off", "shadow", "canary"] = Field(examples=["canary"])
-    version: str | None = Field(
-        None, max_length=64, description="default: the newest imported as challenger"
-    )
-    share: float | None = Field(  # ge, not gt: OpenAPI 3.0 has no numeric exclusiveMinimum
-        None,
-        ge=0.001,
-        le=1,
-        description="batches (shadow) or customers (canary); default: settings",
-    )
-
-
-class ReloadRequest(BaseModel):
-    """Which imported model to serve: an MLflow version in the Bento store (default: latest)."""
-
-    version: str | None = Field(None, max_length=64, examples=["7"])
 
 
 @bentoml.service(name="fraud_detector", **service_config(SETTINGS))
@@ -104,56 +71,24 @@ class FraudDetector:
             applied = bentoml_fixes.apply(skip=SETTINGS.skipped_fixes())
             log.info("BentoML request-path fixes applied: %s", applied)
         quiet_client_errors()
-        bundle = ModelBundle.load(
-            Path(self.bento_model.path),
-            self.bento_model.info.metadata,
-            SETTINGS.model_thread_count(),
-        )
-        self.scorer = FraudScorer(
-            bundle,
-            state=state_for(SETTINGS, feature_config(bundle.info)),
-            drift_window=SETTINGS.drift_window,
-        )
-        self.decisions = (
-            DecisionLog(SETTINGS.journal_dir, SETTINGS.decision_db_url, self.scorer.columns)
-            if SETTINGS.decision_log
-            else None
-        )
-        if self.decisions is not None:  # after each fresh warm-up: the log since the history
-            self.scorer.replay_source = self.decisions.logged_since
-        warmed = self.scorer.warm()
-        self.clock = clock_for(SETTINGS, self.scorer)
-        if self.scorer.replayed_until_ms:
-            self.clock.advance(self.scorer.replayed_until_ms)
+        self.runtime = build(SETTINGS, Path(self.bento_model.path), self.bento_model.info.metadata)
+        self.scorer, self.decisions = self.runtime.scorer, self.runtime.decisions
+        self.clock = self.runtime.clock
         clock.install(self.clock)  # request validation checks tx_datetime against it
         settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
-        tm.publish_model(bundle.metadata, self.scorer.model_version, self.scorer.threshold)
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
         self.flagged = tm.PREDICTIONS.labels("fraud")
         self.passed = tm.PREDICTIONS.labels("genuine")
-        self.gauges_due = 0.0
-        self.scorer.on_rewarmed = tm.rewarmed
         # After the state store failed, the first batch checks that it did not come back empty
-        # before trusting it (not only the next gauge refresh): no batch scores on a lost state.
+        # before trusting it (not only the next upkeep): no batch scores on a lost state.
         self.state_suspect = False
-        self.hot_swap = HotSwap(self.scorer, SETTINGS.bento_model, SETTINGS.model_thread_count())
-        self.reason_codes = ReasonCodes(self.scorer, SETTINGS.bento_model, self.decisions)
-        self.challenger_error: str | None = None
-        if SETTINGS.challenger_mode != "off":  # a missing challenger: the champion serves on
-            with contextlib.suppress(LookupError, SwapError):
-                self.set_challenger(
-                    ChallengerRequest(
-                        mode=SETTINGS.challenger_mode, version=SETTINGS.challenger_version
-                    ),
-                    announce=False,  # every worker starts it from the same settings
-                )
-        self.publish_gauges()
+        self.runtime.upkeep()
         log.info(
             "model %s ready, state warmed with %d transactions (and %s from the decision log) "
             "in %.1fs",
             self.scorer.model_version,
-            warmed,
-            self.scorer.replayed,
+            self.runtime.warmed,
+            self.scorer.warmup.replayed,
             time.perf_counter() - t0,
         )
 
@@ -211,8 +146,8 @@ class FraudDetector:
             n_fraud -= sum(bool(flagged[i]) for i in scored.replayed)
         self.flagged.inc(n_fraud)
         self.passed.inc(n - n_fraud)
-        if t0 >= self.gauges_due:
-            self.publish_gauges()
+        if t0 >= self.runtime.upkeep_due:
+            self.runtime.upkeep()  # state health, following other workers, gauges
         return out
 
     async def log_decisions(
@@ -265,36 +200,9 @@ class FraudDetector:
         self.state_suspect = True
         if SETTINGS.state_failure == "reject":
             tm.DEGRADED.labels("rejected").inc(len(records))
-            raise ServiceUnavailable(f"the online feature state is unavailable ({exc}); retry")
+            raise ServiceUnavailable(state_down(exc))
         tm.DEGRADED.labels("fallback").inc(len(records))
         return self.scorer.score_without_state(records)
-
-    def publish_gauges(self) -> None:
-        """State-store status, feature-state size and live drift (a few ms at most, every
-        GAUGE_EVERY_S); with several workers, follows a hot swap or a live challenger another
-        worker announced and shares the stream clock."""
-        self.gauges_due = time.perf_counter() + GAUGE_EVERY_S
-        problem = self.scorer.check_state()
-        tm.STATE_UP.set(problem is None)
-        tm.STATE_REWARMING.set(self.scorer.rewarming)
-        if self.decisions is not None:
-            tm.LOG_BACKLOG.set(self.decisions.shipper.backlog_bytes)
-            tm.LOG_SHIP_AGE.set(time.time() - self.decisions.shipper.last_ok)
-        if problem is not None:
-            return
-        try:
-            self.hot_swap.follow_announced()
-            self.hot_swap.follow_challenger()
-            self.clock.sync()
-            stats = self.scorer.features.state.stats()
-        except StateUnavailable:
-            return
-        window = self.scorer.drift
-        tm.publish_state(
-            stats,
-            self.scorer.drift_psi(SETTINGS.drift_min_transactions),
-            window.filled if window else 0,
-        )
 
     def __is_ready__(self) -> bool:
         """/readyz: not ready while the state store is unavailable or re-warming."""
@@ -320,9 +228,7 @@ class FraudDetector:
                 [int(t.is_fraud) for t in transactions],
             )
         except StateUnavailable as exc:  # nothing applied: the client sends them again
-            raise ServiceUnavailable(
-                f"the online feature state is unavailable ({exc}); labels not applied, retry"
-            ) from exc
+            raise ServiceUnavailable(state_down(exc, "labels not applied")) from exc
         if self.decisions is not None:  # durable before the acknowledgement
             given = {str(lab.transaction_id): int(lab.is_fraud) for lab in labels}
             given.update(
@@ -381,11 +287,11 @@ class FraudDetector:
         transaction scored before is a 409 (explain it with GET /explain/{transaction_id})."""
         t0 = time.perf_counter()
         try:
-            out = self.reason_codes.explain_new([t.to_record() for t in transactions], top_k)
+            out = self.runtime.reason_codes.explain_new(
+                [t.to_record() for t in transactions], top_k
+            )
         except StateUnavailable as exc:
-            raise ServiceUnavailable(
-                f"the online feature state is unavailable ({exc}); retry"
-            ) from exc
+            raise ServiceUnavailable(state_down(exc)) from exc
         except (AlreadyScored, NotExplainable) as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from exc
         tm.EXPLAIN_SECONDS.observe(time.perf_counter() - t0)
@@ -400,7 +306,7 @@ class FraudDetector:
             raise HTTPException(400, "top_k: between 1 and 64")
         t0 = time.perf_counter()
         try:
-            out = self.reason_codes.explain_logged(transaction_id, top_k)
+            out = self.runtime.reason_codes.explain_logged(transaction_id, top_k)
         except NotExplainable as exc:
             raise HTTPException(409, str(exc)) from exc
         except LookupError as exc:
@@ -420,14 +326,14 @@ class FraudDetector:
             "auth": SETTINGS.auth,
             "decision_log": {
                 **self.decisions.health(),
-                "replayed": self.scorer.replayed,
-                "replay_error": self.scorer.replay_error,
+                "replayed": self.scorer.warmup.replayed,
+                "replay_error": self.scorer.warmup.replay_error,
             }
             if self.decisions
             else {"enabled": False},
             "challenger": self.scorer.challenger.health()
             if self.scorer.challenger
-            else {"mode": "off", "error": self.challenger_error},
+            else {"mode": "off", "error": self.runtime.challenger_error},
             "bentoml_fixes": bentoml_fixes.applied(),
         }
 
@@ -438,25 +344,8 @@ class FraudDetector:
         try:
             risk = self.scorer.terminal_risk(terminal_id, epoch_ms(when))
         except StateUnavailable as exc:
-            raise HTTPException(503, f"the online feature state is unavailable ({exc})") from exc
+            raise HTTPException(503, state_down(exc)) from exc
         return {"terminal_id": terminal_id, "at": when.isoformat(), **risk}
-
-    def set_challenger(self, request: ChallengerRequest, announce: bool = True) -> dict[str, Any]:
-        """Start, change or stop the live challenger (``announce``: in every worker sharing
-        Redis); a failure is kept for /health (the champion serves on)."""
-        share = request.share or (
-            SETTINGS.shadow_share if request.mode == "shadow" else SETTINGS.canary_share
-        )
-        try:
-            out = self.hot_swap.load_challenger(
-                request.mode, request.version, share, RollbackPolicy.of(SETTINGS), announce
-            )
-        except (LookupError, SwapError) as exc:
-            self.challenger_error = str(exc)
-            log.warning("no live challenger: %s", exc)
-            raise
-        self.challenger_error = None
-        return out
 
     @ops.post("/admin/challenger")
     def challenger(self, body: ChallengerRequest) -> dict[str, Any]:
@@ -465,7 +354,7 @@ class FraudDetector:
         With several workers on Redis, the others follow within seconds. Promote it with
         /admin/reload to its version. Needs a key with scope admin."""
         try:
-            return self.set_challenger(body)
+            return self.runtime.set_challenger(body.mode, body.version, body.share)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from exc
         except SwapError as exc:
@@ -476,7 +365,7 @@ class FraudDetector:
         """Hot swap: load a model from the Bento store beside the served one, then switch
         atomically; requests keep being answered meanwhile. Needs a key with scope admin."""
         try:
-            return self.hot_swap.swap_to(body.version if body else None)
+            return self.runtime.hot_swap.swap_to(body.version if body else None)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from exc
         except SwapError as exc:
@@ -499,6 +388,12 @@ class FraudDetector:
             "n": len(results),
             "results": results,
         }
+
+
+def state_down(exc: Exception, consequence: str = "") -> str:
+    """The 503 message of an unavailable feature state (what was not done, then retry)."""
+    then = f"{consequence}, retry" if consequence else "retry"
+    return f"the online feature state is unavailable ({exc}); {then}"
 
 
 def sqlalchemy_errors() -> type[Exception]:

@@ -188,3 +188,24 @@ class Explanation(BaseModel):
     )
     degraded: bool
     reasons: list[Reason] = Field(description="The largest contributions first, either sign")
+
+
+class ChallengerRequest(BaseModel):
+    """A live challenger: a Bento-store version beside the champion, in shadow or canary."""
+
+    mode: Literal["off", "shadow", "canary"] = Field(examples=["canary"])
+    version: str | None = Field(
+        None, max_length=64, description="default: the newest imported as challenger"
+    )
+    share: float | None = Field(  # ge, not gt: OpenAPI 3.0 has no numeric exclusiveMinimum
+        None,
+        ge=0.001,
+        le=1,
+        description="batches (shadow) or customers (canary); default: settings",
+    )
+
+
+class ReloadRequest(BaseModel):
+    """Which imported model to serve: an MLflow version in the Bento store (default: latest)."""
+
+    version: str | None = Field(None, max_length=64, examples=["7"])

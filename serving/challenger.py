@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from serving import telemetry as tm
 from serving.online_features import TxRecord
@@ -198,10 +197,7 @@ class Challenger:
         return self.rolled_back is None
 
     def predict(self, cols: Mapping[str, Any]) -> np.ndarray:
-        if self.bundle.compiled is not None:
-            return np.asarray(self.bundle.compiled.predict_proba(cols))
-        frame = pd.DataFrame({c: cols[c] for c in self.columns})
-        return np.asarray(self.bundle.pipeline.predict_proba(frame)[:, 1])
+        return self.bundle.predict_proba(cols)
 
     def take_part(
         self,

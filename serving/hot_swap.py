@@ -14,7 +14,8 @@ from typing import Any
 
 from serving import telemetry as tm
 from serving.challenger import Challenger, RollbackPolicy
-from serving.scorer import FraudScorer, ModelBundle, SwapError
+from serving.model_bundle import ModelBundle
+from serving.scorer import FraudScorer, SwapError
 from serving.state import StateUnavailable
 from training.core import bento_model
 

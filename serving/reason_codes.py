@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from serving.decision_log import DecisionLog
+from serving.model_bundle import ModelBundle, feature_config
 from serving.online_features import TxRecord
-from serving.scorer import FraudScorer, ModelBundle, feature_config
+from serving.scorer import FraudScorer
 from training.core import bento_model, explain
 
 KEEP_MODELS = 3  # past versions kept loaded for GET /explain/{id}

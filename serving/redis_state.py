@@ -8,7 +8,8 @@ Layout (``P`` is the key prefix; every value is packed little-endian int64s, app
 - ``P:f:<terminal>``  (time ms of the transaction, +1/-1) per fraud label set / withdrawn
 - ``P:x:<tx id>``     time ms, decision (int8), label (int8), terminal id: dedup + labels
 - ``P:a:<tx id>``     the first answer: probability (float64), decision (int8), model version
-- ``P:clock``         the stream clock (ms) shared by the workers (``serving.clock``)
+- ``P:clock``, ``P:warm:<history>``, ``P:<topic>``: cross-worker coordination
+  (:mod:`serving.coordination`)
 
 A scoring batch is one script call (``RECORD``): it reads the histories of the batch's
 customers and terminals and appends the batch, atomically, so concurrent workers see each other's
@@ -24,7 +25,7 @@ default) and no retries; a failed call raises :class:`StateUnavailable` and, for
 every call fails at once without touching Redis (so an unreachable Redis costs one timeout, not
 one per batch), then Redis is tried again: recovery needs no restart. Warm-up goes through a
 second client with long timeouts. ``P:warm:<history>`` marks a warmed state: a Redis that comes
-back empty has lost it, which :meth:`warmed` tells.
+back empty has lost it, which ``coordination.warmed`` tells.
 
 Single Redis instance (or a primary): the scripts build some key names themselves, which a Redis
 Cluster would not route.
@@ -40,6 +41,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from serving.coordination import RedisCoordination
+from serving.redis_scripts import DECIDE, LABELS, RECORD
 from serving.state import (
     _OUTCOME,
     NOT_SCORED,
@@ -57,141 +60,17 @@ from training.core.features import MS_PER_DAY
 if TYPE_CHECKING:
     import redis
 
-# KEYS: nc customer keys, nt terminal keys, nt fraud keys, n transaction keys.
-# ARGV: nc, nt, n, ttl s, customer cut ms, terminal cut ms, read (0/1),
-#       per-tx (customer index, terminal index) as uint16 pairs, customer records (16 B each),
-#       terminal records (8 B each), transaction values (time, decision, label: 10 B each),
-#       fraud records (16 B each, delta 0 = none), terminal prefix, answer prefix, tx prefix.
-# Returns [customer blobs..., terminal blobs..., fraud blobs..., new flags, answers] (blobs and
-# answers only with read): the histories as they were before the batch, and (position, first
-# answer) pairs for the transactions seen before.
-RECORD = """
-local nc, nt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, ccut, tcut, read = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
-local idx, crec, trec, xval, frec = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local nk = nc + 2 * nt
-local blobs = redis.call('MGET', unpack(KEYS, 1, nk))
-local function trim(i, width, cut)  -- drop the events no window can reach any more
-  local v = blobs[i]
-  if not v then blobs[i] = ''; return end
-  local m, k = #v / width, 0
-  while k < m and struct.unpack('<i8', v, k * width + 1) <= cut do k = k + 1 end
-  if k > 0 then
-    v = string.sub(v, k * width + 1)
-    if #v == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], v, 'EX', ttl) end
-    blobs[i] = v
-  end
-end
-for i = 1, nc do trim(i, 16, ccut) end
-for i = nc + 1, nc + nt do trim(i, 8, tcut) end
-for i = nc + nt + 1, nk do trim(i, 16, tcut) end
--- Append the new transactions, grouped per key; a key's TTL is set when it is created and
--- renewed when it is trimmed (both at most a retention apart while the key is in use).
-local new, parts, order = {}, {}, {}
-local function add(key, rec, width)
-  local p = parts[key]
-  if not p then p = {width}; parts[key] = p; order[#order + 1] = key end
-  p[#p + 1] = rec
-end
-for i = 1, n do
-  local ci, ti = struct.unpack('<HH', idx, (i - 1) * 4 + 1)
-  local tkey = KEYS[nc + ti]
-  local xv = string.sub(xval, (i - 1) * 10 + 1, i * 10) .. string.sub(tkey, #ARGV[13] + 1)
-  if redis.call('SET', KEYS[nk + i], xv, 'NX', 'EX', ttl) then
-    new[i] = '1'
-    add(KEYS[ci], string.sub(crec, (i - 1) * 16 + 1, i * 16), 16)
-    add(tkey, string.sub(trec, (i - 1) * 8 + 1, i * 8), 8)
-    local f = string.sub(frec, (i - 1) * 16 + 1, i * 16)
-    if struct.unpack('<i8', f, 9) ~= 0 then add(KEYS[nc + nt + ti], f, 16) end
-  else
-    new[i] = '0'
-  end
-end
-for _, key in ipairs(order) do
-  local p = parts[key]
-  local rec = table.concat(p, '', 2)
-  if redis.call('APPEND', key, rec) == #rec then redis.call('EXPIRE', key, ttl) end
-end
-if not read then return {table.concat(new)} end
-blobs[nk + 1] = table.concat(new)
--- The first answers of the transactions seen before: (position, answer) pairs.
-local answers, xlen = {}, #ARGV[15]
-for i = 1, n do
-  if new[i] == '0' then
-    local a = redis.call('GET', ARGV[14] .. string.sub(KEYS[nk + i], xlen + 1))
-    if a then answers[#answers + 1] = i; answers[#answers + 1] = a end
-  end
-end
-blobs[nk + 2] = answers
-return blobs
-"""
-
-# KEYS: transaction keys. ARGV: decisions (int8 each), probabilities (float64 each, or empty),
-# model version, ttl s, answer prefix, tx prefix. Sets the decision of each transaction that has
-# none yet, and its answer (a re-sent transaction keeps the answer given the first time).
-DECIDE = """
-local probas, xlen = ARGV[2], #ARGV[6]
-for i = 1, #KEYS do
-  if redis.call('GETRANGE', KEYS[i], 8, 8) == '\\255' then
-    local d = string.sub(ARGV[1], i, i)
-    redis.call('SETRANGE', KEYS[i], 8, d)
-    if #probas > 0 then
-      local a = ARGV[5] .. string.sub(KEYS[i], xlen + 1)
-      local p = string.sub(probas, (i - 1) * 8 + 1, i * 8)
-      redis.call('SET', a, p .. d .. ARGV[3], 'EX', ARGV[4])
-    end
-  end
-end
-return #KEYS
-"""
-
-# KEYS: the topic's generation counter, the topic. ARGV: what is said. One step: two workers
-# announcing at once cannot leave the older value under the newer generation.
-ANNOUNCE = """
-local g = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], g .. ' ' .. ARGV[1])
-return g
-"""
-
-# KEYS: the clock key. ARGV: a worker's stream clock (ms). Keeps and returns the larger.
-MAX_CLOCK = """
-local v = redis.call('GET', KEYS[1])
-if v and tonumber(v) >= tonumber(ARGV[1]) then return v end
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[1]
-"""
-
-# KEYS: transaction keys. ARGV: labels (int8 each), fraud key prefix, ttl s.
-# Returns per transaction 3 bytes: found (0/1), decision, previous label.
-LABELS = """
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if not v then
-    out[i] = struct.pack('bbb', 0, 0, 0)
-  else
-    local t, dec, old = struct.unpack('<i8bb', v)
-    local label = struct.unpack('b', ARGV[1], i)
-    local delta = (label == 1 and 1 or 0) - (old == 1 and 1 or 0)
-    if delta ~= 0 then
-      local fkey = ARGV[2] .. string.sub(v, 11)
-      redis.call('APPEND', fkey, struct.pack('<i8i8', t, delta))
-      redis.call('EXPIRE', fkey, ARGV[3])
-    end
-    redis.call('SETRANGE', KEYS[i], 9, struct.pack('b', label))
-    out[i] = struct.pack('bbb', 1, dec, old)
-  end
-end
-return table.concat(out)
-"""
-
 CHUNK = 1_000  # transactions (or labels) per script call when ingesting (warm-up, back-fill)
 RETRY_S = 0.5  # after a failed call, calls fail at once for this long, then Redis is tried again
 T = TypeVar("T")
 
 
 class RedisFeatureState(FeatureState):
-    """:class:`FeatureState` in Redis; safe to share between processes."""
+    """:class:`FeatureState` in Redis; safe to share between processes (its scripts are
+    atomic: no lock needed around them)."""
+
+    backend = "redis"
+    atomic = True
 
     def __init__(
         self,
@@ -220,11 +99,10 @@ class RedisFeatureState(FeatureState):
         self._f, self._x = f"{prefix}:f:", f"{prefix}:x:"
         self._a = f"{prefix}:a:"
         self._answered: tuple[Sequence[TxRecord], dict[int, Answer]] | None = None
-        self._max_clock = client.register_script(MAX_CLOCK)
         self._record = client.register_script(RECORD)
         self._decide = client.register_script(DECIDE)
         self._labels = client.register_script(LABELS)
-        self._announce = client.register_script(ANNOUNCE)
+        self.coordination = RedisCoordination(self)  # what the workers tell each other
 
     @classmethod
     def from_url(
@@ -266,7 +144,7 @@ class RedisFeatureState(FeatureState):
 
     # -- faults -------------------------------------------------------------------------------
 
-    def _guard(self, call: Callable[[], T]) -> T:
+    def guard(self, call: Callable[[], T]) -> T:
         """Run a Redis call; StateUnavailable when it fails or failed less than RETRY_S ago."""
         if self.down_until and time.monotonic() < self.down_until:
             raise StateUnavailable(self.error or f"{self.where} unreachable")
@@ -282,13 +160,7 @@ class RedisFeatureState(FeatureState):
 
     def ping(self) -> None:
         """StateUnavailable unless Redis answers now (probes)."""
-        self._guard(self.r.ping)
-
-    def warmed(self, token: str) -> bool:
-        """Whether the warm-up of history ``token`` is complete in this Redis (False: it came
-        back empty, was flushed or failed over to an empty replica, or is being warmed again)."""
-        value = self._guard(lambda: self.r.get(f"{self.prefix}:warm:{token}"))
-        return value is not None and value != b"running"  # running: another worker warms it
+        self.guard(self.r.ping)
 
     # -- scoring path -------------------------------------------------------------------------
 
@@ -298,7 +170,7 @@ class RedisFeatureState(FeatureState):
         if not record:
             return super().histories(batch, record)
         labels = [UNKNOWN_LABEL] * len(batch)
-        customers, terminals, reply = self._guard(
+        customers, terminals, reply = self.guard(
             lambda: self._run_record(batch, labels, read=True, client=self.r)
         )
         nc, nt = len(customers), len(terminals)
@@ -344,21 +216,21 @@ class RedisFeatureState(FeatureState):
                 self._a,
                 self._x,
             ]
-            self._guard(lambda: self._decide(keys=keys, args=args, client=client or self.r))
+            self.guard(lambda: self._decide(keys=keys, args=args, client=client or self.r))
 
     # -- reads ----------------------------------------------------------------------------------
 
     def customer_histories(self, customers: Sequence[str]) -> dict[str, History]:
         if not customers:
             return {}
-        blobs = self._guard(lambda: self.r.mget([self._c + c for c in customers]))
+        blobs = self.guard(lambda: self.r.mget([self._c + c for c in customers]))
         return _customer_histories(customers, blobs)
 
     def terminal_histories(self, terminals: Sequence[str]) -> dict[str, History]:
         if not terminals:
             return {}
         keys = [self._t + t for t in terminals] + [self._f + t for t in terminals]
-        blobs = self._guard(lambda: self.r.mget(keys))
+        blobs = self.guard(lambda: self.r.mget(keys))
         n = len(terminals)
         return _terminal_histories(terminals, blobs[:n], blobs[n:])
 
@@ -381,7 +253,7 @@ class RedisFeatureState(FeatureState):
             for e in events
         ]
         labels = [e.label for e in events]
-        flags = self._guard(lambda: self._run_record(batch, labels, read=False, client=client))
+        flags = self.guard(lambda: self._run_record(batch, labels, read=False, client=client))
         flags = flags[2][-1]
         decided = [e for e in events if e.decision != NOT_SCORED]
         self._set_decisions(
@@ -457,7 +329,7 @@ class RedisFeatureState(FeatureState):
         values = [int(labels[i]) for i in ids]
         keys = [self._x + i for i in ids]
         args: list[bytes | str | int] = [struct.pack(f"{len(ids)}b", *values), self._f, self.ttl_s]
-        reply = self._guard(lambda: self._labels(keys=keys, args=args, client=self.r))
+        reply = self.guard(lambda: self._labels(keys=keys, args=args, client=self.r))
         confusion = update.confusion
         for k, (tx_id, label) in enumerate(zip(ids, values, strict=True)):
             found, decision, previous = struct.unpack_from("bbb", reply, 3 * k)
@@ -468,7 +340,7 @@ class RedisFeatureState(FeatureState):
 
     def stats(self) -> dict[str, int]:
         """Keys in the Redis database (histories, transactions; shared by every worker)."""
-        return {"redis_keys": int(self._guard(self.r.dbsize))}
+        return {"redis_keys": int(self.guard(self.r.dbsize))}
 
     def clear(self) -> int:
         """Delete every key under this state's prefix (tests, a re-warm from scratch)."""
@@ -476,52 +348,6 @@ class RedisFeatureState(FeatureState):
         for keys in _chunks(self.bulk.scan_iter(match=f"{self.prefix}:*", count=1_000), 1_000):
             deleted += self.bulk.unlink(*keys)
         return deleted
-
-    def claim_warmup(self, token: str, wait_s: float = 600.0) -> int | None:
-        """None when this process should warm the state from history ``token`` (then call
-        :meth:`warmup_done`); else the transactions another process warmed it with (waits while
-        another one is at it)."""
-        key = f"{self.prefix}:warm:{token}"
-        if self.bulk.set(key, "running", nx=True, ex=int(wait_s)):
-            return None
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            value = self.bulk.get(key)
-            if value is None:  # the warming process died: take over
-                return self.claim_warmup(token, wait_s)
-            if value != b"running":
-                return int(value)
-            time.sleep(0.2)
-        raise TimeoutError(f"feature state: another worker has been warming it for {wait_s}s")
-
-    def warmup_done(self, token: str, transactions: int) -> None:
-        """Mark the warm-up done (no expiry: the marker's absence means Redis lost the state)."""
-        self.bulk.set(f"{self.prefix}:warm:{token}", str(transactions))
-
-    def stream_clock(self, t_ms: int) -> int:
-        """Record a worker's stream clock; returns the furthest any worker has recorded."""
-        key = f"{self.prefix}:clock"
-        return int(self._guard(lambda: self._max_clock(keys=[key], args=[t_ms])))
-
-    def announce(self, topic: str, value: str) -> int:
-        """Tell the other workers ``value`` on ``topic`` ("model": a hot swap's version,
-        "challenger": the live challenger); the announcement's generation."""
-        keys = [f"{self.prefix}:{topic}:generation", f"{self.prefix}:{topic}"]
-        return int(self._guard(lambda: self._announce(keys=keys, args=[value], client=self.r)))
-
-    def generation(self, topic: str) -> int:
-        """How many announcements ``topic`` has had (a process notes it when it starts)."""
-        return int(self._guard(lambda: self.r.get(f"{self.prefix}:{topic}:generation")) or 0)
-
-    def announced(self, topic: str, after: int) -> tuple[int, str] | None:
-        """The latest announcement on ``topic`` (generation, value) if it came after generation
-        ``after``: a process started later goes by its own start-up, not by what was said
-        before it existed. A counter, not a clock: machines need not agree on the time."""
-        value = self._guard(lambda: self.r.get(f"{self.prefix}:{topic}"))
-        if value is None:
-            return None
-        generation, _, said = (value.decode() if isinstance(value, bytes) else value).partition(" ")
-        return (int(generation), said) if int(generation) > after else None
 
 
 def _answer(value: bytes) -> Answer:

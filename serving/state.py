@@ -13,11 +13,13 @@ two list reads instead of a slice summed per transaction on the scoring path.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from serving.coordination import Coordination
 from training.core import schema
 
 UNKNOWN_LABEL = -1
@@ -75,6 +77,19 @@ class FeatureState(ABC):
     batch inside :meth:`histories` already (atomically with the read, so concurrent workers see
     each other's transactions as in some serial order) and only attaches the decisions later.
     """
+
+    backend = "memory"
+    atomic = False  # True: every call is atomic in the store, no lock needed around it
+    # what workers sharing this state tell each other (alone in a process: nothing)
+    coordination: Coordination = Coordination()
+
+    def ping(self) -> None:
+        """StateUnavailable unless the store answers now (probes); in process, it always does."""
+        return None
+
+    def bulk_calls(self) -> contextlib.AbstractContextManager[None]:
+        """Long timeouts meanwhile (a replay of the decision log); in process, nothing to do."""
+        return contextlib.nullcontext()
 
     def histories(
         self, batch: Sequence[TxRecord], record: bool

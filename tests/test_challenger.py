@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from serving import challenger as ch
+from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
-from serving.scorer import FraudScorer, ModelBundle, SwapError
+from serving.scorer import FraudScorer, SwapError
 from training import train
 from training.data import handbook_layout
 

@@ -101,17 +101,21 @@ def test_workers_share_the_stream_clock_through_redis() -> None:
 
     state = RedisFeatureState.from_url(REDIS_URL, MS_PER_DAY, MS_PER_DAY, f"clk{free_port()}")
     try:
-        one = ServiceClock("stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.stream_clock)
+        one = ServiceClock(
+            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
+        )
         one.advance(epoch_ms(START + DAY / 2))
         one.sync()
         # A worker started later (or restarted) from the same history resumes where one is.
-        two = ServiceClock("stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.stream_clock)
+        two = ServiceClock(
+            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
+        )
         assert two.now_ms() == epoch_ms(START + DAY / 2)
         two.advance(epoch_ms(START + DAY))
         two.sync()
         one.sync()
         assert one.now_ms() == epoch_ms(START + DAY)
         one.sync()  # never back
-        assert state.stream_clock(0) == epoch_ms(START + DAY)
+        assert state.coordination.stream_clock(0) == epoch_ms(START + DAY)
     finally:
         state.clear()

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from serving.decision_log import DecisionLog
+from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
-from serving.scorer import FraudScorer, ModelBundle
+from serving.scorer import FraudScorer
 from training.core import decision_store as ds
 
 from .test_decision_log import store_url  # noqa: F401  (SQLite, and PostgreSQL when marked)
@@ -65,9 +66,9 @@ def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
     twin.warm()
     first = FraudScorer(bundle)
     log = DecisionLog(tmp_path / "journal", store_url, first.columns)
-    first.replay_source = log.logged_since
+    first.warmup.replay_source = log.logged_since
     first.warm()
-    assert first.replayed == 0  # nothing logged yet
+    assert first.warmup.replayed == 0  # nothing logged yet
     records = records_from_frame(live)
     for start in range(0, len(records), 25):  # the twin: the same batches, never stopped
         twin.score(records[start : start + 25])
@@ -93,9 +94,9 @@ def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
 
     restarted = FraudScorer(bundle)
     again = DecisionLog(tmp_path / "journal", store_url, restarted.columns)
-    restarted.replay_source = again.logged_since
+    restarted.warmup.replay_source = again.logged_since
     restarted.warm()
-    assert restarted.replayed == 340 and restarted.replay_error is None
+    assert restarted.warmup.replayed == 340 and restarted.warmup.replay_error is None
     probe = stream(small_raw, 400).head(60)  # the same customers and terminals, later
     probe["TX_DATETIME"] = probe["TX_DATETIME"] + pd.Timedelta(hours=20)
     probe["TRANSACTION_ID"] = "probe-" + probe["TRANSACTION_ID"]
@@ -124,9 +125,9 @@ def test_the_store_down_at_start_serves_on_and_says_so(bundle: ModelBundle, tmp_
     log = DecisionLog(tmp_path / "journal", f"sqlite:///{tmp_path / 'gone' / 'x.db'}", [])
     (tmp_path / "gone").rmdir()  # the store's folder vanished: every connection fails
     (tmp_path / "gone").write_text("not a folder")
-    scorer.replay_source = log.logged_since
+    scorer.warmup.replay_source = log.logged_since
     assert scorer.warm() > 0  # the history is there
-    assert scorer.replayed is None and scorer.replay_error
+    assert scorer.warmup.replayed is None and scorer.warmup.replay_error
     log.close()
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
+from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
-from serving.scorer import FraudScorer, ModelBundle, SwapError
+from serving.scorer import FraudScorer, SwapError
 from training.core.schema import request_bodies
 
 from .servers import PROJECT
@@ -117,7 +118,7 @@ def test_a_resent_transaction_gets_its_first_answer(bundle, small_raw, make_stat
     """Scored once, then the customer's history moves on and the model is swapped: sent again
     (even with another amount), the transaction gets its first probability, decision and
     version, and is not recorded twice; in a mixed batch only the re-sent ones are replayed."""
-    from serving.scorer import feature_config
+    from serving.model_bundle import feature_config
 
     cfg = feature_config(bundle.info)
     scorer = FraudScorer(

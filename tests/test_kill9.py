@@ -21,8 +21,9 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
-from serving.scorer import FraudScorer, ModelBundle
+from serving.scorer import FraudScorer
 from training.core import decision_store as ds
 from training.core import schema
 from training.demo.replay import next_days

@@ -1,10 +1,10 @@
-"""The serving worker's GC setting after start-up (serving.scorer.settle_gc)."""
+"""The serving worker's GC setting after start-up (serving.bento_config.settle_gc)."""
 
 from __future__ import annotations
 
 import gc
 
-from serving.scorer import GC_THRESHOLDS, settle_gc
+from serving.bento_config import GC_THRESHOLDS, settle_gc
 
 
 def test_settle_gc_freezes_start_up_objects_and_collects_young_objects_less_often() -> None:

@@ -14,9 +14,10 @@ import pytest
 
 from serving.challenger import RollbackPolicy
 from serving.hot_swap import HotSwap
+from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
 from serving.redis_state import RedisFeatureState
-from serving.scorer import FraudScorer, ModelBundle
+from serving.scorer import FraudScorer
 from training.core.features import FeatureConfig
 from training.core.schema import request_bodies
 

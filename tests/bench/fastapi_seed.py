@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from serving.api_models import Prediction, Transaction
-from serving.scorer import FraudScorer, ModelBundle
+from serving.model_bundle import ModelBundle
+from serving.scorer import FraudScorer
 
 
 class PredictRequest(BaseModel):

@@ -21,7 +21,8 @@ from pydantic import Field
 
 from serving import bentoml_fixes
 from serving.api_models import Prediction, Transaction
-from serving.scorer import BATCHING, MAX_BATCH, ModelBundle, service_config, settle_gc
+from serving.bento_config import BATCHING, MAX_BATCH, service_config, settle_gc
+from serving.model_bundle import ModelBundle
 from tests.bench.noop_service import answers
 from training.core.compiled import CompiledModel
 from training.core.config import get_settings

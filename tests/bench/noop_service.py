@@ -16,7 +16,7 @@ from pydantic import Field
 
 from serving import bentoml_fixes
 from serving.api_models import Prediction, Transaction
-from serving.scorer import BATCHING, MAX_BATCH, service_config, settle_gc
+from serving.bento_config import BATCHING, MAX_BATCH, service_config, settle_gc
 from training.core.config import get_settings
 
 # The same request-path fixes and GC setting as the real service, unless asked to run BentoML

@@ -11,7 +11,7 @@ Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   fraud-api-canary  the same with a canary answering 10 % of the customers
   bentoml-noop  the same API shape and BentoML settings doing nothing (framework ceiling),
                 with the same request-path fixes (serving/bentoml_fixes.py) and GC
-                setting (serving.scorer.settle_gc)
+                setting (serving.bento_config.settle_gc)
   bentoml-noop-stock  the same no-op on BentoML as shipped (no fixes, default GC)
   bentoml-noop-forest  the no-op plus the champion's compiled forest on each batch, nothing
                 else (no features, state, metrics): the ceiling the forest alone leaves
@@ -243,7 +243,7 @@ def make_bodies(work: Path, model_path: Path, columns: list[str]) -> dict[str, P
 
 def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, float]:
     """Microseconds per transaction: scikit-learn pipeline vs compiled, at 1/100/1000 rows."""
-    from serving.scorer import ModelBundle
+    from serving.model_bundle import ModelBundle
     from training.core import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
@@ -270,7 +270,7 @@ def model_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, fl
 def explain_cost(model_path: Path, columns: list[str], meta: dict) -> dict[str, Any]:
     """Microseconds per transaction of the reason codes (exact tree SHAP of the champion's
     forest, grouped to its columns) at 1/10/100 rows, and the forest's shape."""
-    from serving.scorer import ModelBundle
+    from serving.model_bundle import ModelBundle
     from training.core import features, schema
 
     bundle = ModelBundle.load(model_path, meta)
@@ -311,7 +311,8 @@ def scoring_cost(model_path: Path, meta: dict, bodies: Path) -> dict[str, float]
     import gc
 
     from serving.api_models import Transaction
-    from serving.scorer import FraudScorer, ModelBundle
+    from serving.model_bundle import ModelBundle
+    from serving.scorer import FraudScorer
 
     bundle = ModelBundle.load(model_path, meta)
     with bodies.open() as f:

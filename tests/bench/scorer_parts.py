@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.api_models import Transaction
-from serving.scorer import FraudScorer, ModelBundle
+from serving.model_bundle import ModelBundle
+from serving.scorer import FraudScorer
 from training.core import bento_model
 from training.core.config import get_settings
 
