@@ -19,6 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from serving import decision_log as dl
+from serving import journal as jn
+from serving import shipper as sh
 from training.core import decision_store as ds
 
 from .conftest import free_port
@@ -94,7 +96,7 @@ def test_decision_lines_carry_the_feature_vector_exactly() -> None:
         log, records, ["k"] * 3, [0.1, 0.2, 0.3], [False, True, False], ["7"] * 3, cols,
         "fraud_detector", 0.15, False,
     )  # fmt: skip
-    rows, _ = dl.rows_of([*lines, decision_line("old")])
+    rows, _ = sh.rows_of([*lines, decision_line("old")])
     for i, row in enumerate(rows[:3]):
         assert row["features"] == {
             "A": float(cols["A"][i]), "B": float(cols["B"][i]), "CAT": cols["CAT"][i]
@@ -102,12 +104,41 @@ def test_decision_lines_carry_the_feature_vector_exactly() -> None:
         assert np.float64(row["features"]["A"]).tobytes() == cols["A"][i].tobytes()
         assert row["is_fraud"] == (i == 1) and row["model_version"] == "7"
     assert rows[3]["features"] == {"TX_AMOUNT": 12.34}
-    unscored, _ = dl.rows_of(
+    unscored, _ = sh.rows_of(
         dl.DecisionLog.decision_lines(  # type: ignore[arg-type]
             log, records[:1], [None], [0.0], [False], ["7"], None, "m", 0.5, True
         )
     )
     assert unscored[0]["features"] is None
+
+
+def test_journal_lines_are_the_tables_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decision line, scored or sent to /feedback, has exactly the table's fields (its times
+    as epoch ms): one definition of a row, the table. A column the lines do not carry is named."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from serving.online_features import TxRecord
+
+    log = SimpleNamespace(feature_names=["A"], worker="w")
+    records = [TxRecord(f"t{i}", "c", "t", 1_530_000_000_000 + i, 100 * i) for i in range(2)]
+    scored = dl.DecisionLog.decision_lines(  # type: ignore[arg-type]
+        log, records, ["k"] * 2, [0.1, 0.9], [False, True], ["7"] * 2,
+        {"A": np.array([1.0, 2.0])}, "fraud_detector", 0.5, False,
+    )  # fmt: skip
+    sent = dl.DecisionLog.feedback_record_lines(log, records, "k", "m", "7")  # type: ignore[arg-type]
+    for line in [*scored, *sent]:
+        assert ds.journal_fields_problem(json.loads(line)) is None
+    decisions, _ = sh.rows_of([*scored, *sent])
+    assert {tuple(sorted(row)) for row in decisions} == {
+        tuple(sorted(c.name for c in ds.decisions.columns))
+    }
+    assert [row["kind"] for row in decisions] == ["scored", "scored", "feedback", "feedback"]
+    wider = ds.JOURNAL_FIELDS | {"review_queue"}
+    monkeypatch.setattr(ds, "JOURNAL_FIELDS", wider)
+    with pytest.raises(RuntimeError, match="missing \\['review_queue'\\]"):
+        dl.DecisionLog.feedback_record_lines(log, records, "k", "m", "7")  # type: ignore[arg-type]
 
 
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
@@ -153,7 +184,7 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
     from alembic import command
 
     command.downgrade(ds.alembic_config(store_url), "0001")
-    rows, _ = dl.rows_of([decision_line("before")])
+    rows, _ = sh.rows_of([decision_line("before")])
     engine = ds.engine_for(store_url)
     try:
         with engine.begin() as conn:
@@ -187,7 +218,7 @@ def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: 
     from alembic import command
 
     command.downgrade(ds.alembic_config(store_url), "0002")
-    rows, _ = dl.rows_of([decision_line("before-0003")])
+    rows, _ = sh.rows_of([decision_line("before-0003")])
     engine = ds.engine_for(store_url)
     try:
         with engine.begin() as conn:
@@ -226,8 +257,8 @@ def test_a_journal_answers_only_after_its_fsync_and_groups_fsyncs(
         synced.append(fd)
         real(fd)
 
-    monkeypatch.setattr(dl.os, "fsync", counting_fsync)
-    journal = dl.Journal(tmp_path, "w1")
+    monkeypatch.setattr(jn.os, "fsync", counting_fsync)
+    journal = jn.Journal(tmp_path, "w1")
     order: list[str] = []
 
     async def batch(i: int) -> None:
@@ -250,12 +281,12 @@ def test_a_journal_answers_only_after_its_fsync_and_groups_fsyncs(
 def test_a_failing_disk_fails_the_answer_not_silently(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = dl.Journal(tmp_path, "w1")
+    journal = jn.Journal(tmp_path, "w1")
 
     def broken(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dl.os, "fsync", broken)
+    monkeypatch.setattr(jn.os, "fsync", broken)
 
     async def one() -> None:
         await journal.durable(journal.write([decision_line("tx1")]))
@@ -269,12 +300,12 @@ def test_a_failing_disk_fails_the_answer_not_silently(
 def test_shipping_stores_each_row_once_and_frees_shipped_segments(
     tmp_path: Path, store_url: str
 ) -> None:
-    journal = dl.Journal(tmp_path / "journal", "w1", segment_bytes=4_000)
+    journal = jn.Journal(tmp_path / "journal", "w1", segment_bytes=4_000)
     for i in range(30):  # ~500 bytes a line: several segments
         journal.write_durably([decision_line(f"tx{i}"), decision_line(f"tx{i}b")])
     journal.write_durably([label_line("w1:1", "tx1", True, 1_530_000_100_000)])
     journal.write_durably([label_line("w1:2", "tx1", False, 1_530_000_200_000)])
-    shipper = dl.Shipper(tmp_path / "journal", store_url, own=journal)
+    shipper = sh.Shipper(tmp_path / "journal", store_url, own=journal)
     first = shipper.ship_once()
     assert (first.decisions, first.labels, first.backlog_bytes) == (60, 2, 0)
     assert counts(store_url) == (60, 2)
@@ -300,9 +331,9 @@ def test_shipping_stores_each_row_once_and_frees_shipped_segments(
 WRITER = """
 import sys, time
 from pathlib import Path
-from serving import decision_log as dl
+from serving import journal as jn
 from tests.test_decision_log import decision_line
-journal = dl.Journal(Path(sys.argv[1]), "dead-worker")
+journal = jn.Journal(Path(sys.argv[1]), "dead-worker")
 for i in range(50):
     journal.write_durably([decision_line(f"d{i}")])
 with open(journal.segment, "ab") as f:  # a batch torn mid-line by the crash
@@ -323,7 +354,7 @@ def test_a_killed_workers_journal_is_delivered_by_the_next_one(
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
-    live = dl.Shipper(root, store_url, own=dl.Journal(root, "next-worker"))
+    live = sh.Shipper(root, store_url, own=jn.Journal(root, "next-worker"))
     assert live.ship_once().decisions == 0  # the writer lives: its journal is its own
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(10)
@@ -338,17 +369,17 @@ def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
     tmp_path: Path, store_url: str
 ) -> None:
     root = tmp_path / "journal"
-    journal = dl.Journal(root, "w1")
+    journal = jn.Journal(root, "w1")
     for i in range(20):
         journal.write_durably([decision_line(f"tx{i}")])
     down = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
     if store_url.startswith("sqlite"):
         down = f"sqlite:///{tmp_path / 'unmigrated.db'}"  # no tables: every insert fails
-    shipper = dl.Shipper(root, down, own=journal)
+    shipper = sh.Shipper(root, down, own=journal)
     with pytest.raises(sa.exc.SQLAlchemyError):
         shipper.ship_once()
     assert shipper._backlog() > 0 and counts(store_url) == (0, 0)
-    back = dl.Shipper(root, store_url, own=journal)
+    back = sh.Shipper(root, store_url, own=journal)
     delivered = back.ship_once()
     assert delivered.decisions == 20 and delivered.backlog_bytes == 0
     assert counts(store_url) == (20, 0)
@@ -371,7 +402,7 @@ def test_audit_show_export_and_purge(tmp_path: Path, store_url: str) -> None:
     from training.cli import app
 
     root = tmp_path / "journal"
-    journal = dl.Journal(root, "w1")
+    journal = jn.Journal(root, "w1")
     old_ms, new_ms = 1_500_000_000_000, int(time.time() * 1000) - 3_600_000  # 2017, an hour ago
     journal.write_durably([decision_line("old-1", old_ms), decision_line("new-1", new_ms)])
     journal.write_durably([decision_line("new-2", new_ms + 1000, probability=0.9, is_fraud=True)])
@@ -380,7 +411,7 @@ def test_audit_show_export_and_purge(tmp_path: Path, store_url: str) -> None:
          label_line("w1:2", "new-2", False, new_ms + 9000),
          label_line("w1:3", "old-1", True, old_ms + 5000)]
     )  # fmt: skip
-    dl.Shipper(root, store_url, own=journal).ship_once()
+    sh.Shipper(root, store_url, own=journal).ship_once()
     runner = CliRunner()
 
     shown = runner.invoke(app, ["decisions", "show", "new-2", "--db", store_url])

@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from serving.decision_log import DecisionLog, Journal, worker_name
+from serving.decision_log import DecisionLog
+from serving.journal import Journal, worker_name
 from serving.online_features import TxRecord
 
 COLUMNS = [f"F{i}" for i in range(19)]  # the demo champion's feature count
@@ -59,7 +60,7 @@ async def durable_waits(journal: Journal, encoded: list[list[bytes]]) -> list[fl
 
 def shipping(url: str, passes: int = 3, n: int = 5_000) -> None:
     """Parse and store ``passes`` x ``n`` decisions as the shipper does; µs per decision."""
-    from serving.decision_log import rows_of
+    from serving.shipper import rows_of
     from training.core import decision_store
 
     decision_store.upgrade(url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,44 @@ label_events = sa.Table(
     sa.Index("ix_label_events_tx", "transaction_id", "labelled_at"),
     sa.Index("ix_label_events_time", "labelled_at"),
 )
+
+
+# A decision as the journal carries it (serving/journal.py): the table's columns, but its times
+# as epoch milliseconds: ``time_ms`` gives tx_time and tx_day, ``received_at`` is converted.
+JOURNAL_FIELDS = frozenset(
+    {c.name for c in decisions.columns} - {"tx_time", "tx_day"} | {"time_ms"}
+)
+
+
+def journal_fields_problem(fields: Iterable[str]) -> str | None:
+    """What a journal decision with these fields lacks or has too many of (None: nothing)."""
+    given = set(fields) - {"k"}
+    missing, extra = JOURNAL_FIELDS - given, given - JOURNAL_FIELDS
+    if not missing and not extra:
+        return None
+    return f"journal decision: missing {sorted(missing)}, unknown {sorted(extra)}"
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def decision_row(item: dict[str, Any]) -> dict[str, Any]:
+    """A journal decision (``k`` removed) as the table's row, in place. Lines written before a
+    column existed get its default (every row of one insert has the same keys)."""
+    tx_time = _utc(item.pop("time_ms"))
+    item.update(tx_time=tx_time, tx_day=tx_time.date(), received_at=_utc(item["received_at"]))
+    if len(item) != len(decisions.columns):
+        for column in decisions.columns:
+            if column.name not in item:
+                item[column.name] = SCORED if column.name == "kind" else None
+    return item
+
+
+def label_row(item: dict[str, Any]) -> dict[str, Any]:
+    """A journal label event (``k`` removed) as the table's row, in place."""
+    item["labelled_at"] = _utc(item["labelled_at"])
+    return item
 
 
 def _json_text(value: Any) -> str:
