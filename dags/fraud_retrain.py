@@ -20,8 +20,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, data_path, settings
 
-from training import pipeline
-from training.notify import send
+from training import champion_check, notify, pipeline
 
 
 @dag(
@@ -49,7 +48,7 @@ def fraud_retrain() -> None:
         """The champion's precision, recall and AP on the latest labelled days, and drift."""
         cfg = settings()
         days = int(get_current_context()["params"]["check_days"])
-        return pipeline.check_champion(cfg, data_path(cfg), days=days).to_dict()
+        return champion_check.check_champion(cfg, data_path(cfg), days=days).to_dict()
 
     @task
     def data_prep() -> dict[str, Any]:
@@ -112,8 +111,8 @@ def fraud_retrain() -> None:
         version = (report["training"] or {}).get("version")
         if version and pipeline.already_notified(cfg, version, run_id):
             return ["already sent"]
-        subject, text = pipeline.summary(report, run_id)
-        sent = send(channels(cfg), subject, text)
+        subject, text = notify.summary(report, run_id)
+        sent = notify.send(channels(cfg), subject, text)
         if version:
             pipeline.mark_notified(cfg, version, run_id)
         return sent

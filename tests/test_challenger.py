@@ -226,11 +226,11 @@ def duel_frames(better: bool, n: int = 4_000) -> tuple[pd.DataFrame, pd.DataFram
 def test_the_performance_check_proposes_a_challenger_better_on_live_labels(better: bool) -> None:
     """The DAG's performance check: the champion and a live challenger on the labelled
     transactions both scored, judged by the promotion gate's rule."""
-    from training import pipeline
+    from training import champion_check
     from training.core.config import Settings
 
     raw, answers = duel_frames(better)
-    duels = pipeline._duels(raw.set_index("TRANSACTION_ID"), answers, "1", Settings())
+    duels = champion_check._duels(raw.set_index("TRANSACTION_ID"), answers, "1", Settings())
     duel = duels["2"]
     assert duel["n"] == len(raw) and duel["canary"] == duel["shadow"] == len(raw) // 2
     assert duel["frauds"] == int(raw["TX_FRAUD"].sum())

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training import pipeline, registry
+from training import champion_check, pipeline, registry
 from training.cli import app
 from training.core import decision_store as ds
 from training.core import schema
@@ -125,7 +125,7 @@ def test_served_decisions_and_labels_retrain_a_gated_candidate(
     print(f"loop: v{cand.version} {'promoted' if dep.promoted else 'kept'}: {dep.reason}")
 
     # the DAG's performance check on live labels: what the service answered that week
-    health = pipeline.check_champion(settings, small_data_dir, loaded=loaded)
+    health = champion_check.check_champion(settings, small_data_dir, loaded=loaded)
     assert health.source == "decision_log"
     assert health.live["all"]["n"] == len(week1) and health.live["all"]["frauds"] == len(frauds)
     assert 0 <= health.live["all"]["precision"] <= 1 and health.live["all"]["recall"] > 0

@@ -13,6 +13,7 @@ import smtplib
 import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Any
 
 from training.core.config import Settings, comma_list
 
@@ -76,3 +77,53 @@ def send(channels: Channels, subject: str, text: str) -> list[str]:
     else:
         log.info("no SMTP host or recipients configured (FRAUD_NOTIFY_SMTP_*): email skipped")
     return sent
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
+STAGES = ("performance_check", "data_prep", "training", "deployment")
+
+
+def summary(report: dict[str, dict[str, Any] | None], run_id: str) -> tuple[str, str]:
+    """Subject and text of the run's notification: metrics, decision, versions, reason."""
+    failed = [s for s in STAGES if report.get(s) is None]
+    health = report.get("performance_check") or {}
+    prepared = report.get("data_prep") or {}
+    cand = report.get("training") or {}
+    dep = report.get("deployment") or {}
+    lines = [f"Run {run_id}"]
+    if health:
+        lines.append(
+            f"Champion v{health.get('champion_version')} on {health.get('window')}: "
+            f"precision {_num(health.get('precision'))}, recall {_num(health.get('recall'))}, "
+            f"AP {_num(health.get('ap'))}, max PSI {_num(health.get('max_psi'))}. "
+            f"Retrain because: {'; '.join(health.get('reasons', []))}."
+        )
+    if prepared:
+        lines.append(
+            f"Data: {prepared.get('transactions', 0):,} transactions over {prepared.get('days')} "
+            f"days ({prepared.get('first_day')}..{prepared.get('last_day')})"
+            + (f", new days {', '.join(prepared['appended'])}" if prepared.get("appended") else "")
+        )
+    if cand:
+        m = cand.get("test_metrics", {})
+        lines.append(
+            f"Candidate v{cand.get('version')}: hold-out AUC {_num(m.get('auc'))}, "
+            f"AP {_num(m.get('ap'))}, CP@100 {_num(m.get('cp100'))}"
+        )
+    if dep:
+        verdict = "promoted to champion" if dep.get("promoted") else "kept as challenger"
+        lines.append(
+            f"Decision: v{dep.get('version')} {verdict} (previous champion "
+            f"v{dep.get('previous_champion')}). Reason: {dep.get('reason')}"
+        )
+    if failed:
+        lines.append(f"FAILED: no result from {', '.join(failed)} (see the Airflow task logs)")
+        subject = f"[fraud-mlops] retraining FAILED at {failed[0]}"
+    elif dep.get("promoted"):
+        subject = f"[fraud-mlops] v{dep.get('version')} promoted to champion"
+    else:
+        subject = f"[fraud-mlops] v{dep.get('version')} not promoted"
+    return subject, "\n".join(lines)

@@ -291,13 +291,13 @@ def check(
 
     Examples: `fraudops check --data data/demo/transactions --days 7`; `fraudops check --source db`
     """
-    from training import pipeline
+    from training import champion_check
 
     settings = with_source(get_settings(), source)
     path = data_path(settings, data)
     loaded = load_training_data(settings, path, as_of)
     with step("scoring the champion"):
-        report = pipeline.check_champion(settings, path, days=days, loaded=loaded)
+        report = champion_check.check_champion(settings, path, days=days, loaded=loaded)
     table = Table(title=f"Champion v{report.champion_version} on {report.window}")
     table.add_column("measure")
     table.add_column("value")
