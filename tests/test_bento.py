@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import bentoml
@@ -11,6 +15,8 @@ import yaml
 
 from training.core import bento_model
 from training.delivery import bento_store
+
+from .servers import KEY, write_key_file
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -43,6 +49,65 @@ def test_bentoml_build(champion) -> None:
     dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile  # BentoML's default base
     assert "--mount=" not in dockerfile  # the classic builder (Engine API) can build it
+
+
+def test_the_bento_ships_only_what_serving_needs_and_scores_with_it(champion, tmp_path) -> None:
+    """The built Bento's sources are service.py, serving/ and training/core/ (no offline code,
+    nothing that imports MLflow); the service imports and scores from those sources alone, with
+    the project's own folder out of reach and MLflow and Airflow refused on import."""
+    tag = bento_store.build_bento(PROJECT)
+    src = Path(bentoml.get(tag).path) / "src"
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    python = {f for f in files if f.endswith(".py")}
+    outside = {
+        f for f in python
+        if f != "service.py" and not f.startswith(("serving/", "training/core/"))
+        and f != "training/__init__.py"
+    }  # fmt: skip
+    assert not outside, f"the Bento ships offline code: {sorted(outside)}"
+    assert {"service.py", "serving/scorer.py", "training/core/features.py"} <= python
+    assert any(f.startswith("training/core/migrations/versions/") for f in files)
+    size = sum((src / f).stat().st_size for f in files)
+    print(f"\nBento sources: {len(files)} files, {size / 1024:.0f} KiB")
+    probe = (
+        "import sys, importlib.abc, json\n"
+        "class Refuse(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('mlflow', 'airflow'):\n"
+        "            raise ImportError(f'{name} is not in the serving image')\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        f"sys.path = [p for p in sys.path if p not in ('', {str(PROJECT)!r})]\n"
+        "sys.path.insert(0, '.')\n"
+        "import training\n"
+        "assert training.__file__.startswith(sys.path[0]) or not training.__file__.startswith("
+        f"{str(PROJECT)!r}), training.__file__\n"
+        "try:\n"
+        "    import training.pipeline\n"
+        "    raise SystemExit('training.pipeline importable from the Bento')\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "from starlette.testclient import TestClient\n"
+        "import service\n"
+        "with TestClient(service.FraudDetector.to_asgi()) as client:\n"
+        "    r = client.get('/test', headers={'Authorization': 'Bearer ' + sys.argv[1]})\n"
+        "print(json.dumps([r.status_code, r.json(), sorted(m for m in sys.modules "
+        "if m.startswith('training.'))]))\n"
+    )
+    env = {
+        **os.environ,
+        "FRAUD_API_KEYS_FILE": str(write_key_file(tmp_path)),
+        "FRAUD_JOURNAL_DIR": str(tmp_path / "journal"),
+        "FRAUD_DECISION_DB_URL": f"sqlite:///{tmp_path / 'decisions.db'}",
+        "PYTHONPATH": "",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe, KEY], cwd=src, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    status, body, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == 200 and body["status"] == "ok" and body["n"] > 0, body
+    assert loaded and all(m.startswith("training.core") for m in loaded), loaded
 
 
 def test_bentoml_build_on_a_local_base_image(champion) -> None:
