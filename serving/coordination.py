@@ -8,16 +8,29 @@
 
 :class:`Coordination` is the one-process case (the in-memory state): nobody to tell, every call
 a no-op that answers as a lone worker would. :class:`RedisCoordination` is the shared case, beside
-:class:`serving.redis_state.RedisFeatureState`, whose fault handling it shares.
+:class:`serving.redis_state.RedisFeatureState` (a :class:`SharedStore`), whose fault handling
+it shares.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from serving.redis_state import RedisFeatureState
+T = TypeVar("T")
+
+
+class SharedStore(Protocol):
+    """What coordination needs of the Redis feature state: its clients (fast, and long
+    timeouts), its key prefix, and its fault guard (StateUnavailable on a failed call)."""
+
+    r: Any
+    bulk: Any
+    prefix: str
+
+    def guard(self, call: Callable[[], T]) -> T: ...
+
 
 # KEYS: the topic's generation counter, the topic. ARGV: what is said. One step: two workers
 # announcing at once cannot leave the older value under the newer generation.
@@ -79,7 +92,7 @@ class RedisCoordination(Coordination):
 
     shared = True
 
-    def __init__(self, state: RedisFeatureState) -> None:
+    def __init__(self, state: SharedStore) -> None:
         self.state = state
         self.prefix = state.prefix
         self._announce = state.r.register_script(ANNOUNCE)

@@ -13,26 +13,33 @@ import time
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pandas as pd
 
-from serving.online_features import TxRecord
+from serving.model_bundle import ModelBundle
+from serving.online_features import OnlineFeatures, TxRecord
 from serving.state import StateUnavailable
 from training.core import schema
 
-if TYPE_CHECKING:
-    from serving.scorer import FraudScorer
-
 log = logging.getLogger("bentoml.fraud_service.state")
 REWARMING = "the state store came back empty: warming it again from the model's history"
+
+
+class Served(Protocol):
+    """What a warm-up needs of the scorer it warms: the served model, the online features over
+    the state, and the lock a scoring batch holds."""
+
+    bundle: ModelBundle
+    features: OnlineFeatures
+    lock: threading.Lock
 
 
 class Warmup:
     """The state's warm-up, log replay and re-warm for one scorer (its model, lock and
     features)."""
 
-    def __init__(self, scorer: FraudScorer) -> None:
+    def __init__(self, scorer: Served) -> None:
         self.scorer = scorer
         self.warmed = 0
         self.warm_token: str | None = None  # the warm-up's history (shared store: its marker)

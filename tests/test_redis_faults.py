@@ -6,7 +6,6 @@ restart; the empty Redis is detected and warmed again from the model's history."
 from __future__ import annotations
 
 import collections
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from training.core.schema import request_bodies
 
 from .conftest import free_port
 from .servers import AUTH, bento_server
+from .services import PrivateRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.redis]
 OUTAGE_S = 5.0
@@ -33,30 +33,15 @@ OUTAGE_S = 5.0
 
 @contextmanager
 def redis_server(port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """A redis-server without persistence: restarted, it comes back empty."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found (apt-get install redis-server)")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.05)
+    """A private redis-server without persistence (restarted, it comes back empty); its
+    process, for the test to kill."""
+    server = PrivateRedis(port, log)
+    server.start()
     try:
-        yield proc
+        assert server.proc is not None
+        yield server.proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        server.kill()
 
 
 class Traffic(threading.Thread):
