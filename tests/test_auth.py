@@ -16,7 +16,7 @@ from serving import auth
 from serving.auth import ApiKeyAuth, LocalBuckets, LoopbackOnly, transactions_in
 from training.core import api_keys
 
-from .conftest import REDIS_URL, free_port
+from .conftest import free_port
 from .test_http_guard import call, slow_app
 
 
@@ -207,31 +207,6 @@ def test_local_buckets_take_all_or_nothing() -> None:
     wait = take([("a:r", 10, 1), ("a:t", 100, 20)])
     assert 0.05 < wait <= 0.2  # ~10 transactions short at 100/s
     assert buckets.buckets["a:r"][0] == pytest.approx(9, abs=0.1)  # nothing taken on refusal
-
-
-@pytest.mark.redis
-def test_redis_buckets_are_shared_by_workers(keys: dict[str, Any]) -> None:
-    """Two middlewares (two workers) on one Redis: together they admit the key's limit."""
-    import redis
-
-    prefix = f"test-rl-{free_port()}"
-    one = ApiKeyAuth(slow_app(delay=0), keys["path"], REDIS_URL, prefix)
-    two = ApiKeyAuth(slow_app(delay=0), keys["path"], REDIS_URL, prefix)
-
-    async def both() -> list[int]:
-        out = []
-        for i in range(10):
-            sc, chunks = request("/predict", keys["slow"])
-            out.append((await call(one if i % 2 else two, sc, chunks))["status"])
-        return out
-
-    try:
-        statuses = asyncio.run(both())
-        assert statuses.count(200) == 5 and statuses.count(429) == 5, statuses
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}:*"):
-            client.delete(key)
 
 
 def test_an_unreachable_redis_falls_back_to_local_buckets_fast(keys: dict[str, Any]) -> None:

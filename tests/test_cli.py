@@ -110,28 +110,6 @@ def test_evaluate_writes_json(small_data_dir, tmp_path) -> None:
     assert result.exit_code == 2 and "--train-start 2030-01-01" in result.output
 
 
-@pytest.mark.slow
-def test_run_trains_once_then_skips(small_data_dir, monkeypatch) -> None:
-    """`fraudops run` (what `make run` calls): trains and imports the first time, then skips."""
-    from training.core.config import get_settings
-
-    monkeypatch.setenv("FRAUD_REGISTERED_MODEL", "cli-run-model")
-    monkeypatch.setenv("FRAUD_BENTO_MODEL", "cli_run_model")
-    get_settings.cache_clear()
-    try:
-        args = ["run", "--data", str(small_data_dir), "--grid", "quick", "--no-serve"]
-        first = runner.invoke(app, args)
-        assert first.exit_code == 0, first.output
-        assert "training the first model" in first.output
-        assert "-> champion" in first.output and "imported as cli_run_model:" in first.output
-        second = runner.invoke(app, args)
-        assert second.exit_code == 0, second.output
-        assert "training" not in second.output
-        assert "champion already in the Bento store" in second.output
-    finally:
-        get_settings.cache_clear()
-
-
 def test_check_reports_the_champion_on_recent_days(champion, small_data_dir, tmp_path) -> None:
     import json
 

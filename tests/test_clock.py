@@ -15,8 +15,6 @@ from serving.api_models import Transaction, epoch_ms
 from serving.clock import ServiceClock
 from training.core.features import MS_PER_DAY
 
-from .conftest import REDIS_URL, free_port
-
 START = datetime(2018, 7, 9, 23, 0, tzinfo=UTC)  # where a model's history ends
 DAY = timedelta(days=1)
 
@@ -93,29 +91,3 @@ def test_the_test_sample_skips_the_clock(stream) -> None:
     tx = Transaction.model_validate(body("2030-01-01T00:00:00Z"), context={"any_time": True})
     assert tx.tx_datetime == datetime(2030, 1, 1, tzinfo=UTC)
     assert stream.now_ms() == epoch_ms(START)  # nor did it move the clock
-
-
-@pytest.mark.redis
-def test_workers_share_the_stream_clock_through_redis() -> None:
-    from serving.redis_state import RedisFeatureState
-
-    state = RedisFeatureState.from_url(REDIS_URL, MS_PER_DAY, MS_PER_DAY, f"clk{free_port()}")
-    try:
-        one = ServiceClock(
-            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
-        )
-        one.advance(epoch_ms(START + DAY / 2))
-        one.sync()
-        # A worker started later (or restarted) from the same history resumes where one is.
-        two = ServiceClock(
-            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
-        )
-        assert two.now_ms() == epoch_ms(START + DAY / 2)
-        two.advance(epoch_ms(START + DAY))
-        two.sync()
-        one.sync()
-        assert one.now_ms() == epoch_ms(START + DAY)
-        one.sync()  # never back
-        assert state.coordination.stream_clock(0) == epoch_ms(START + DAY)
-    finally:
-        state.clear()

@@ -15,13 +15,16 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from typer.testing import CliRunner
 
+from training.cli import app
 from training.core.schema import request_bodies
 
 from .conftest import free_port
 from .servers import BIN, PROJECT, private_home, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
+runner = CliRunner()
 
 
 def running(pid: int) -> bool:
@@ -103,3 +106,24 @@ def test_a_signal_stops_every_process_within_15_s_and_drains(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_run_trains_once_then_skips(small_data_dir, monkeypatch) -> None:
+    """`fraudops run` (what `make run` calls): trains and imports the first time, then skips."""
+    from training.core.config import get_settings
+
+    monkeypatch.setenv("FRAUD_REGISTERED_MODEL", "cli-run-model")
+    monkeypatch.setenv("FRAUD_BENTO_MODEL", "cli_run_model")
+    get_settings.cache_clear()
+    try:
+        args = ["run", "--data", str(small_data_dir), "--grid", "quick", "--no-serve"]
+        first = runner.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        assert "training the first model" in first.output
+        assert "-> champion" in first.output and "imported as cli_run_model:" in first.output
+        second = runner.invoke(app, args)
+        assert second.exit_code == 0, second.output
+        assert "training" not in second.output
+        assert "champion already in the Bento store" in second.output
+    finally:
+        get_settings.cache_clear()

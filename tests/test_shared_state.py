@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import bentoml
@@ -12,17 +14,25 @@ import httpx
 import pandas as pd
 import pytest
 
+from serving.api_models import epoch_ms
+from serving.auth import ApiKeyAuth
 from serving.challenger import RollbackPolicy
+from serving.clock import ServiceClock
 from serving.hot_swap import HotSwap
 from serving.model_bundle import ModelBundle
 from serving.online_features import records_from_frame
 from serving.redis_state import RedisFeatureState
 from serving.scorer import FraudScorer
-from training.core.features import FeatureConfig
+from training.core.features import MS_PER_DAY, FeatureConfig
 from training.core.schema import request_bodies
 
 from .conftest import REDIS_URL, free_port
 from .servers import API, AUTH, assert_times_outside_the_clock_are_refused, wait_for
+from .test_auth import call, request, slow_app
+from .test_auth import keys as keys
+from .test_clock import DAY, START
+
+pytestmark = pytest.mark.redis  # every test here needs the session's Redis
 
 
 def _state(prefix: str) -> RedisFeatureState:
@@ -162,21 +172,6 @@ def test_a_hot_swap_is_announced_to_the_other_workers(champion) -> None:
         _state(prefix).clear()
 
 
-def test_more_workers_need_the_shared_state() -> None:
-    from pydantic import ValidationError
-
-    from training.core.config import Settings
-
-    with pytest.raises(ValidationError, match="FRAUD_STATE_BACKEND=redis"):
-        Settings(workers=2)
-    assert Settings(workers=2, state_backend="redis").workers == 2
-
-
-def test_an_unreachable_redis_is_named_at_start_up() -> None:
-    with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
-        RedisFeatureState.from_url("redis://127.0.0.1:1/0", 1, 1, "x")
-
-
 @pytest.mark.redis
 def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None:
     """One worker starts a canary (the admin call), rolls it back, stops it: the other follows
@@ -215,3 +210,52 @@ def test_the_live_challenger_is_announced_to_the_other_workers(champion) -> None
         assert not late.challenger_following and late.scorer.challenger is None
     finally:
         _state(prefix).clear()
+
+
+def test_workers_share_the_stream_clock_through_redis() -> None:
+    from serving.redis_state import RedisFeatureState
+
+    state = RedisFeatureState.from_url(REDIS_URL, MS_PER_DAY, MS_PER_DAY, f"clk{free_port()}")
+    try:
+        one = ServiceClock(
+            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
+        )
+        one.advance(epoch_ms(START + DAY / 2))
+        one.sync()
+        # A worker started later (or restarted) from the same history resumes where one is.
+        two = ServiceClock(
+            "stream", MS_PER_DAY, MS_PER_DAY, epoch_ms(START), state.coordination.stream_clock
+        )
+        assert two.now_ms() == epoch_ms(START + DAY / 2)
+        two.advance(epoch_ms(START + DAY))
+        two.sync()
+        one.sync()
+        assert one.now_ms() == epoch_ms(START + DAY)
+        one.sync()  # never back
+        assert state.coordination.stream_clock(0) == epoch_ms(START + DAY)
+    finally:
+        state.clear()
+
+
+def test_redis_buckets_are_shared_by_workers(keys: dict[str, Any]) -> None:
+    """Two middlewares (two workers) on one Redis: together they admit the key's limit."""
+    import redis
+
+    prefix = f"test-rl-{free_port()}"
+    one = ApiKeyAuth(slow_app(delay=0), keys["path"], REDIS_URL, prefix)
+    two = ApiKeyAuth(slow_app(delay=0), keys["path"], REDIS_URL, prefix)
+
+    async def both() -> list[int]:
+        out = []
+        for i in range(10):
+            sc, chunks = request("/predict", keys["slow"])
+            out.append((await call(one if i % 2 else two, sc, chunks))["status"])
+        return out
+
+    try:
+        statuses = asyncio.run(both())
+        assert statuses.count(200) == 5 and statuses.count(429) == 5, statuses
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
