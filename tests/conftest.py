@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 # Isolate the stores before anything imports bentoml or mlflow (both read env at import).
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="fraud-tests-"))
 os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR}/mlruns/mlflow.db"
+TRACKING_URI = f"sqlite:///{_SESSION_DIR}/mlruns/mlflow.db"
+os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
 os.environ["FRAUD_MLFLOW_ARTIFACT_ROOT"] = str(_SESSION_DIR / "mlruns" / "artifacts")
 os.environ["FRAUD_DATA_DIR"] = str(_SESSION_DIR / "data")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -37,6 +39,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the session's private PostgreSQL and Redis when a selected test may reach them."""
     if any(item.get_closest_marker(m) for item in session.items for m in services.NEEDS):
         services.start()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _session_tracking_uri():
+    """After each module, MLflow's tracking URI is the session's store again: a module that
+    pointed MLflow at its own server (``mlflow.set_tracking_uri`` also writes the environment)
+    must not leave a later module calling a server that is gone."""
+    yield
+    os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(TRACKING_URI)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
