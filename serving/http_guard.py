@@ -3,6 +3,7 @@ only, a size cap, a cap on requests in flight) and quiet client-error logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -14,6 +15,11 @@ ASGIApp = Callable[
 ]
 
 JSON_TYPES = {"application/json", ""}
+# After a 413 the rest of the body is read and discarded, up to these bounds, before the
+# connection closes (nginx's lingering close): a client that writes its whole body before reading
+# (urllib, requests) then reads the 413 instead of a connection reset. Beyond them it closes.
+DRAIN_BYTES = 64 << 20
+DRAIN_S = 5.0
 
 
 async def json_error(
@@ -101,12 +107,7 @@ class Limits:
             body, receive = await read_body(receive, self.max_body)  # chunked: counted
             too_large = body is None
         if too_large:
-            await json_error(
-                send,
-                413,
-                f"request body over {self.max_body:,} bytes; send fewer transactions a request",
-                {"loc": ["body"], "type": "too_large", "max_bytes": self.max_body},
-            )
+            await self.too_large(receive, send, length)
             return
 
         async def send_retry_after(message: dict[str, Any]) -> None:
@@ -121,6 +122,46 @@ class Limits:
             await self.app(scope, receive, send_retry_after)
         finally:
             self.in_flight -= 1
+
+    async def too_large(self, receive, send, length: int | None) -> None:
+        """413 naming the limit, on the wire at once (a client that reads early has it), then
+        the rest of the body discarded up to DRAIN_BYTES / DRAIN_S so that a client still
+        writing can read it too; then the connection closes."""
+        body = json.dumps(
+            {
+                "error": f"request body over {self.max_body:,} bytes; "
+                "send fewer transactions a request",
+                "detail": [{"loc": ["body"], "type": "too_large", "max_bytes": self.max_body}],
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        if length is None or length <= self.max_body + DRAIN_BYTES:  # else: cut at the bound
+            await drain(receive, DRAIN_BYTES, DRAIN_S)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def drain(receive: Callable[[], Awaitable[Any]], max_bytes: int, max_s: float) -> int:
+    """Read and discard request body messages until the body ends, ``max_bytes`` are read or
+    ``max_s`` seconds pass; the bytes read."""
+    read = 0
+    try:
+        async with asyncio.timeout(max_s):
+            while read <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                read += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        pass
+    return read
 
 
 async def read_body(
