@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from serving import telemetry as tm
+from serving.model_bundle import ModelBundle
 from serving.online_features import TxRecord
 
 log = logging.getLogger("bentoml.fraud_service.challenger")
@@ -163,7 +164,7 @@ class Challenger:
 
     def __init__(
         self,
-        bundle: Any,
+        bundle: ModelBundle,
         mode: str,
         share: float,
         policy: RollbackPolicy,
@@ -175,10 +176,10 @@ class Challenger:
         self.mode = mode
         self.share = share
         self.policy = policy
-        self.version = str(bundle.metadata.get("mlflow_model_version", "unknown"))
+        self.version = bundle.version
         self.champion_version = champion_version
-        self.threshold = float(bundle.info["threshold"])
-        self.columns = list(bundle.info["feature_columns"])
+        self.threshold = bundle.threshold
+        self.columns = bundle.columns
         self.started = time.time()
         self.arms = {CHAMPION: ArmStats(), CANARY: ArmStats()}
         self.models = {"champion": Confusion(), "challenger": Confusion()}

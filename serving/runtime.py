@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class Runtime:
     reason_codes: ReasonCodes
     warmed: int  # transactions the state was warmed with from the model's history
     challenger_error: str | None = None  # why the last challenger could not start
-    upkeep_due: float = field(default=0.0)
+    upkeep_due: float = 0.0  # perf_counter time of the next upkeep
 
     def set_challenger(
         self, mode: str, version: str | None, share: float | None, announce: bool = True

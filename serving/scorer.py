@@ -81,8 +81,6 @@ class FraudScorer:
 
     def _install(self, bundle: ModelBundle) -> None:
         self.bundle = bundle
-        self.columns: list[str] = bundle.columns
-        self.threshold = bundle.threshold
         self.categorical = bool(bundle.info.get("categorical"))
         self.features.categorical = self.categorical
         self.stateless.categorical = self.categorical
@@ -142,6 +140,14 @@ class FraudScorer:
     @property
     def model_version(self) -> str:
         return self.bundle.version
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold
+
+    @property
+    def columns(self) -> list[str]:
+        return self.bundle.columns
 
     def warm(self) -> int:
         """Materialise the state from the history shipped with the model (and the decision

@@ -58,6 +58,7 @@ def test_build_wires_a_worker_that_scores_logs_and_keeps_up(champion, small_raw,
             ids = [r.transaction_id for r in records]
             assert ds.count(conn, ds.decisions, ids) == 20
         before = time.perf_counter()
+        tm.STATE_UP.set(0)  # the upkeep must set it, not an earlier test
         rt.upkeep()  # state health, following other workers (none here), gauges
         assert rt.upkeep_due >= before + 1.0
         assert tm.STATE_UP._value.get() == 1  # type: ignore[attr-defined]
