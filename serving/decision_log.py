@@ -1,8 +1,8 @@
 """Every decision and label durable before its answer: this worker's journal on local disk
-(:mod:`serving.journal`, group commit), shipped asynchronously into the decision store
-(:mod:`serving.shipper`, idempotent), so the database can be down without losing or holding up
-anything. The lines are the decision store's rows (:mod:`training.core.decision_store`): one
-definition, the table."""
+(:mod:`serving.journal`, group commit), shipped into the decision store by the shipper process
+beside the workers (:mod:`serving.shipper`, idempotent), so the database can be down without
+losing or holding up anything, and the workers spend no CPU on it. The lines are the decision
+store's rows (:mod:`training.core.decision_store`): one definition, the table."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 
 from serving.journal import Journal, worker_name
-from serving.shipper import Shipper
+from serving.shipper import Shipper, backlog, last_delivered, redacted
 from training.core import decision_store
 from training.core.decision_store import FEEDBACK, SCORED
 
 log = logging.getLogger("bentoml.fraud_service.decision_log")
+SHIP_WAIT_S = 10.0  # an on-demand delivery waits this long for a folder the shipper holds
 
 
 def _utc(ms: int) -> datetime:
@@ -30,18 +31,25 @@ def _utc(ms: int) -> datetime:
 
 class DecisionLog:
     """The service's side: journal lines for a scored batch or a set of labels, durable
-    before the answer; the shipper running beside; figures for /health and /metrics."""
+    before the answer; figures for /health and /metrics read from the journals' disk (so a
+    stopped shipper shows). The shipper here delivers only on demand (a replay at start, a
+    decision just answered) unless ``ship_in_workers`` runs it in a thread."""
 
-    def __init__(self, root: Path, url: str, feature_names: list[str]) -> None:
+    def __init__(
+        self, root: Path, url: str, feature_names: list[str], ship_in_workers: bool = False
+    ) -> None:
         self.worker = worker_name()
+        self.root = root
         self.journal = Journal(root, self.worker)
-        self.shipper = Shipper(root, url, own=self.journal, migrate=True)
+        self.shipper = Shipper(root, url, migrate=True)
         self.feature_names = feature_names
         self.label_seq = itertools.count(1)  # event ids; next() is atomic under the GIL
-        self.shipper.start()
-        # A daemon thread inside SQLite or psycopg2 while the interpreter finalises can crash
-        # it: stop shipping first (the journal keeps whatever is left).
-        atexit.register(self.shipper.close)
+        self.started = time.time()
+        if ship_in_workers:
+            self.shipper.start()
+            # A daemon thread inside SQLite or psycopg while the interpreter finalises can
+            # crash it: stop shipping first (the journal keeps whatever is left).
+            atexit.register(self.shipper.close)
 
     def decision_lines(
         self,
@@ -118,7 +126,7 @@ class DecisionLog:
         from training.core import decision_store
 
         try:
-            self.shipper.ship_once()
+            self.shipper.ship_once(wait_s=SHIP_WAIT_S)
         except Exception as exc:
             log.warning("journals not delivered before the replay: %s", exc)
             raise
@@ -135,7 +143,7 @@ class DecisionLog:
                 row = decision_store.decision(conn, transaction_id)
             if row is not None or attempt:
                 return row
-            self.shipper.ship_once()
+            self.shipper.ship_once(wait_s=SHIP_WAIT_S)
         return None
 
     async def record(self, lines: list[bytes]) -> None:
@@ -145,24 +153,34 @@ class DecisionLog:
     def record_sync(self, lines: list[bytes]) -> None:
         self.journal.write_durably(lines)
 
+    def backlog_bytes(self) -> int:
+        """Journal bytes of every worker not in the store yet (from the disk)."""
+        return backlog(self.root)
+
+    def delivery_age_s(self) -> float:
+        """Seconds since a shipper last reached the store (since this worker started when
+        none has since)."""
+        at = last_delivered(self.root)
+        return time.time() - max(at or 0.0, self.started)
+
     def health(self) -> dict[str, Any]:
-        age = time.time() - self.shipper.last_ok
+        age = self.delivery_age_s()
         return {
             "ok": self.journal.error is None and age < 60,
-            "store": _redacted(self.shipper.url),
-            "backlog_bytes": self.shipper.backlog_bytes,
+            "store": redacted(self.shipper.url),
+            "backlog_bytes": self.backlog_bytes(),
             "last_delivered_s_ago": round(age, 1),
             "journal_error": str(self.journal.error) if self.journal.error else None,
         }
 
     def close(self) -> None:
         """Stop shipping, deliver what is left if the store answers (it stays on disk for the
-        next worker otherwise), close the journal."""
+        shipper otherwise), close the journal."""
         self.shipper.close()
         try:
-            self.shipper.ship_once()
+            self.shipper.ship_once(wait_s=SHIP_WAIT_S)
         except Exception as exc:
-            log.warning("decision journal left for the next worker: %s", exc)
+            log.warning("decision journal left for the shipper: %s", exc)
         self.journal.close()
         self.shipper.engine.dispose()
 
@@ -197,13 +215,3 @@ def _lines(rows: list[dict[str, Any]]) -> list[bytes]:
         raise RuntimeError(problem)
     dumps = orjson.dumps
     return [dumps(row) + b"\n" for row in rows]
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # a malformed URL: show nothing of it
-        return "(unparsable URL)"

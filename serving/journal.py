@@ -3,8 +3,9 @@ commit before an answer leaves.
 
 Layout: ``<root>/<worker>/<segment>.jsonl`` plus ``<segment>.shipped`` (the byte offset
 stored, written by :mod:`serving.shipper`). A worker holds an exclusive ``flock`` on its folder
-while it lives; a shipper takes over the folder of a worker that died (its lock is free), so a
-journal left by kill -9 is delivered by the next worker to start. A line is one JSON object:
+while it lives and only appends and fsyncs; the shipper, a process of its own, delivers every
+folder: a live worker's up to its last whole line, a dead one's (its lock is free) to the end,
+then removes it. A line is one JSON object:
 ``"k": "d"`` a decision (the decision store's row, :data:`training.core.decision_store.
 JOURNAL_FIELDS`), ``"k": "l"`` a label event; times are epoch milliseconds."""
 
@@ -44,10 +45,14 @@ class Journal:
     an answer waits for one fsync at most after its batch was written."""
 
     def __init__(self, root: Path, worker: str, segment_bytes: int = SEGMENT_BYTES) -> None:
+        # Locked before it has its name: a shipper never sees this folder unlocked, so never
+        # takes a starting worker for a dead one (hidden names are not journals).
         self.dir = root / worker
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        nascent = root / f".{worker}"
+        nascent.mkdir(parents=True)
+        self.lock_fd = os.open(nascent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
+        os.rename(nascent, self.dir)
         _fsync_dir(root)
         self.worker, self.segment_bytes = worker, segment_bytes
         self.seq = 0

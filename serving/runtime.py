@@ -107,8 +107,8 @@ class Runtime:
         tm.STATE_UP.set(problem is None)
         tm.STATE_REWARMING.set(self.scorer.warmup.rewarming)
         if self.decisions is not None:
-            tm.LOG_BACKLOG.set(self.decisions.shipper.backlog_bytes)
-            tm.LOG_SHIP_AGE.set(time.time() - self.decisions.shipper.last_ok)
+            tm.LOG_BACKLOG.set(self.decisions.backlog_bytes())
+            tm.LOG_SHIP_AGE.set(self.decisions.delivery_age_s())
         if problem is not None:
             return
         try:
@@ -134,7 +134,9 @@ def build(settings: Settings, model_path: Path, metadata: dict[str, Any]) -> Run
         drift_window=settings.drift_window,
     )
     decisions = (
-        DecisionLog(settings.journal_dir, settings.decision_db_url, scorer.columns)
+        DecisionLog(
+            settings.journal_dir, settings.decision_db_url, scorer.columns, settings.ship_in_workers
+        )
         if settings.decision_log
         else None
     )

@@ -1,25 +1,32 @@
-"""The shipper: delivers decision journals (:mod:`serving.journal`) into the decision store
-(:mod:`training.core.decision_store`), idempotently: this worker's own and those of workers
-that died. The store can be down for as long as the disk holds the backlog."""
+"""The shipper: delivers the decision journals (:mod:`serving.journal`) into the decision store
+(:mod:`training.core.decision_store`), idempotently, as a process of its own beside the
+workers (``python -m serving.shipper``, which `fraudops serve` starts and Compose and
+Kubernetes run as a service or sidecar on the journal volume): the workers only append and
+fsync. A live worker's journal is delivered up to its last whole line, a dead worker's to the
+end, then removed. The store can be down for as long as the disk holds the backlog."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from serving import telemetry as tm
-from serving.journal import Journal
-
 log = logging.getLogger("bentoml.fraud_service.decision_log")
 SHIP_ROWS = 5_000  # rows per database transaction
+CHUNK_BYTES = 8 << 20  # journal bytes read at once
+HEARTBEAT = ".delivered"  # touched under the root after every pass that reached the store
+EVERY_S = 0.5  # between passes
+MAX_PAUSE_S = 5.0  # between attempts while the store is down
 
 
 def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -38,6 +45,70 @@ def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, An
     return decisions, labels
 
 
+def journal_folders(root: Path) -> list[Path]:
+    """The workers' journal folders (hidden names are folders still being created)."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _offset(segment: Path) -> int:
+    mark = segment.with_suffix(".shipped")
+    return int(mark.read_text() or 0) if mark.exists() else 0
+
+
+def backlog(root: Path) -> int:
+    """Journal bytes under ``root`` not in the store yet: what the workers report, read from
+    the disk, so a stopped shipper shows as a growing backlog."""
+    total = 0
+    for segment in root.glob("*/*.jsonl"):
+        with contextlib.suppress(OSError, ValueError):
+            total += max(0, segment.stat().st_size - _offset(segment))
+    return total
+
+
+def last_delivered(root: Path) -> float | None:
+    """When a shipper last reached the store (epoch s; None: never)."""
+    try:
+        return (root / HEARTBEAT).stat().st_mtime
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _flock(path: Path, wait_s: float) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (created), waiting up to ``wait_s``; yields whether it
+    was taken."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # the folder was removed meanwhile
+        yield False
+        return
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.02)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _alive(folder: Path) -> bool:
+    """Whether the folder's worker lives (it holds the folder's lock while it does)."""
+    with _flock(folder / ".lock", 0) as taken:
+        return not taken
+
+
 @dataclass
 class ShipResult:
     decisions: int = 0  # newly stored
@@ -47,142 +118,115 @@ class ShipResult:
 
 
 class Shipper:
-    """Delivers journals under ``root`` to the store at ``url``: this worker's own and those
-    of workers that died. Idempotent end to end: the offset is saved only after the rows are
-    committed, and the store skips rows it has, so a crash between the two stores nothing
-    twice."""
+    """Delivers the journals under ``root`` to the store at ``url``. Idempotent end to end:
+    the offset is saved only after the rows are committed, and the store skips rows it has, so
+    a crash between the two stores nothing twice. Shippers of one root (the process, a worker
+    looking up a decision it just answered) take turns per folder."""
 
-    def __init__(
-        self, root: Path, url: str, own: Journal | None = None, migrate: bool = False
-    ) -> None:
+    def __init__(self, root: Path, url: str, migrate: bool = False) -> None:
         from training.core import decision_store
 
-        self.root, self.url, self.own = root, url, own
+        self.root, self.url = root, url
         self.migrate = migrate  # bring the store's tables up to date before the first delivery
-        self.engine = decision_store.engine_for(url)
+        self.engine = decision_store.engine_for(url, bulk=True)
         self.last_ok = time.time()
         self.backlog_bytes = 0
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
-        self.passes = threading.Lock()  # one pass at a time (the thread, a replay, close)
 
-    def folders(self) -> list[tuple[Path, int | None]]:
-        """(folder, lock fd we took) for our journal and those whose worker is gone."""
-        out: list[tuple[Path, int | None]] = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if self.own is not None and folder == self.own.dir:
-                out.append((folder, None))
-                continue
-            try:
-                fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live worker: it ships its own
-                os.close(fd)
-                continue
-            out.append((folder, fd))
-        return out
-
-    def ship_once(self) -> ShipResult:
-        """One pass over every journal it may ship; raises when the store is unreachable
-        (the journal stays as it is: the backlog)."""
-        with self.passes:
-            return self._ship_once()
-
-    def _ship_once(self) -> ShipResult:
+    def ship_once(self, wait_s: float = 0.0) -> ShipResult:
+        """One pass over every journal; raises when the store is unreachable (the journals
+        stay as they are: the backlog). A folder another shipper is delivering is skipped,
+        or waited for up to ``wait_s``."""
+        from serving import telemetry as tm
         from training.core import decision_store
 
         result = ShipResult()
         if self.migrate:
             decision_store.upgrade(self.url)
             self.migrate = False
-        if not self.root.exists():
-            return result
-        for folder, lock_fd in self.folders():
-            try:
-                self._ship_folder(folder, orphan=lock_fd is not None, result=result)
-            finally:
-                if lock_fd is not None:
-                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
-                    os.close(lock_fd)
+        for folder in journal_folders(self.root):
+            with _flock(folder / ".ship", wait_s) as ours:
+                if ours and folder.exists():
+                    self._ship_folder(folder, result)
         self.last_ok = time.time()
         self.backlog_bytes = result.backlog_bytes
+        with contextlib.suppress(OSError):
+            (self.root / HEARTBEAT).touch()
         if result.decisions:
             tm.LOG_STORED.labels("decision").inc(result.decisions)
         if result.labels:
             tm.LOG_STORED.labels("label").inc(result.labels)
         return result
 
-    def _ship_folder(self, folder: Path, orphan: bool, result: ShipResult) -> None:
-        from training.core import decision_store
-
+    def _ship_folder(self, folder: Path, result: ShipResult) -> None:
+        alive = _alive(folder)
         segments = sorted(folder.glob("*.jsonl"))
-        current = self.own.segment if self.own is not None and not orphan else None
         for segment in segments:
-            mark = segment.with_suffix(".shipped")
-            offset = int(mark.read_text() or 0) if mark.exists() else 0
+            # a live worker appends to its newest segment only: never removed under it
+            current = alive and segment == segments[-1]
+            offset = self._deliver(segment, result)
             size = segment.stat().st_size
-            while offset < size:
-                with segment.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read(min(size - offset, 8 << 20))
-                end = chunk.rfind(b"\n") + 1
-                if end == 0:  # a torn last line: never answered (written before its fsync)
-                    break
-                lines = chunk[:end].splitlines()
-                for start in range(0, len(lines), SHIP_ROWS):
-                    part = lines[start : start + SHIP_ROWS]
-                    d_rows, l_rows = rows_of(part)
-                    with self.engine.begin() as conn:
-                        d, lab = decision_store.write(conn, d_rows, l_rows)
-                    result.decisions += d
-                    result.labels += lab
-                    result.lines += len(part)
-                offset += end
-                tmp = mark.with_suffix(".tmp")
-                tmp.write_text(str(offset))
-                os.replace(tmp, mark)
-            if segment != current and (offset >= size or orphan):
+            if not current and (offset >= size or not alive):
                 # all stored (or, for a dead worker, all but a torn, never-answered tail)
                 segment.unlink()
-                mark.unlink(missing_ok=True)
+                segment.with_suffix(".shipped").unlink(missing_ok=True)
             else:
                 result.backlog_bytes += max(0, size - offset)
-        if orphan and not any(folder.glob("*.jsonl")):
+        if not alive and not any(folder.glob("*.jsonl")):
             for leftover in folder.iterdir():
                 leftover.unlink()
             folder.rmdir()
             log.info("decision journal of %s delivered and removed", folder.name)
 
-    def start(self, every_s: float = 0.5) -> None:
-        def run() -> None:
-            pause = every_s
-            while not self.stop.wait(pause):
-                try:
-                    self.ship_once()
-                    pause = every_s
-                except Exception as exc:  # the store is down: keep the backlog, try again
-                    self.backlog_bytes = self._backlog()
-                    pause = min(5.0, pause * 2)
-                    log.warning(
-                        "decision store unreachable (%s); backlog %d bytes", exc, self.backlog_bytes
-                    )
+    def _deliver(self, segment: Path, result: ShipResult) -> int:
+        """Store the whole lines of ``segment`` past its mark; the new offset."""
+        from training.core import decision_store
 
-        self.thread = threading.Thread(target=run, name="journal-shipper", daemon=True)
-        self.thread.start()
+        mark = segment.with_suffix(".shipped")
+        offset, size = _offset(segment), segment.stat().st_size
+        while offset < size:
+            with segment.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read(min(size - offset, CHUNK_BYTES))
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:  # a line still being written, or a torn one never answered
+                break
+            lines = chunk[:end].splitlines()
+            for start in range(0, len(lines), SHIP_ROWS):
+                part = lines[start : start + SHIP_ROWS]
+                d_rows, l_rows = rows_of(part)
+                with self.engine.begin() as conn:
+                    d, lab = decision_store.write(conn, d_rows, l_rows)
+                result.decisions += d
+                result.labels += lab
+                result.lines += len(part)
+            offset += end
+            tmp = mark.with_suffix(".tmp")
+            tmp.write_text(str(offset))
+            os.replace(tmp, mark)
+        return offset
 
-    def _backlog(self) -> int:
-        total = 0
-        for segment in self.root.glob("*/*.jsonl"):
-            mark = segment.with_suffix(".shipped")
+    def run(self, every_s: float = EVERY_S) -> None:
+        """Pass after pass until :attr:`stop` is set; while the store is down, back off up to
+        MAX_PAUSE_S (the backlog waits on disk)."""
+        pause = every_s
+        while not self.stop.wait(pause):
             try:
-                offset = int(mark.read_text() or 0) if mark.exists() else 0
-                total += max(0, segment.stat().st_size - offset)
-            except (OSError, ValueError):
-                continue
-        return total
+                self.ship_once()
+                pause = every_s
+            except Exception as exc:  # the store is down: keep the backlog, try again
+                self.backlog_bytes = backlog(self.root)
+                pause = min(MAX_PAUSE_S, pause * 2)
+                log.warning(
+                    "decision store unreachable (%s); backlog %d bytes", exc, self.backlog_bytes
+                )
+
+    def start(self, every_s: float = EVERY_S) -> None:
+        """:meth:`run` in a daemon thread (FRAUD_SHIP_IN_WORKERS: inside a worker)."""
+        self.thread = threading.Thread(target=self.run, args=(every_s,), name="journal-shipper")
+        self.thread.daemon = True
+        self.thread.start()
 
     def close(self) -> None:
         """Stop the thread (idempotent)."""
@@ -190,3 +234,40 @@ class Shipper:
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(30)
         self.engine.dispose()
+
+
+def main() -> None:
+    """The shipper process: delivers until SIGTERM or SIGINT, then makes a last pass."""
+    from training.core.config import get_settings
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s shipper %(levelname)s %(message)s")
+    if settings.shipper_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.shipper_metrics_port, settings.host)
+    shipper = Shipper(settings.journal_dir, settings.decision_db_url, migrate=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: shipper.stop.set())
+    log.info("shipping %s to %s", settings.journal_dir, redacted(settings.decision_db_url))
+    shipper.run()
+    try:
+        done = shipper.ship_once(wait_s=10)
+        log.info("stopped; %d bytes left for the next shipper", done.backlog_bytes)
+    except Exception as exc:
+        log.warning("stopped with the store unreachable (%s); the journals keep it", exc)
+    shipper.engine.dispose()
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL: show nothing of it
+        return "(unparsable URL)"
+
+
+if __name__ == "__main__":
+    main()

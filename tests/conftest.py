@@ -6,6 +6,8 @@ import os
 import socket
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 # Isolate the stores before anything imports bentoml or mlflow (both read env at import).
@@ -20,7 +22,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from training.core import features, schema  # noqa: E402
+from training.core import decision_store, features, schema  # noqa: E402
 from training.demo.simulate import SimulationConfig, simulate, write_per_day  # noqa: E402
 
 from . import services  # noqa: E402
@@ -137,3 +139,21 @@ def service_url(champion, session_dir: Path):
     env = {"FRAUD_PORT": str(port), "BENTOML_DO_NOT_TRACK": "True"}
     with bento_server(port, env, session_dir / "bento-serve.log") as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated decision store: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store' / 'decisions.db'}"
+        decision_store.upgrade(url)
+        yield url
+        return
+    db = f"fraud_decisions_test_{uuid.uuid4().hex[:8]}"
+    services.run_sql(f"CREATE DATABASE {db}")
+    url = f"{services.PG}/{db}"
+    try:
+        decision_store.upgrade(url)
+        yield url
+    finally:
+        services.run_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -66,10 +66,14 @@ class FakeCluster:
         with self.lock:
             self.patches.append(body)
             spec = body.get("spec", {}).get("template", {}).get("spec", {})
-            for change in spec.get("containers", []):  # strategic merge: by name
-                for c in self.dep["spec"]["template"]["spec"]["containers"]:
-                    if c["name"] == change["name"]:
+            pod = self.dep["spec"]["template"]["spec"]
+            for field in ("containers", "initContainers"):
+                for change in spec.get(field, []):  # strategic merge: by name
+                    named = [c for c in pod.get(field, []) if c["name"] == change["name"]]
+                    for c in named:
                         c.update(change)
+                    if not named:  # the real merge adds it (an incomplete container)
+                        pod.setdefault(field, []).append(dict(change))
             self.dep["metadata"]["generation"] += 1
             status = self.dep["status"]
             status["updatedReplicas"] = 0
@@ -160,10 +164,19 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def fake_cluster(
-    tmp: Path, image: str, namespace: str = "fraud", name: str = "fraud-api", replicas: int = 3
+    tmp: Path,
+    image: str,
+    namespace: str = "fraud",
+    name: str = "fraud-api",
+    replicas: int = 3,
+    sidecar: bool = False,
 ) -> Iterator[tuple[FakeCluster, Path]]:
     """The fake API server on a free port, and a kubeconfig (token auth) pointing at it."""
     cluster = FakeCluster(namespace, name, "fraud-api", image, replicas)
+    if sidecar:  # the decision shipper, as k8s/fraud-api runs it
+        cluster.dep["spec"]["template"]["spec"]["initContainers"] = [
+            {"name": "decision-shipper", "image": image, "restartPolicy": "Always"}
+        ]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(cluster))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp / "kubeconfig"

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,6 +66,31 @@ def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
     ]
     api_keys.save(path, api_keys.KeyFile(keys=keys))
     return path
+
+
+def supervised(port: int, marker: str) -> list[Any]:
+    """The live processes whose command line holds ``marker`` under the circus arbiter that
+    holds ``port`` (a serving worker: ``_bentoml_impl.worker.service``; the shipper:
+    ``serving.shipper``), as psutil processes."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "circusd":
+            continue
+        try:
+            if port not in {c.laddr.port for c in proc.net_connections("tcp") if c.laddr}:
+                continue
+            children = proc.children()
+        except psutil.Error:
+            continue
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and marker in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # gone or a zombie: killed, not yet reaped
+                continue
+    return found
 
 
 def wait_for(check, timeout: float, what: str, step: float = 1.0):  # type: ignore[no-untyped-def]
@@ -148,8 +174,9 @@ def mlflow_server(workdir: Path, port: int) -> Iterator[str]:
 
 @contextmanager
 def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    """`bentoml serve service:FraudDetector` in a subprocess; unless ``env`` says otherwise, with
-    API keys on and the test key (:data:`AUTH`) valid."""
+    """`bentoml serve service:FraudDetector` through :mod:`serving.supervisor` (respawning
+    workers, the decision shipper beside them) in a subprocess; unless ``env`` says otherwise,
+    with API keys on and the test key (:data:`AUTH`) valid."""
     if "FRAUD_API_KEYS_FILE" not in env and env.get("FRAUD_AUTH", "keys") == "keys":
         env = {**env, "FRAUD_API_KEYS_FILE": str(write_key_file(log.parent, f"{log.stem}.keys"))}
     env = {
@@ -161,8 +188,9 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
     }
     proc = subprocess.Popen(
         [
-            str(BIN / "bentoml"),
-            "serve",
+            sys.executable,
+            "-m",
+            "serving.supervisor",  # `bentoml serve` as `fraudops serve` runs it: the shipper beside
             "service:FraudDetector",
             "--host",
             "127.0.0.1",

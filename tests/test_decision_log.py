@@ -10,8 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +22,6 @@ from serving import shipper as sh
 from training.core import decision_store as ds
 
 from .conftest import free_port
-from .servers import PG, psql
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, migrated decision store: an SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store' / 'decisions.db'}"
-        ds.upgrade(url)
-        yield url
-        return
-    db = f"fraud_decisions_test_{uuid.uuid4().hex[:8]}"
-    psql(f"CREATE DATABASE {db}")
-    url = f"{PG}/{db}"
-    try:
-        ds.upgrade(url)
-        yield url
-    finally:
-        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def decision_line(tx: str, t_ms: int = 1_530_000_000_000, **kw: Any) -> bytes:
@@ -305,7 +284,7 @@ def test_shipping_stores_each_row_once_and_frees_shipped_segments(
         journal.write_durably([decision_line(f"tx{i}"), decision_line(f"tx{i}b")])
     journal.write_durably([label_line("w1:1", "tx1", True, 1_530_000_100_000)])
     journal.write_durably([label_line("w1:2", "tx1", False, 1_530_000_200_000)])
-    shipper = sh.Shipper(tmp_path / "journal", store_url, own=journal)
+    shipper = sh.Shipper(tmp_path / "journal", store_url)
     first = shipper.ship_once()
     assert (first.decisions, first.labels, first.backlog_bytes) == (60, 2, 0)
     assert counts(store_url) == (60, 2)
@@ -343,7 +322,7 @@ time.sleep(60)
 """
 
 
-def test_a_killed_workers_journal_is_delivered_by_the_next_one(
+def test_the_shipper_delivers_a_live_journal_then_removes_it_once_its_worker_died(
     tmp_path: Path, store_url: str
 ) -> None:
     root = tmp_path / "journal"
@@ -354,15 +333,17 @@ def test_a_killed_workers_journal_is_delivered_by_the_next_one(
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
-    live = sh.Shipper(root, store_url, own=jn.Journal(root, "next-worker"))
-    assert live.ship_once().decisions == 0  # the writer lives: its journal is its own
+    shipper = sh.Shipper(root, store_url)
+    live = shipper.ship_once()  # a live writer's journal: its whole lines, the folder kept
+    assert live.decisions == 50 and live.backlog_bytes == 40  # the torn line may be finishing
+    assert (root / "dead-worker").exists() and counts(store_url) == (50, 0)
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(10)
-    taken = live.ship_once()
-    assert taken.decisions == 50  # every fsync'd line, not the torn one
+    taken = shipper.ship_once()
+    assert taken.decisions == 0 and taken.backlog_bytes == 0  # the torn line: never answered
     assert not (root / "dead-worker").exists()  # delivered, then removed
     assert counts(store_url) == (50, 0)
-    live.close()
+    shipper.close()
 
 
 def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
@@ -375,21 +356,23 @@ def test_the_store_down_keeps_the_backlog_and_delivers_it_when_back(
     down = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
     if store_url.startswith("sqlite"):
         down = f"sqlite:///{tmp_path / 'unmigrated.db'}"  # no tables: every insert fails
-    shipper = sh.Shipper(root, down, own=journal)
+    shipper = sh.Shipper(root, down)
     with pytest.raises(sa.exc.SQLAlchemyError):
         shipper.ship_once()
-    assert shipper._backlog() > 0 and counts(store_url) == (0, 0)
-    back = sh.Shipper(root, store_url, own=journal)
+    assert sh.backlog(root) > 0 and counts(store_url) == (0, 0)
+    assert sh.last_delivered(root) is None  # no pass has reached a store
+    back = sh.Shipper(root, store_url)
     delivered = back.ship_once()
-    assert delivered.decisions == 20 and delivered.backlog_bytes == 0
+    assert delivered.decisions == 20 and delivered.backlog_bytes == 0 == sh.backlog(root)
     assert counts(store_url) == (20, 0)
+    assert time.time() - (sh.last_delivered(root) or 0) < 5
     back.close()
     shipper.close()
     journal.close()
 
 
 def test_health_never_shows_the_store_password() -> None:
-    shown = dl._redacted("postgresql+psycopg2://fraud:s3cret@db.internal:5432/decisions")
+    shown = sh.redacted("postgresql+psycopg2://fraud:s3cret@db.internal:5432/decisions")
     assert "s3cret" not in shown and "db.internal" in shown
 
 
@@ -411,7 +394,7 @@ def test_audit_show_export_and_purge(tmp_path: Path, store_url: str) -> None:
          label_line("w1:2", "new-2", False, new_ms + 9000),
          label_line("w1:3", "old-1", True, old_ms + 5000)]
     )  # fmt: skip
-    sh.Shipper(root, store_url, own=journal).ship_once()
+    sh.Shipper(root, store_url).ship_once()
     runner = CliRunner()
 
     shown = runner.invoke(app, ["decisions", "show", "new-2", "--db", store_url])

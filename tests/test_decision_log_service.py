@@ -17,7 +17,7 @@ import pytest
 from training.core import decision_store as ds
 
 from .conftest import free_port
-from .servers import AUTH, PG, SCORE_KEY, bento_server, psql
+from .servers import AUTH, PG, SCORE_KEY, bento_server, psql, supervised, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -122,6 +122,49 @@ def check_the_log(url: str, store: str, prefix: str) -> None:
 @pytest.mark.postgres
 def test_decisions_and_labels_reach_postgresql(pg_server: tuple[str, str]) -> None:
     check_the_log(*pg_server, prefix="pg")
+
+
+@pytest.mark.postgres
+def test_a_stopped_shipper_shows_as_backlog_and_a_killed_one_comes_back(
+    pg_server: tuple[str, str],
+) -> None:
+    """The workers only journal: with the shipper stopped, answers go on, the backlog and the
+    delivery age grow on /health and /metrics (what FraudDecisionLogBehind reads); the shipper
+    killed, the supervisor starts another, which delivers it all."""
+    url, store = pg_server
+    port = int(url.rsplit(":", 1)[1])
+    client = httpx.Client(timeout=30, headers=AUTH)
+    engine = ds.engine_for(store)
+    with engine.connect() as conn:
+        before = ds.count(conn, ds.decisions), ds.count(conn, ds.label_events)
+    engine.dispose()
+    (shipper,) = supervised(port, "serving.shipper")
+    shipper.suspend()  # SIGSTOP
+    try:
+        for i in range(4):
+            r = client.post(f"{url}/predict", json={"transactions": txs(f"stopped{i}", 3)})
+            assert r.status_code == 200, r.text
+            time.sleep(1.5)  # past the workers' upkeep, which reads the journals' disk
+        health = client.get(f"{url}/health").json()["decision_log"]
+        metrics = client.get(f"{url}/metrics").text
+        assert health["backlog_bytes"] > 0 and health["last_delivered_s_ago"] >= 4, health
+        assert metric(metrics, "fraud_decision_log_backlog_bytes") > 0
+        assert metric(metrics, "fraud_decision_log_last_ship_age_seconds") >= 2
+    finally:
+        shipper.kill()  # SIGKILL works on a stopped process
+    wait_for(lambda: supervised(port, "serving.shipper"), 30, "a new shipper", 0.2)
+    wait_for_rows(store, before[0] + 12, before[1])
+    assert supervised(port, "serving.shipper")[0].pid != shipper.pid
+    client.post(f"{url}/predict", json={"transactions": txs("after", 1)})  # the upkeep again
+    wait_for(lambda: client.get(f"{url}/health").json()["decision_log"]["backlog_bytes"] == 0,
+             10, "the backlog back to 0", 0.2)  # fmt: skip
+
+
+def metric(text: str, name: str) -> float:
+    """A gauge's value in a /metrics text (summed over its lines)."""
+    lines = [line for line in text.splitlines() if line.startswith(name)]
+    assert lines, f"{name} not in /metrics"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_decisions_and_labels_reach_the_embedded_sqlite(

@@ -16,8 +16,6 @@ from serving.online_features import records_from_frame
 from serving.scorer import FraudScorer
 from training.core import decision_store as ds
 
-from .test_decision_log import store_url  # noqa: F401  (SQLite, and PostgreSQL when marked)
-
 
 @pytest.fixture
 def bundle(champion) -> ModelBundle:
@@ -52,7 +50,7 @@ def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
     bundle: ModelBundle,
     small_raw: pd.DataFrame,
     tmp_path: Path,
-    store_url: str,  # noqa: F811
+    store_url: str,
 ) -> None:
     live = stream(small_raw, 300)
     labels = {
@@ -135,7 +133,7 @@ def test_training_data_from_the_log_follows_the_label_policy_and_the_feature_def
     bundle: ModelBundle,
     small_raw: pd.DataFrame,
     tmp_path: Path,
-    store_url: str,  # noqa: F811
+    store_url: str,
 ) -> None:
     from training import decision_source
     from training.core import schema

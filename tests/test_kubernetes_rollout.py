@@ -43,6 +43,19 @@ def test_roll_out_sets_the_image_and_returns_only_when_every_replica_runs_it(
         assert answer["previous_image"] == f"{IMAGE}:v1" and answer["polls"] == 4
 
 
+def test_the_decision_shipper_sidecar_gets_the_new_image_with_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the pod has the shipper sidecar (k8s/fraud-api), both take the image; a pod
+    without one gets no incomplete container added (above: containers only)."""
+    monkeypatch.setattr(kr, "POLL_S", 0.01)
+    with fake_cluster(tmp_path, f"{IMAGE}:v1", replicas=2, sidecar=True) as (cluster, kubeconfig):
+        release.roll_out(settings(kubeconfig), "2")
+        pod = cluster.dep["spec"]["template"]["spec"]
+        assert [c["image"] for c in pod["initContainers"]] == [f"{IMAGE}:v2"]
+        assert cluster.image() == f"{IMAGE}:v2" and cluster.serving() == f"{IMAGE}:v2"
+
+
 def test_a_roll_out_that_stalls_fails_and_the_roll_back_restores_the_previous_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,7 +89,8 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     cfg = yaml.safe_load(out.stdout)
     services = cfg["services"]
     assert set(services) == {
-        "postgres", "mlflow", "fraud-api-init", "fraud-api", "airflow-init", "airflow-api",
+        "postgres", "mlflow", "fraud-api-init", "fraud-api", "fraud-shipper", "airflow-init",
+        "airflow-api",
         "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "prometheus",
         "alertmanager", "grafana",
     }  # fmt: skip
@@ -119,6 +120,15 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     assert api["environment"]["FRAUD_DECISION_DB_URL"].startswith(
         "postgresql+psycopg2://decisions:"
     )
+    # fraud-api runs through the supervisor (dead workers restarted in place) with no shipper
+    # of its own: fraud-shipper, on the same volume and store, from the same image
+    assert api["command"][:4] == ["python", "-m", "serving.supervisor", "--no-shipper"]
+    shipper = services["fraud-shipper"]
+    assert shipper["command"] == ["python", "-m", "serving.shipper"]
+    assert shipper["image"] == api["image"] and shipper["working_dir"] == api["working_dir"]
+    assert {v["target"]: v["source"] for v in shipper["volumes"]}[journal] == "fraud-journal"
+    for name in ("FRAUD_JOURNAL_DIR", "FRAUD_DECISION_DB_URL"):
+        assert shipper["environment"][name] == api["environment"][name]
     scheduler = services["airflow-scheduler"]
     assert scheduler["environment"]["FRAUD_DEPLOY_TARGET"] == "compose"
     assert "/var/run/docker.sock" in {v["target"] for v in scheduler["volumes"]}
@@ -170,6 +180,14 @@ def test_kubernetes_manifests_validate_strict() -> None:
     assert sorted(kustomization["resources"]) == sorted(p.name for p in resources)
     deployment = yaml.safe_load((K8S / "fraud-api" / "deployment.yaml").read_text())
     container = deployment["spec"]["template"]["spec"]["containers"][0]
+    # the shipper: a native sidecar on the API's journal volume, the same image and store
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["image"] == container["image"]
+    assert sidecar["command"] == ["python", "-m", "serving.shipper"]
+    assert container["command"][:4] == ["python", "-m", "serving.supervisor", "--no-shipper"]
+    assert [m for m in sidecar["volumeMounts"] if m["name"] == "journal"] == [
+        m for m in container["volumeMounts"] if m["name"] == "journal"
+    ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["resources"]["requests"]["cpu"]
@@ -210,6 +228,14 @@ def test_airflow_may_roll_out_fraud_api_and_nothing_else() -> None:
     deployment = yaml.safe_load((K8S / "fraud-api" / "deployment.yaml").read_text())
     assert deployment["metadata"]["name"] == settings.kube_deployment
     container = deployment["spec"]["template"]["spec"]["containers"][0]
+    # the shipper: a native sidecar on the API's journal volume, the same image and store
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["image"] == container["image"]
+    assert sidecar["command"] == ["python", "-m", "serving.shipper"]
+    assert container["command"][:4] == ["python", "-m", "serving.supervisor", "--no-shipper"]
+    assert [m for m in sidecar["volumeMounts"] if m["name"] == "journal"] == [
+        m for m in container["volumeMounts"] if m["name"] == "journal"
+    ]
     assert container["name"] == settings.kube_container
     assert deployment["spec"]["progressDeadlineSeconds"] < settings.rollout_timeout_s
 

@@ -1,5 +1,5 @@
-"""Serving commands and process supervision: ``serve`` (the BentoML tree, stopped as a whole)
-and ``run``, the main job."""
+"""Serving commands and process supervision: ``serve`` (the BentoML tree and the decision
+shipper, stopped as a whole), ``ship`` (the shipper alone) and ``run``, the main job."""
 
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def serve(
     host: str | None = None,
     port: int | None = None,
 ) -> None:
-    """Serve the Bento-store champion with `bentoml serve` (blocks). SIGTERM or Ctrl-C drains
-    in-flight requests and stops every BentoML process within 15 s.
+    """Serve the Bento-store champion with `bentoml serve` and the decision shipper beside the
+    workers (blocks). A dead worker or shipper is restarted within a second or two. SIGTERM or
+    Ctrl-C drains in-flight requests and stops every process within 15 s.
 
     Example: `fraudops serve --port 8080`
     """
@@ -72,8 +73,7 @@ def serve(
     cmd = [
         sys.executable,
         "-m",
-        "bentoml",
-        "serve",
+        "serving.supervisor",  # `bentoml serve`, respawning, with the shipper beside
         "service:FraudDetector",
         "--host",
         env["FRAUD_HOST"],
@@ -93,6 +93,18 @@ def serve(
         signal.signal(sig, stop)
     code = proc.wait()
     raise typer.Exit(0 if code in (0, -signal.SIGTERM) else code)
+
+
+@app.command()
+def ship() -> None:
+    """Deliver the decision journals under FRAUD_JOURNAL_DIR to FRAUD_DECISION_DB_URL until
+    stopped (blocks): what `fraudops serve` runs beside the workers, for a host or container
+    of its own on the journal volume. SIGTERM or Ctrl-C makes a last pass, then stops.
+
+    Example: `fraudops ship`
+    """
+    # The online runtime's own module (the CLI never imports the serving package)
+    os.execv(sys.executable, [sys.executable, "-m", "serving.shipper"])
 
 
 @app.command()

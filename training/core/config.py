@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         ge=21,
         description="db source: days of transactions before the label horizon a retraining reads",
     )
+    ship_in_workers: bool = Field(
+        False,
+        description="Each worker ships the journals in a thread of its own (a plain `bentoml "
+        "serve` with no shipper beside it); off: `python -m serving.shipper` does, which "
+        "`fraudops serve` starts and Compose and Kubernetes run beside the API",
+    )
+    shipper_metrics_port: int | None = Field(
+        None,
+        description="The shipper process's own /metrics port (rows stored); the backlog and "
+        "the delivery age are the API's metrics either way",
+    )
     journal_dir: Path = Field(
         Path(".fraud/journal"),
         description="Per-worker decision journals (local disk; a persistent volume in the stack)",

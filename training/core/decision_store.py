@@ -110,13 +110,17 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def engine_for(url: str) -> sa.Engine:
+def engine_for(url: str, bulk: bool = False) -> sa.Engine:
     """An engine for ``url``; SQLite files get WAL (readers do not block the shipper) and
-    their folder is created."""
+    their folder is created. ``bulk``: PostgreSQL through psycopg 3 whatever driver the URL
+    names, so :func:`write` loads by COPY (the shipper)."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    parsed = sa.engine.make_url(url)
+    if bulk and parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
     engine = sa.create_engine(
-        url, pool_pre_ping=True, json_serializer=_json_text, json_deserializer=orjson.loads
+        parsed, pool_pre_ping=True, json_serializer=_json_text, json_deserializer=orjson.loads
     )
     if engine.dialect.name == "sqlite":
 
@@ -200,12 +204,43 @@ def write(
     label_rows: Sequence[dict[str, Any]],
 ) -> tuple[int, int]:
     """Insert decisions and label events, skipping those already stored; (decisions, label
-    events) newly stored. Call inside a transaction."""
+    events) newly stored. Call inside a transaction. PostgreSQL through psycopg 3 loads by
+    COPY; other drivers and SQLite by executemany."""
+    copy = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
     stored = [0, 0]
     for i, (table, rows) in enumerate(((decisions, decision_rows), (label_events, label_rows))):
-        if rows:
+        if rows and copy:
+            stored[i] = _copy(conn, table, rows)
+        elif rows:
             stored[i] = conn.execute(_insert(conn, table), list(rows)).rowcount or 0
     return stored[0], stored[1]
+
+
+def _copy(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
+    """COPY ``rows`` into a session-temporary twin of ``table``, then move them across
+    skipping those stored already (COPY alone cannot skip); rows newly stored."""
+    names = [c.name for c in table.columns]
+    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    staging = f"staging_{table.name}"
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+        f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    raw: Any = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {staging} ({', '.join(names)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    _json_text(row[n]) if n in json_columns and row[n] is not None else row[n]
+                    for n in names
+                ]
+            )
+    listed = ", ".join(names)
+    moved = conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {staging} ON CONFLICT DO NOTHING"
+    )
+    conn.exec_driver_sql(f"TRUNCATE {staging}")
+    return int(moved.rowcount or 0)
 
 
 def label_history(conn: sa.Connection, transaction_id: str) -> list[dict[str, Any]]:

@@ -78,12 +78,17 @@ def deployed_image(api: Any, target: Deployment) -> str:
     raise KubernetesRolloutError(f"{target}: no container named {target.container}")
 
 
+SHIPPER = "decision-shipper"  # the sidecar shipping the API's decision journals
+
+
 def set_image(api: Any, target: Deployment, image: str) -> int:
-    """Patch the container's image (a strategic merge on the container's name); the
-    Deployment's new generation."""
-    body = {
-        "spec": {"template": {"spec": {"containers": [{"name": target.container, "image": image}]}}}
-    }
+    """Patch the container's image, and the decision shipper sidecar's when the pod has one
+    (a strategic merge on the container's name); the Deployment's new generation."""
+    dep = _call("reading", target, api.read_namespaced_deployment, target.name, target.namespace)
+    pod: dict[str, Any] = {"containers": [{"name": target.container, "image": image}]}
+    if any(c.name == SHIPPER for c in dep.spec.template.spec.init_containers or []):
+        pod["initContainers"] = [{"name": SHIPPER, "image": image}]
+    body = {"spec": {"template": {"spec": pod}}}
     dep = _call(
         "patching", target, api.patch_namespaced_deployment, target.name, target.namespace, body
     )

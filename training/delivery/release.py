@@ -26,6 +26,8 @@ from training.delivery.bento_store import find_imported
 log = logging.getLogger(__name__)
 
 SERVICE = "fraud-api"
+# recreated together from the champion image: the shipper stores the lines its workers write
+SERVICES = (SERVICE, "fraud-shipper")
 CHAMPION_TAG = "champion"
 MODEL_LABEL = "org.fraud-mlops.model"  # the Bento-store model an image serves
 
@@ -148,10 +150,11 @@ def compose_command(settings: Settings, *args: str) -> list[str]:
 
 
 def recreate_api(settings: Settings, timeout_s: int = 300) -> dict[str, Any]:
-    """Recreate fraud-api from ``<api_image>:champion`` and wait until it is healthy."""
+    """Recreate fraud-api and fraud-shipper from ``<api_image>:champion`` and wait until they
+    are healthy."""
     cmd = compose_command(
         settings, "up", "-d", "--no-deps", "--no-build", "--pull", "never", "--force-recreate",
-        "--wait", "--wait-timeout", str(timeout_s), SERVICE,
+        "--wait", "--wait-timeout", str(timeout_s), *SERVICES,
     )  # fmt: skip
     # A clean environment: what the recreated service looks like must come from the compose
     # files and the env file only, as it does for `docker compose up` on the host.
@@ -159,7 +162,8 @@ def recreate_api(settings: Settings, timeout_s: int = 300) -> dict[str, Any]:
     t0 = time.monotonic()
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s + 120)
     if run.returncode != 0:
-        raise ImageError(f"compose up {SERVICE} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+        failed = f"compose up {' '.join(SERVICES)} failed"
+        raise ImageError(f"{failed}:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
     return {"seconds": round(time.monotonic() - t0, 1), "output": run.stderr[-500:]}
 
 
