@@ -4,7 +4,9 @@ Builds every image from a debootstrap Debian base (no registry); `fraud-bootstra
 registers the first model through the stack's MLflow and containerizes its Bento; the stack
 comes up with `--wait` (fraud-api is that image) and every service is healthy; `fraud_retrain`
 runs through the Airflow REST API; a promotion makes `fraud_build_deploy` build the new image
-and recreate fraud-api with it; transactions scored through fraud-api reach Prometheus. Tears
+and recreate fraud-api with it; transactions scored through fraud-api reach Prometheus and, through
+fraud-shipper, PostgreSQL; a worker killed inside fraud-api under load is restarted in place
+and loses no answered decision. Tears
 everything down (containers, volumes, networks, the bridge, dockerd) even when a step fails;
 the images stay cached.
 """
@@ -37,7 +39,7 @@ FILES = [
 ]
 MINUTE = timedelta(minutes=1)
 SERVICES = {
-    "postgres", "mlflow", "fraud-api", "airflow-api", "airflow-scheduler",
+    "postgres", "mlflow", "fraud-api", "fraud-shipper", "airflow-api", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager",
 }  # fmt: skip
 
@@ -286,3 +288,87 @@ def test_scored_transactions_reach_the_decision_log_in_postgresql(stack) -> None
         time.sleep(2)
     health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()["decision_log"]
     assert health["ok"] and health["backlog_bytes"] == 0, health
+
+
+def test_a_worker_killed_inside_fraud_api_is_restarted_in_place_losing_nothing(stack) -> None:
+    """kill -9 of the serving worker inside the fraud-api container, under load: serving.
+    supervisor restarts it in the same container (BentoML alone never would, and the container
+    would stay up serving nothing); 200s again within 30 s; every answered decision reaches
+    PostgreSQL through fraud-shipper."""
+    import os
+    import signal
+    import threading
+
+    (container,) = engine.docker(
+        "ps", "-q", "--filter", "label=com.docker.compose.service=fraud-api"
+    ).split()
+    restarts = engine.docker("inspect", "-f", "{{.RestartCount}}", container).strip()
+
+    def workers() -> list[int]:  # host pids, from `docker top`
+        out = engine.docker("top", container, "-eo", "pid,args")
+        return [int(line.split()[0]) for line in out.splitlines()[1:]
+                if "_bentoml_impl.worker.service" in line]  # fmt: skip
+
+    (victim,) = workers()
+    sample = json.loads((engine.PROJECT / "data" / "sample" / "transactions.json").read_text())
+    now = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()["clock"]["now"]
+    start = datetime.fromisoformat(now.replace("Z", "+00:00")) + 60 * MINUTE
+    answered: list[tuple[float, list[str]]] = []  # (when sent, ids) of each 200
+    failed: dict[str, int] = {}
+    stop = threading.Event()
+
+    def drive() -> None:
+        client = httpx.Client(headers=stack["auth"], timeout=5)
+        n = 0
+        while not stop.is_set():
+            ids = [f"kill-{n}-{j}" for j in range(5)]
+            txs = [{**sample[(n + j) % len(sample)], "transaction_id": i,
+                    "tx_datetime": (start + (5 * n + j) * MINUTE / 60).isoformat()}
+                   for j, i in enumerate(ids)]  # fmt: skip
+            sent = time.monotonic()
+            try:
+                r = client.post("http://127.0.0.1:8080/predict", json={"transactions": txs})
+                if r.status_code == 200:
+                    answered.append((sent, ids))
+                else:
+                    failed[str(r.status_code)] = failed.get(str(r.status_code), 0) + 1
+            except httpx.HTTPError as exc:
+                failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+                time.sleep(0.05)
+            n += 1
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    time.sleep(5)
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    deadline = t_kill + 60
+    while not any(sent > t_kill for sent, _ in answered) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    back = [sent for sent, _ in answered if sent > t_kill]
+    time.sleep(5)
+    stop.set()
+    driver.join(30)
+    assert back, f"no 200 within 60 s of the kill: {failed}"
+    back_s = min(back) - t_kill
+    ids = sorted(i for _, batch in answered for i in batch)
+    sql = "SELECT transaction_id FROM decisions WHERE transaction_id LIKE 'kill-%'"
+    deadline = time.monotonic() + 90
+    while True:
+        out = compose(stack["env"], "exec", "-T", "postgres", "psql", "-U", "decisions", "-d",
+                      "decisions", "-tAc", sql, check=False)  # fmt: skip
+        missing = set(ids) - set(out.split())
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    engine.log(
+        f"kill -9 of the worker in fraud-api under load: 200 again after {back_s:.1f} s; "
+        f"{len(ids)} decisions answered, {len(missing)} missing from PostgreSQL; "
+        f"not answered {failed}"
+    )
+    assert back_s <= 30
+    assert not missing, f"{len(missing)} answered decisions not in PostgreSQL"
+    new = workers()
+    assert new and victim not in new  # a new worker in the same container
+    assert engine.docker("ps", "-q", "--filter", f"id={container}").split() == [container]
+    assert engine.docker("inspect", "-f", "{{.RestartCount}}", container).strip() == restarts
