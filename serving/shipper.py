@@ -139,12 +139,13 @@ class Shipper:
         stay as they are: the backlog). A folder another shipper is delivering is skipped,
         or waited for up to ``wait_s``."""
         from serving import telemetry as tm
-        from training.core import decision_store
+        from training.core import decision_store, partitions
 
         result = ShipResult()
         if self.migrate:
             decision_store.upgrade(self.url)
             self.migrate = False
+        partitions.ensure_ahead(self.engine)  # PostgreSQL: once a day, then known
         for folder in journal_folders(self.root):
             with _flock(folder / ".ship", wait_s) as ours:
                 if ours and folder.exists():

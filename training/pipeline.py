@@ -203,7 +203,7 @@ def purge_decisions(settings: Settings, keep_days: int | None = None) -> Purge:
     the store's clock (the latest logged transaction; now with ``FRAUD_CLOCK=wall``)."""
     from datetime import timedelta
 
-    from training.core import decision_store
+    from training.core import decision_store, partitions
 
     days = keep_days or settings.decision_retention_days
     decision_store.upgrade(settings.decision_db_url)  # the schema, if nothing made it yet
@@ -216,6 +216,7 @@ def purge_decisions(settings: Settings, keep_days: int | None = None) -> Purge:
     try:
         with engine.begin() as conn:
             gone, labels = decision_store.purge(conn, before)
+        partitions.ensure_ahead(engine)  # PostgreSQL: the coming days' partitions made ahead
     finally:
         engine.dispose()
     return Purge(before.isoformat(), gone, labels)

@@ -5,7 +5,7 @@ prints medians and p99. Then the shipper's cost per decision (parsing the lines,
 the store in passes of 5,000, CPU and wall) on a temporary SQLite file, or on ``--store``::
 
     python -m tests.bench.journal_cost [--dir /var/lib/fraud-journal] [--batches 400]
-        [--store postgresql+psycopg2://postgres@127.0.0.1:5432/scratch]
+        [--store postgresql+psycopg2://postgres@127.0.0.1:5432/scratch] [--private-pg]
 """
 
 from __future__ import annotations
@@ -59,29 +59,35 @@ async def durable_waits(journal: Journal, encoded: list[list[bytes]]) -> list[fl
 
 
 def shipping(url: str, passes: int = 3, n: int = 5_000) -> None:
-    """Parse and store ``passes`` x ``n`` decisions as the shipper does; µs per decision."""
+    """Parse and store ``passes`` x ``n`` decisions as the shipper does; µs per decision. On
+    PostgreSQL twice: executemany through the URL's driver (what the shipper did inside the
+    workers before) and COPY through psycopg 3 (the shipper process now)."""
     from serving.shipper import rows_of
     from training.core import decision_store
 
     decision_store.upgrade(url)
-    engine = decision_store.engine_for(url)
-    try:
-        for k in range(passes):
-            records, cols = batch(n, (k + 1) * 1_000_000)
-            lines = encode(records, cols)
-            t0, c0 = time.perf_counter(), time.process_time()
-            rows, _ = rows_of(lines)
-            t1, c1 = time.perf_counter(), time.process_time()
-            with engine.begin() as conn:
-                decision_store.write(conn, rows, [])
-            wall, cpu = (time.perf_counter() - t1) / n * 1e6, (time.process_time() - c1) / n * 1e6
-            print(
-                f"shipping to {engine.dialect.name}: parse {(t1 - t0) / n * 1e6:.1f} µs, "
-                f"store {cpu:.1f} µs CPU / {wall:.1f} µs wall a decision (pass {k + 1}, "
-                f"parse CPU {(c1 - c0) / n * 1e6:.1f} µs)"
-            )
-    finally:
-        engine.dispose()
+    ways = [False, True] if url.startswith("postgresql") else [False]
+    for way, bulk in enumerate(ways):
+        engine = decision_store.engine_for(url, bulk=bulk)
+        how = f"{engine.dialect.name} {'COPY' if bulk else 'executemany'} ({engine.dialect.driver})"
+        try:
+            for k in range(passes):
+                records, cols = batch(n, (way * passes + k + 1) * 1_000_000)
+                lines = encode(records, cols)
+                t0, c0 = time.perf_counter(), time.process_time()
+                rows, _ = rows_of(lines)
+                t1, c1 = time.perf_counter(), time.process_time()
+                with engine.begin() as conn:
+                    decision_store.write(conn, rows, [])
+                wall = (time.perf_counter() - t1) / n * 1e6
+                cpu = (time.process_time() - c1) / n * 1e6
+                print(
+                    f"shipping to {how}: parse {(t1 - t0) / n * 1e6:.1f} µs, "
+                    f"store {cpu:.1f} µs CPU / {wall:.1f} µs wall a decision (pass {k + 1}, "
+                    f"parse CPU {(c1 - c0) / n * 1e6:.1f} µs)"
+                )
+        finally:
+            engine.dispose()
 
 
 def main() -> None:
@@ -89,6 +95,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="journal folder (default: a temp dir)")
     ap.add_argument("--batches", type=int, default=400)
     ap.add_argument("--store", default=None, help="decision store URL (default: a temp SQLite)")
+    ap.add_argument(
+        "--private-pg", action="store_true", help="also a PostgreSQL cluster of its own (initdb)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         journal = Journal(Path(tmp), worker_name())
@@ -107,6 +116,16 @@ def main() -> None:
             )
         journal.close()
         shipping(args.store or f"sqlite:///{tmp}/store.db")
+    if args.private_pg:
+        from tests.conftest import free_port
+        from tests.services import PrivatePostgres
+
+        pg = PrivatePostgres(free_port())
+        try:
+            pg.start()
+            shipping(pg.url)
+        finally:
+            pg.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """`make bench`: the fraud service side by side with its baselines, in one run, one table.
 
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
-  fraud-api     `bentoml serve service:FraudDetector` (this project; API key + both rate limits
-                checked on every request, limits never reached)
+  fraud-api     `bentoml serve service:FraudDetector` through serving.supervisor, as `fraudops
+                serve` runs it (this project; API key + both rate limits checked on every
+                request, limits never reached; the decision shipper beside, pinned to the load
+                generator's CPU as its own container would have its own)
   fraud-api-open  the same with FRAUD_AUTH=off (no key check, no limits)
   fraud-api-nolog  the same as fraud-api with FRAUD_DECISION_LOG=false (no journal, no fsync
                 before the answer, no shipping): the decision log's cost
+  fraud-api-inline  the same as fraud-api with FRAUD_SHIP_IN_WORKERS=true: the journal shipped
+                by a thread of the worker, on its CPU (how it ran before the shipper process)
   fraud-api-shadow  the same as fraud-api with a live challenger in shadow on every batch
                 (the champion shadowing itself: the cost of a same-size challenger)
   fraud-api-canary  the same with a canary answering 10 % of the customers
@@ -77,6 +81,26 @@ def cpu_seconds(pid: int) -> float:
     root = psutil.Process(pid)
     total = 0.0
     for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def tree(pid: int, marker: str) -> list[psutil.Process]:
+    """The processes below ``pid`` whose command line holds ``marker``."""
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(p.cmdline()):
+                found.append(p)
+    return found
+
+
+def shipper_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by the decision shipper below ``pid`` (0: none)."""
+    total = 0.0
+    for p in tree(pid, "serving.shipper"):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             total += t.user + t.system
@@ -432,24 +456,14 @@ def main() -> None:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     uri = f"models:/{settings.registered_model}@champion"
+    fraud_api = ["python", "-m", "serving.supervisor", "service:FraudDetector", "--port", "{port}"]
     servers = {
-        "fraud-api": (["bentoml", "serve", "service:FraudDetector", "--port", "{port}"], "tx"),
-        "fraud-api-open": (
-            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
-            "tx",
-        ),
-        "fraud-api-nolog": (
-            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
-            "tx",
-        ),
-        "fraud-api-shadow": (
-            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
-            "tx",
-        ),
-        "fraud-api-canary": (
-            ["bentoml", "serve", "service:FraudDetector", "--port", "{port}"],
-            "tx",
-        ),
+        "fraud-api": (fraud_api, "tx"),
+        "fraud-api-open": (fraud_api, "tx"),
+        "fraud-api-nolog": (fraud_api, "tx"),
+        "fraud-api-inline": (fraud_api, "tx"),
+        "fraud-api-shadow": (fraud_api, "tx"),
+        "fraud-api-canary": (fraud_api, "tx"),
         "bentoml-noop": (
             ["bentoml", "serve", "tests.bench.noop_service:NoopFraudService", "--port", "{port}"],
             "tx",
@@ -508,6 +522,7 @@ def main() -> None:
             "fraud-api",
             "fraud-api-open",
             "fraud-api-nolog",
+            "fraud-api-inline",
             "fraud-api-shadow",
             "fraud-api-canary",
             "bentoml-noop",
@@ -548,6 +563,7 @@ def main() -> None:
                         "FRAUD_JOURNAL_DIR": str(work / "journals" / name),
                         "FRAUD_DECISION_DB_URL": f"sqlite:///{work / 'journals' / name}.db",
                         **({"FRAUD_DECISION_LOG": "false"} if name.endswith("-nolog") else {}),
+                        **({"FRAUD_SHIP_IN_WORKERS": "true"} if name.endswith("-inline") else {}),
                         **challenger_env(name, model.info.metadata),
                         **({"NOOP_STOCK": "1"} if name.endswith("-stock") else {}),
                         **(
@@ -565,6 +581,10 @@ def main() -> None:
                 ready = url + ("/ping" if kind == "features" else "/readyz")
                 wait_http(ready, proc, work / f"{name}.log", timeout=180)
                 print(f"[{name}] ready in {time.monotonic() - t0:.1f}s")
+                # the shipper off the server's CPU, as its own container or sidecar has it
+                for shipper in tree(proc.pid, "serving.shipper"):
+                    with contextlib.suppress(psutil.Error, OSError):
+                        os.sched_setaffinity(shipper.pid, {int(CLIENT_CPU)})
                 live[name] = (
                     proc,
                     url + ("/invocations" if kind == "features" else "/predict"),
@@ -576,10 +596,14 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in live}
             for _ in range(args.repeats):
                 for name, (proc, url, pre, _) in live.items():
-                    cpu0 = cpu_seconds(proc.pid)
+                    cpu0, ship0 = cpu_seconds(proc.pid), shipper_cpu_seconds(proc.pid)
                     run = wrk(url, bodies[pre + "single"], args.connections, args.seconds)
-                    # the server's CPU per request: steadier than req/s on a shared machine
-                    run["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(run["requests"], 1) * 1e6
+                    # the server's CPU per request: steadier than req/s on a shared machine;
+                    # the shipper's apart (its own CPU; counted in cpu_us before it had one)
+                    ship = shipper_cpu_seconds(proc.pid) - ship0
+                    served = max(run["requests"], 1)
+                    run["cpu_us"] = (cpu_seconds(proc.pid) - cpu0 - ship) / served * 1e6
+                    run["shipper_cpu_us"] = ship / served * 1e6
                     runs[name].append(run)
             # the offered rate in rounds interleaved across the servers, like the peaks: a
             # minute's hiccup on the shared machine lands in one round of one server
@@ -719,7 +743,9 @@ def render(report: dict[str, Any]) -> str:
             f"| {unsync} | {one} "
             f"| {b['tx_per_s']:,.0f}{both} "
             f"| {r['worker_rss_mb']:.0f} / {r['rss_mb']:.0f} "
-            f"| {p['cpu_us']:,.0f} |"
+            f"| {p['cpu_us']:,.0f}"
+            + (f" (+{p['shipper_cpu_us']:,.0f} shipper)" if p.get("shipper_cpu_us") else "")
+            + " |"
         )
     c = report["model_us_per_tx"]
     lines += [
@@ -760,7 +786,10 @@ def render(report: dict[str, Any]) -> str:
     for first, second, what in (
         ("fraud-api", "fraud-api-open", "API keys + rate limits (FRAUD_AUTH=off without)"),
         ("fraud-api", "fraud-api-nolog",
-         "Decision log (journal fsync'd before each answer, shipped to SQLite)"),
+         "Decision log (journal fsync'd before each answer, shipped to SQLite by the shipper "
+         "process)"),
+        ("fraud-api-inline", "fraud-api-nolog",
+         "Decision log shipped by the workers (FRAUD_SHIP_IN_WORKERS, as before)"),
         ("fraud-api-shadow", "fraud-api", "Shadow challenger on every batch"),
         ("fraud-api-canary", "fraud-api", "Canary on 10 % of the customers"),
     ):  # fmt: skip

@@ -1,6 +1,7 @@
 """The decision and label log in a database: PostgreSQL in the stack and in production, an
 embedded SQLite file for ``make run`` (one code path, the URL decides). Tables are created and
-upgraded by Alembic (``training/migrations``); writes are idempotent (a decision on its
+upgraded by Alembic (``training/core/migrations``; on PostgreSQL both tables are partitioned
+by day, :mod:`training.core.partitions`); writes are idempotent (a decision on its
 transaction id, a label event on its event id), so a journal shipped twice stores once."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+
+from training.core import partitions
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 metadata = sa.MetaData()
@@ -184,6 +187,7 @@ def upgrade(url: str, wait_s: float = 10.0) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+    partitions.forget()  # what this process knew of the store's partitions may have changed
     return str(revision(url))
 
 
@@ -206,6 +210,8 @@ def write(
     """Insert decisions and label events, skipping those already stored; (decisions, label
     events) newly stored. Call inside a transaction. PostgreSQL through psycopg 3 loads by
     COPY; other drivers and SQLite by executemany."""
+    if conn.dialect.name == "postgresql":  # the days' partitions first (made once, then known)
+        partitions.ensure(conn.engine, partitions.days_of(decision_rows, label_rows))
     copy = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
     stored = [0, 0]
     for i, (table, rows) in enumerate(((decisions, decision_rows), (label_events, label_rows))):
@@ -322,7 +328,9 @@ def decisions_with_labels(conn: sa.Connection, since: Any, until: Any = None) ->
 
 def purge(conn: sa.Connection, before_day: Any) -> tuple[int, int]:
     """Delete decisions of days before ``before_day`` and their label events; (decisions,
-    label events) deleted."""
+    label events) deleted. A partitioned store drops whole days (:mod:`.partitions`)."""
+    if partitions.partitioned(conn):
+        return partitions.drop_before(conn, before_day)
     old = sa.select(decisions.c.transaction_id).where(decisions.c.tx_day < before_day)
     labels = conn.execute(
         sa.delete(label_events).where(label_events.c.transaction_id.in_(old))
