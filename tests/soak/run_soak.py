@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,10 @@ def stream(minutes: int, rate: int) -> list[dict[str, Any]]:
     from training.demo.replay import next_days
 
     base = next_days(PROJECT / "data" / "demo", 14)
-    span = base["TX_DATETIME"].max() - base["TX_DATETIME"].min() + timedelta(days=1)
+    # whole days: a loop starts the day after the last one ends (the stream clock refuses a
+    # jump of a day or more)
+    first, last = base["TX_DATETIME"].min(), base["TX_DATETIME"].max()
+    span = last.normalize() - first.normalize() + timedelta(days=1)
     need, out, loop = minutes * 60 * rate + rate * 10, [], 0
     while len(out) < need:
         frame = base.assign(TX_DATETIME=base["TX_DATETIME"] + loop * span)
@@ -127,6 +131,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--out", type=Path, default=PROJECT / "reports" / "soak")
     args = ap.parse_args()
+    # a SIGTERM (CI's timeout, a Ctrl-C'd make) still stops the service, Redis and PostgreSQL
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("BENTOML_HOME", str(PROJECT / ".bentoml"))
     from tests import servers
     from tests.services import PrivatePostgres, PrivateRedis, free_port
