@@ -172,6 +172,13 @@ def mlflow_server(workdir: Path, port: int) -> Iterator[str]:
         psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
+def serve_command(port: int) -> list[str]:
+    """`bentoml serve service:FraudDetector` on 127.0.0.1:``port`` as `fraudops serve` runs it:
+    through :mod:`serving.supervisor`, the decision shipper beside the workers."""
+    return [sys.executable, "-m", "serving.supervisor", "service:FraudDetector",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
 @contextmanager
 def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
     """`bentoml serve service:FraudDetector` through :mod:`serving.supervisor` (respawning
@@ -187,16 +194,7 @@ def bento_server(port: int, env: dict[str, str], log: Path) -> Iterator[str]:
         **env,
     }
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.supervisor",  # `bentoml serve` as `fraudops serve` runs it: the shipper beside
-            "service:FraudDetector",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command(port),
         cwd=PROJECT,
         env={**os.environ, **env},
         stdout=log.open("w"),

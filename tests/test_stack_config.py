@@ -228,14 +228,6 @@ def test_airflow_may_roll_out_fraud_api_and_nothing_else() -> None:
     deployment = yaml.safe_load((K8S / "fraud-api" / "deployment.yaml").read_text())
     assert deployment["metadata"]["name"] == settings.kube_deployment
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    # the shipper: a native sidecar on the API's journal volume, the same image and store
-    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
-    assert sidecar["restartPolicy"] == "Always" and sidecar["image"] == container["image"]
-    assert sidecar["command"] == ["python", "-m", "serving.shipper"]
-    assert container["command"][:4] == ["python", "-m", "serving.supervisor", "--no-shipper"]
-    assert [m for m in sidecar["volumeMounts"] if m["name"] == "journal"] == [
-        m for m in container["volumeMounts"] if m["name"] == "journal"
-    ]
     assert container["name"] == settings.kube_container
     assert deployment["spec"]["progressDeadlineSeconds"] < settings.rollout_timeout_s
 

@@ -162,16 +162,7 @@ def main() -> None:
         }
         log = work / "serve.log"
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.supervisor",
-                "service:FraudDetector",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            servers.serve_command(port),
             cwd=PROJECT,
             env=env,
             stdout=log.open("w"),
