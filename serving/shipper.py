@@ -129,8 +129,6 @@ class Shipper:
         self.root, self.url = root, url
         self.migrate = migrate  # bring the store's tables up to date before the first delivery
         self.engine = decision_store.engine_for(url, bulk=True)
-        self.last_ok = time.time()
-        self.backlog_bytes = 0
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -150,8 +148,6 @@ class Shipper:
             with _flock(folder / ".ship", wait_s) as ours:
                 if ours and folder.exists():
                     self._ship_folder(folder, result)
-        self.last_ok = time.time()
-        self.backlog_bytes = result.backlog_bytes
         with contextlib.suppress(OSError):
             (self.root / HEARTBEAT).touch()
         if result.decisions:
@@ -217,10 +213,9 @@ class Shipper:
                 self.ship_once()
                 pause = every_s
             except Exception as exc:  # the store is down: keep the backlog, try again
-                self.backlog_bytes = backlog(self.root)
                 pause = min(MAX_PAUSE_S, pause * 2)
                 log.warning(
-                    "decision store unreachable (%s); backlog %d bytes", exc, self.backlog_bytes
+                    "decision store unreachable (%s); backlog %d bytes", exc, backlog(self.root)
                 )
 
     def start(self, every_s: float = EVERY_S) -> None:
