@@ -7,7 +7,9 @@ request can move the online state's time or expire its history.
   far, starting at the end of the history shipped with the model. A transaction is accepted
   from ``max_age`` before it to ``max_step`` after it, so one request (or one adaptive batch)
   moves the clock by at most ``max_step``. With the Redis state the clock is shared through
-  Redis, so a restarted or new worker resumes where the stream is.
+  Redis, so a restarted or new worker resumes where the stream is, and a worker about to refuse
+  a time as too far ahead first catches up with the furthest worker (one that got no traffic
+  for a while would otherwise refuse every next transaction and, refusing, never move).
 
 Requests are checked while they are validated (:func:`check`, called by the request models), so
 a transaction outside the window gets a 400 naming ``tx_datetime`` before it is batched.
@@ -21,9 +23,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+from serving.state import StateUnavailable
 from training.core.features import MS_PER_DAY
 
 ClockMode = Literal["stream", "wall"]
+CATCH_UP_EVERY_S = 0.25  # how often a worker refusing times as too far ahead reads the shared clock
 
 
 def iso(ms: int) -> str:
@@ -57,6 +61,7 @@ class ServiceClock:
         self.shared = shared  # records this worker's clock, returns the furthest one
         self._stream_ms = start_ms if start_ms is not None else now_ms()
         self._lock = threading.Lock()
+        self._catch_up_due = 0.0  # monotonic time of the next catch-up allowed on a refusal
         if shared is not None and mode == "stream":
             self._stream_ms = max(self._stream_ms, shared(self._stream_ms))
 
@@ -68,6 +73,10 @@ class ServiceClock:
         now = self.now_ms()
         if now - self.max_age_ms <= t_ms <= now + self.max_ahead_ms:
             return None
+        if t_ms > now and self._catch_up():
+            now = self.now_ms()
+            if now - self.max_age_ms <= t_ms <= now + self.max_ahead_ms:
+                return None
         what = "the wall clock" if self.mode == "wall" else "the stream's clock"
         where = "after" if t_ms > now else "before"
         return (
@@ -82,6 +91,22 @@ class ServiceClock:
             with self._lock:
                 if t_ms > self._stream_ms:
                     self._stream_ms = t_ms
+
+    def _catch_up(self) -> bool:
+        """Stream mode with a shared clock: follow the furthest worker before refusing a time
+        as too far ahead, at most every CATCH_UP_EVERY_S (False: not due, or the state is
+        down, when the refusal stands)."""
+        if self.shared is None or self.mode != "stream":
+            return False
+        t = time.monotonic()
+        if t < self._catch_up_due:
+            return False
+        self._catch_up_due = t + CATCH_UP_EVERY_S
+        try:
+            self.sync()
+        except StateUnavailable:
+            return False
+        return True
 
     def sync(self) -> None:
         """Share this worker's stream clock and catch up with the others' (every few seconds)."""

@@ -259,3 +259,38 @@ def test_redis_buckets_are_shared_by_workers(keys: dict[str, Any]) -> None:
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def test_a_worker_left_behind_catches_up_when_it_would_refuse() -> None:
+    """A worker that got no traffic while the others moved the stream on (keep-alive
+    connections all held by them) must not refuse the stream's next transactions: it reads the
+    shared clock before refusing, at most once every CATCH_UP_EVERY_S under a flood."""
+    from serving.clock import CATCH_UP_EVERY_S
+    from serving.redis_state import RedisFeatureState
+
+    state = RedisFeatureState.from_url(REDIS_URL, MS_PER_DAY, MS_PER_DAY, f"clk{free_port()}")
+    calls: list[int] = []
+
+    def shared(t_ms: int) -> int:
+        calls.append(t_ms)
+        return state.coordination.stream_clock(t_ms)
+
+    try:
+        busy = ServiceClock("stream", 7 * MS_PER_DAY, MS_PER_DAY, epoch_ms(START), shared)
+        idle = ServiceClock("stream", 7 * MS_PER_DAY, MS_PER_DAY, epoch_ms(START), shared)
+        for day in range(1, 4):  # three days of stream through the busy worker alone
+            busy.advance(epoch_ms(START + day * DAY))
+            busy.sync()
+        calls.clear()
+        nxt = epoch_ms(START + 3 * DAY + DAY / 4)
+        assert idle.problem(nxt) is None, "the idle worker refused the stream's next transaction"
+        assert idle.now_ms() == epoch_ms(START + 3 * DAY) and len(calls) == 1
+        # a time past the stream itself stays refused, and a flood of them costs one call
+        too_far = epoch_ms(START + 5 * DAY)
+        for _ in range(1000):
+            assert "after the service clock" in (idle.problem(too_far) or "")
+        assert len(calls) == 1
+        time.sleep(CATCH_UP_EVERY_S)
+        assert idle.problem(too_far) is not None and len(calls) == 2
+    finally:
+        state.clear()

@@ -80,16 +80,25 @@ def processes(root: psutil.Process) -> dict[str, psutil.Process]:
 
 async def drive(
     url: str, key: str, bodies: list[dict[str, Any]], rate: int, minutes: int, on_minute: Any
-) -> tuple[list[str], dict[str, int]]:
+) -> tuple[list[str], dict[str, int], dict[str, list[str]]]:
     """Open loop: request i is sent at t0 + i / rate; each minute's latencies go to
-    ``on_minute``. The answered transaction ids, and the failures by kind."""
+    ``on_minute``. The answered transaction ids, the failures by kind, and the first few
+    answers of each kind (so a failed run says why)."""
     import aiohttp
 
     answered: list[str] = []
     failed: dict[str, int] = {}
+    samples: dict[str, list[str]] = {}
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=256)
     headers = {"Authorization": f"Bearer {key}"}
+
+    def fail(kind: str, detail: str) -> None:
+        failed[kind] = failed.get(kind, 0) + 1
+        if len(seen := samples.setdefault(kind, [])) < 5:
+            seen.append(f"{time.monotonic() - t0:.1f} s: {detail[:400]}")
+
+    t0 = time.monotonic()
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def one(body: dict[str, Any], due: float) -> None:
@@ -99,13 +108,13 @@ async def drive(
                     json={"transactions": [body]},
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as r:
-                    await r.read()
+                    text = await r.read()
                     if r.status == 200:
                         answered.append(body["transaction_id"])
                     else:
-                        failed[str(r.status)] = failed.get(str(r.status), 0) + 1
+                        fail(str(r.status), text.decode(errors="replace"))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+                fail(type(exc).__name__, repr(exc))
             latencies.append(time.monotonic() - due)
 
         t0, tasks, minute = time.monotonic(), set(), 1
@@ -122,7 +131,7 @@ async def drive(
                 minute += 1
         await asyncio.gather(*tasks)
         on_minute(minute, list(latencies), dict(failed))
-    return answered, failed
+    return answered, failed, samples
 
 
 def main() -> None:
@@ -205,7 +214,7 @@ def main() -> None:
                 flush=True,
             )
 
-        answered, failed = asyncio.run(
+        answered, failed, samples = asyncio.run(
             drive(url, servers.KEY, bodies, args.rate, args.minutes, on_minute)
         )
         lost = missing(pg.url, answered)
@@ -220,6 +229,7 @@ def main() -> None:
         "rate": args.rate,
         "answered": len(answered),
         "failed": failed,
+        "failure_samples": samples,
         "lost": lost,
         "verdict": verdict,
     }
@@ -228,7 +238,12 @@ def main() -> None:
     (args.out / "soak.md").write_text(render(report))
     plot(minutes, args.out / "soak.png")
     print(render(report))
-    sys.exit(0 if all(ok for ok, _ in verdict.values()) else 1)
+    if not all(ok for ok, _ in verdict.values()):
+        for kind, seen in samples.items():
+            print(f"first {kind} answers:\n  " + "\n  ".join(seen))
+        lines = (work / "serve.log").read_text(errors="replace").splitlines()
+        print(f"last 80 lines of {work / 'serve.log'}:\n" + "\n".join(lines[-80:]))
+        sys.exit(1)
 
 
 def missing(url: str, answered: list[str]) -> int:
