@@ -129,6 +129,42 @@ def test_times_outside_the_clock_are_refused_by_both_workers(two_workers) -> Non
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.redis
+def test_a_worker_without_traffic_takes_the_stream_on_where_the_other_left_it(
+    two_workers,
+) -> None:
+    """Three days of stream over one keep-alive connection (one worker), then the next
+    transaction over new connections (both workers): every one is answered 200, none refused
+    by a worker whose clock stayed days behind (the soak's 400s)."""
+    from datetime import datetime, timedelta
+
+    url, _ = two_workers
+
+    def body(tx_id: str, when: datetime) -> dict:
+        return {"transactions": [{"transaction_id": tx_id, "tx_datetime": when.isoformat(),
+                "customer_id": "lag-C", "terminal_id": "lag-T", "tx_amount": 9.5}]}  # fmt: skip
+
+    with httpx.Client(headers=AUTH, timeout=30) as busy:
+        at = datetime.fromisoformat(busy.get(f"{url}/health").json()["clock"]["now"])
+        for _ in range(12):  # 6-hour steps, each inside the busy worker's window
+            at += timedelta(hours=6)
+            r = busy.post(f"{url}/predict", json=body(f"lag-busy-{uuid4().hex[:6]}", at))
+            assert r.status_code == 200, r.text
+        time.sleep(2.2)  # its next request publishes its clock (the upkeep, every 2 s)
+        at += timedelta(minutes=1)
+        assert busy.post(f"{url}/predict", json=body(f"lag-pub-{uuid4().hex[:6]}", at)).is_success
+    workers = set()
+    for i in range(16):
+        at += timedelta(seconds=30)
+        r = httpx.post(f"{url}/predict", json=body(f"lag-new-{i}-{uuid4().hex[:6]}", at),
+                       headers=AUTH, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        workers.add(httpx.get(f"{url}/health", timeout=10).json()["process"])
+    assert len(workers) == 2, "new connections reached one worker only"
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
 def test_both_workers_follow_the_admin_challenger_call(two_workers, champion, small_raw) -> None:
     """/admin/challenger reaches one worker; the other follows it once it scores."""
     url, _ = two_workers
