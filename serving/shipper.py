@@ -30,7 +30,9 @@ MAX_PAUSE_S = 5.0  # between attempts while the store is down
 
 
 def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Journal lines as decision rows and label-event rows for the store."""
+    """Journal lines as decision rows and label-event rows for the store: a batch line
+    (``"k": "b"``, by column) gives a row per decision, a decision line (``"d"``, written
+    before batch lines) one."""
     from training.core import decision_store
 
     decisions: list[dict[str, Any]] = []
@@ -38,11 +40,25 @@ def rows_of(lines: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, An
     for line in lines:
         item = orjson.loads(line)
         kind = item.pop("k")
-        if kind == "d":
+        if kind == "b":
+            decisions += map(decision_store.decision_row, _batch_rows(item))
+        elif kind == "d":
             decisions.append(decision_store.decision_row(item))
         elif kind == "l":
             labels.append(decision_store.label_row(item))
     return decisions, labels
+
+
+def _batch_rows(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A batch line's decisions, one dict each."""
+    same, cols, features = item["same"], item["cols"], item["features"]
+    names, fnames = list(cols), list(features or ())
+    fvalues = list(zip(*features.values(), strict=True)) if features else None
+    for i, values in enumerate(zip(*cols.values(), strict=True)):
+        row = dict(same)
+        row.update(zip(names, values, strict=True))
+        row["features"] = dict(zip(fnames, fvalues[i], strict=True)) if fvalues else None
+        yield row
 
 
 def journal_folders(root: Path) -> list[Path]:
@@ -190,14 +206,19 @@ class Shipper:
             if end == 0:  # a line still being written, or a torn one never answered
                 break
             lines = chunk[:end].splitlines()
-            for start in range(0, len(lines), SHIP_ROWS):
-                part = lines[start : start + SHIP_ROWS]
-                d_rows, l_rows = rows_of(part)
-                with self.engine.begin() as conn:
-                    d, lab = decision_store.write(conn, d_rows, l_rows)
-                result.decisions += d
-                result.labels += lab
-                result.lines += len(part)
+            d_rows, l_rows, taken = [], [], 0
+            for i, line in enumerate(lines):  # SHIP_ROWS rows (not lines) a transaction
+                d, lab = rows_of([line])
+                d_rows += d
+                l_rows += lab
+                taken += 1
+                if len(d_rows) + len(l_rows) >= SHIP_ROWS or i == len(lines) - 1:
+                    with self.engine.begin() as conn:
+                        stored = decision_store.write(conn, d_rows, l_rows)
+                    result.decisions += stored[0]
+                    result.labels += stored[1]
+                    result.lines += taken
+                    d_rows, l_rows, taken = [], [], 0
             offset += end
             tmp = mark.with_suffix(".tmp")
             tmp.write_text(str(offset))

@@ -107,8 +107,7 @@ def test_journal_lines_are_the_tables_rows(monkeypatch: pytest.MonkeyPatch) -> N
         {"A": np.array([1.0, 2.0])}, "fraud_detector", 0.5, False,
     )  # fmt: skip
     sent = dl.DecisionLog.feedback_record_lines(log, records, "k", "m", "7")  # type: ignore[arg-type]
-    for line in [*scored, *sent]:
-        assert ds.journal_fields_problem(json.loads(line)) is None
+    assert [json.loads(line)["k"] for line in [*scored, *sent]] == ["b", "b"]  # a line a batch
     decisions, _ = sh.rows_of([*scored, *sent])
     assert {tuple(sorted(row)) for row in decisions} == {
         tuple(sorted(c.name for c in ds.decisions.columns))

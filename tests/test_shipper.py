@@ -123,3 +123,45 @@ def test_copy_and_executemany_store_the_same_rows(
     engine.dispose()
     assert last is not None and last["features"] == {"TX_AMOUNT": 12.34}
     assert last["probability"] == (lines - 1) / lines and last["is_fraud"] is False
+
+
+def test_batch_lines_are_stored_a_bounded_number_of_rows_a_transaction(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines of whole batches (the workers' format), with a decision line of the format before
+    them and label events: every row stored, no database transaction over SHIP_ROWS rows."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from serving.decision_log import DecisionLog
+    from serving.online_features import TxRecord
+    from training.core import decision_store as ds
+
+    log = SimpleNamespace(feature_names=["A"], worker="w")
+    lines = [decision_line("old-1")]
+    for b in range(4):
+        records = [TxRecord(f"b{b}-{i}", "c", "t", 1_530_000_000_000 + i, 10 * i) for i in range(5)]
+        lines += DecisionLog.decision_lines(  # type: ignore[arg-type]
+            log, records, ["k"] * 5, [0.1] * 5, [False] * 5, ["7"] * 5,
+            {"A": np.arange(5.0)}, "fraud_detector", 0.5, False,
+        )  # fmt: skip
+    lines.append(label_line("e1", "b0-0", True, 1_530_000_100_000))
+    sizes: list[int] = []
+    write = ds.write
+
+    def counted(conn, d_rows, l_rows):  # type: ignore[no-untyped-def]
+        sizes.append(len(d_rows) + len(l_rows))
+        return write(conn, d_rows, l_rows)
+
+    monkeypatch.setattr(sh, "SHIP_ROWS", 7)
+    monkeypatch.setattr(ds, "write", counted)
+    journal = jn.Journal(tmp_path / "journal", "w1")
+    journal.write_durably(lines)
+    shipper = sh.Shipper(tmp_path / "journal", store_url)
+    result = shipper.ship_once()
+    assert (result.decisions, result.labels, result.lines) == (21, 1, 6)
+    assert counts(store_url) == (21, 1)
+    assert sum(sizes) == 22 and max(sizes) <= 7 + 4  # one batch line past the bound at most
+    shipper.close()
+    journal.close()
