@@ -141,6 +141,28 @@ def service_url(champion, session_dir: Path):
         yield url
 
 
+@pytest.fixture(scope="session")
+def spark_cluster(session_dir: Path):
+    """A real Spark standalone cluster for the session: a master and 2 one-core workers, each
+    its own JVM, from pyspark's distribution, on loopback."""
+    from training.spark.standalone import StandaloneCluster
+
+    with StandaloneCluster(session_dir / "spark", workers=2, cores=1, memory="1500m") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def spark(spark_cluster):
+    """A Spark session on the session's cluster (FRAUD_ENGINE=spark's, as the CLI builds it)."""
+    from training.core.config import Settings
+    from training.spark.session import spark_session
+
+    settings = Settings(engine="spark", spark_master=spark_cluster.url, spark_executor_memory="1g")
+    session = spark_session(settings, app="fraud-mlops-tests")
+    yield session
+    session.stop()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated decision store: an SQLite file, or a new PostgreSQL database."""

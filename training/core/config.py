@@ -19,6 +19,25 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data/demo"), description="Default dataset folder")
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="Where the offline half runs (the feature pass, the training window's "
+        "sample, the hold-out's scoring): this process with pandas (local), or Apache Spark "
+        "at FRAUD_SPARK_MASTER (spark)",
+    )
+    spark_master: str = Field(
+        "local[*]",
+        description="Spark master: spark://host:7077 (a standalone cluster) or local[*] (a JVM "
+        "beside this process)",
+    )
+    spark_driver_host: str = Field(
+        "127.0.0.1", description="The address executors reach the driver on (this host's)"
+    )
+    spark_driver_memory: str = Field("2g", description="The driver JVM's heap")
+    spark_executor_memory: str = Field("1g", description="Each executor's heap")
+    spark_shuffle_partitions: int = Field(
+        0, ge=0, description="Shuffle partitions (0: 4 per executor core the cluster has)"
+    )
     mlflow_tracking_uri: str = Field(
         "sqlite:///mlruns/mlflow.db",
         validation_alias="MLFLOW_TRACKING_URI",

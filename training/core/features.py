@@ -169,20 +169,28 @@ def _group_codes(values: pd.Series) -> np.ndarray:
 
 
 def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
-    """Point-in-time aggregates over a whole history (``df`` in stream order, labels present).
+    """Point-in-time aggregates over a whole history (``df`` in stream order, labels present):
+    the customer side, then the terminal side. Each side reads only its entity's own
+    transactions, so a distributed pass runs the same two functions per group
+    (:mod:`training.spark.features`)."""
+    agg = empty_aggregates(to_ms(df[schema.TX_DATETIME]), to_cents(df[schema.TX_AMOUNT]), cfg)
+    if len(df):
+        customer_windows(agg, _group_codes(df[schema.CUSTOMER_ID]), cfg)
+        terminal_windows(
+            agg, _group_codes(df[schema.TERMINAL_ID]), df[schema.TX_FRAUD].to_numpy(), cfg
+        )
+    return agg
 
-    Sort once per entity by (entity, time, stream position) and find every window's start with
-    a binary search on a composite key; window sums are differences of cumulative sums.
-    """
-    t = to_ms(df[schema.TX_DATETIME])
-    cents = to_cents(df[schema.TX_AMOUNT])
-    fraud = df[schema.TX_FRAUD].to_numpy(dtype=np.int64)
-    n = len(df)
-    pos = np.arange(n)
+
+def empty_aggregates(
+    time_ms: np.ndarray, amount_cents: np.ndarray, cfg: FeatureConfig
+) -> Aggregates:
+    """Aggregates of n transactions with every window still empty."""
+    n = len(time_ms)
     block = (len(cfg.windows), n)
-    agg = Aggregates(
-        time_ms=t,
-        amount_cents=cents,
+    return Aggregates(
+        time_ms=time_ms,
+        amount_cents=amount_cents,
         cust_count=np.zeros(block, dtype=np.int64),
         cust_cents=np.zeros(block, dtype=np.int64),
         term_count=np.zeros(block, dtype=np.int64),
@@ -190,14 +198,24 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
         gap_ms=np.zeros(n, dtype=np.int64),
         cust_large=np.zeros(n, dtype=np.int64),
     )
-    if n == 0:
-        return agg
-    t0 = t - t.min()
-    span = int(t0.max()) + cfg.terminal_retention_ms + cfg.customer_retention_ms + 1
 
-    cust = _group_codes(df[schema.CUSTOMER_ID])
-    order = np.lexsort((pos, t0, cust))
-    key = cust[order] * span + t0[order]
+
+def _span(t0: np.ndarray, cfg: FeatureConfig) -> int:
+    """A key stride past any window's reach: entity * span + time never meets a neighbour."""
+    return int(t0.max()) + cfg.terminal_retention_ms + cfg.customer_retention_ms + 1
+
+
+def customer_windows(agg: Aggregates, cust: np.ndarray, cfg: FeatureConfig) -> None:
+    """The customer side of ``agg``, in place: window counts and sums, the gap to the previous
+    transaction, the large transactions. Rows in stream order, ``cust`` integer codes.
+
+    Sort once by (customer, time, stream position) and find every window's start with a binary
+    search on a composite key; window sums are differences of cumulative sums."""
+    t, cents = agg.time_ms, agg.amount_cents
+    n = len(t)
+    t0 = t - t.min()
+    order = np.lexsort((np.arange(n), t0, cust))
+    key = cust[order] * _span(t0, cfg) + t0[order]
     csum = np.concatenate([[0], np.cumsum(cents[order])])
     idx = np.arange(n)
     for i, w in enumerate(cfg.windows):
@@ -216,16 +234,24 @@ def offline_aggregates(df: pd.DataFrame, cfg: FeatureConfig) -> Aggregates:
             agg.cust_count[i30, order], agg.cust_cents[i30, order], cfg,
         )  # fmt: skip
 
-    term = _group_codes(df[schema.TERMINAL_ID])
-    order = np.lexsort((pos, t0, term))
-    key = term[order] * span + t0[order]
+
+def terminal_windows(
+    agg: Aggregates, term: np.ndarray, fraud: np.ndarray, cfg: FeatureConfig
+) -> None:
+    """The terminal side of ``agg``, in place: transactions and known frauds in each window
+    shifted by the label delay. Rows in stream order, ``term`` integer codes."""
+    t = agg.time_ms
+    n = len(t)
+    t0 = t - t.min()
+    fraud = np.asarray(fraud, dtype=np.int64)
+    order = np.lexsort((np.arange(n), t0, term))
+    key = term[order] * _span(t0, cfg) + t0[order]
     fsum = np.concatenate([[0], np.cumsum(fraud[order])])
     hi = np.searchsorted(key, key - cfg.delay_ms, side="right")
     for i, w in enumerate(cfg.windows):
         lo = np.searchsorted(key, key - cfg.delay_ms - w * MS_PER_DAY, side="right")
         agg.term_count[i, order] = hi - lo
         agg.term_frauds[i, order] = fsum[hi] - fsum[lo]
-    return agg
 
 
 def _large_counts(
