@@ -114,3 +114,24 @@ def test_prefix_stable_and_extendable(tmp_path) -> None:
     pd.testing.assert_frame_equal(back, long, check_dtype=False)
     cfg, extra = load_config(tmp_path)
     assert cfg.n_days == 30 and extra["appended_by"] == ["run-1"]
+
+
+def test_a_scaled_run_is_the_same_process_n_times_over() -> None:
+    """`--scale 4`: four times the customers and terminals on a grid twice as wide, so each
+    customer reaches as many terminals and pays as often; four times the compromises a day."""
+    from training.demo.simulate import scaled, simulate_days
+
+    base = SimulationConfig(n_customers=500, n_terminals=1_000, n_days=20, seed=5)
+    big = scaled(base, 4)
+    assert (big.n_customers, big.n_terminals, big.grid) == (2_000, 4_000, 200.0)
+    assert big.compromised_terminals_per_day == 8 and big.compromised_customers_per_day == 12
+    reach = terminals_within_radius(base).mean(), terminals_within_radius(big).mean()
+    assert abs(reach[1] / reach[0] - 1) < 0.1
+    one, four = simulate(base), simulate(big)
+    assert 3.6 < len(four) / len(one) < 4.4
+    assert abs(four[schema.TX_FRAUD].mean() / one[schema.TX_FRAUD].mean() - 1) < 0.35
+    days = list(simulate_days(big))  # a day at a time, the same rows
+    assert len(days) == 20 and all(
+        d[schema.TX_DATETIME].dt.normalize().nunique() == 1 for d in days
+    )
+    pd.testing.assert_frame_equal(pd.concat(days, ignore_index=True), four)

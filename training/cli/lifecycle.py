@@ -15,12 +15,14 @@ from rich.table import Table
 from training.cli.app import (
     AsOfOpt,
     DataOpt,
+    EngineOpt,
     SourceOpt,
     app,
     console,
     data_path,
     load_training_data,
     step,
+    with_engine,
     with_source,
 )
 from training.core.config import get_settings
@@ -46,12 +48,19 @@ def simulate(
     compromised_customers_per_day: int = 3,
     customer_compromise_days: int = typer.Option(14, min=1),
     card_fraud_multiplier: float = typer.Option(5.0, help="Amount multiplier of card fraud."),
+    scale: int = typer.Option(
+        1,
+        min=1,
+        help="N times the customers and terminals by the same process (a grid N times larger, "
+        "N times the compromises a day); written a day at a time.",
+    ),
 ) -> None:
     """Simulate transactions (handbook process) into one parquet file per day.
 
-    Example: `fraudops simulate --customers 5000 --terminals 10000 --days 183 --out data/full`
+    Examples: `fraudops simulate --customers 5000 --terminals 10000 --days 183 --out data/full`;
+    ten times the handbook's volume: `fraudops simulate --scale 10 --out data/x10`
     """
-    from training.demo.simulate import SimulationConfig
+    from training.demo.simulate import SimulationConfig, scaled
 
     cfg = SimulationConfig(
         n_customers=customers,
@@ -67,24 +76,28 @@ def simulate(
         customer_compromise_days=customer_compromise_days,
         card_fraud_multiplier=card_fraud_multiplier,
     )
-    simulate_into(cfg, out or get_settings().data_dir)
+    simulate_into(scaled(cfg, scale), out or get_settings().data_dir)
 
 
 def simulate_into(cfg: SimulationConfig, out: Path) -> None:
-    """Simulate and write per-day parquet files under ``out/transactions``."""
-    from training.demo.simulate import save_config, write_per_day
-    from training.demo.simulate import simulate as run_sim
+    """Simulate and write per-day parquet files under ``out/transactions``, a day at a time
+    (memory: one day, whatever the size)."""
+    from training.demo.simulate import save_config, simulate_days, write_per_day
 
     target = out / "transactions"
+    for old in target.glob("*.parquet"):
+        old.unlink()
     t0 = time.perf_counter()
-    with step("simulating") as say:
-        df = run_sim(cfg, progress=say)
-    with step(f"writing {target}"):
-        paths = write_per_day(df, target)
+    n = frauds = files = 0
+    with step(f"simulating into {target}") as say:
+        for day in simulate_days(cfg, progress=say):
+            files += len(write_per_day(day, target, replace=False))
+            n, frauds = n + len(day), frauds + int(day["TX_FRAUD"].sum())
+            say(f"day {files}/{cfg.n_days}, {n:,} transactions written")
     save_config(cfg, out)
     console.print(
-        f"{len(df):,} transactions, {int(df['TX_FRAUD'].sum()):,} frauds "
-        f"({df['TX_FRAUD'].mean():.3%}) in {len(paths)} files, {time.perf_counter() - t0:.1f}s"
+        f"{n:,} transactions, {frauds:,} frauds ({frauds / max(n, 1):.3%}) in {files} files, "
+        f"{time.perf_counter() - t0:.1f}s"
     )
 
 
@@ -98,6 +111,7 @@ def train(
     seed: int = 0,
     source: SourceOpt = None,
     as_of: AsOfOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Train (prequential model selection), log to MLflow, register, and gate the champion.
 
@@ -106,7 +120,7 @@ def train(
     """
     from training import pipeline
 
-    settings = with_source(get_settings(), source)
+    settings = with_engine(with_source(get_settings(), source), engine)
     path = data_path(settings, data)
     loaded = load_training_data(settings, path, as_of)
     if budget:
@@ -193,6 +207,7 @@ def evaluate(
             "default: the last test week ends the data.",
         ),
     ] = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Handbook protocol: train 7 days, delay 7, test 7, over prequential folds; mean ± std.
 
@@ -205,8 +220,10 @@ def evaluate(
     if protocol != "handbook":
         console.print(f"[red]error:[/red] --protocol: unknown protocol {protocol!r} (handbook)")
         raise typer.Exit(2)
-    settings = get_settings().model_copy(update={"training_source": "files"})
-    loaded = load_training_data(settings, data_path(settings, data))
+    settings = with_engine(get_settings().model_copy(update={"training_source": "files"}), engine)
+    # a Spark pass brings back the folds' days only (every day for a chosen --train-start)
+    keep = None if train_start else data_mod.prequential_days(folds)
+    loaded = load_training_data(settings, data_path(settings, data), keep_days=keep)
     raw, feats = loaded.raw, loaded.feats
     from training.train import Candidate
 
@@ -285,6 +302,7 @@ def check(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report.")] = None,
     source: SourceOpt = None,
     as_of: AsOfOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """The champion on the latest labelled days: precision, recall, AP and drift (the
     retraining DAG's performance check); from the decision log also what the service answered.
@@ -293,9 +311,9 @@ def check(
     """
     from training import champion_check
 
-    settings = with_source(get_settings(), source)
+    settings = with_engine(with_source(get_settings(), source), engine)
     path = data_path(settings, data)
-    loaded = load_training_data(settings, path, as_of)
+    loaded = load_training_data(settings, path, as_of, keep_days=days)
     with step("scoring the champion"):
         report = champion_check.check_champion(settings, path, days=days, loaded=loaded)
     table = Table(title=f"Champion v{report.champion_version} on {report.window}")

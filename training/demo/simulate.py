@@ -10,7 +10,7 @@ Adds the categorical fields a processor sends: ``TX_CHANNEL`` and ``MERCHANT_CAT
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -52,6 +52,23 @@ class SimulationConfig:
     compromised_customers_per_day: int = 3
     customer_compromise_days: int = 14
     card_fraud_multiplier: float = 5.0
+    grid: float = 100.0  # side of the square customers and terminals live on
+
+
+def scaled(cfg: SimulationConfig, scale: int) -> SimulationConfig:
+    """``scale`` times the customers and terminals by the same process: the grid grows by
+    sqrt(scale) a side, so a customer has as many terminals within its radius, and ``scale``
+    times as many terminals and cards are compromised a day, so the fraud mix stays the same."""
+    if scale < 1:
+        raise ValueError(f"scale must be 1 or more, got {scale}")
+    return replace(
+        cfg,
+        n_customers=cfg.n_customers * scale,
+        n_terminals=cfg.n_terminals * scale,
+        grid=cfg.grid * scale**0.5,
+        compromised_terminals_per_day=cfg.compromised_terminals_per_day * scale,
+        compromised_customers_per_day=cfg.compromised_customers_per_day * scale,
+    )
 
 
 def simulate(
@@ -65,16 +82,28 @@ def simulate(
     prefix-stable: the days of a shorter run are exactly the first days of a longer one, and
     ``first_day`` continues an existing dataset with the same portfolio (the demo's daily data).
     """
+    frames = list(simulate_days(cfg, progress, first_day))
+    if not frames:
+        return _frame(cfg, {k: np.zeros(0) for k in _COLUMNS}, np.zeros(0, dtype=np.int64))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def simulate_days(
+    cfg: SimulationConfig,
+    progress: Callable[[str], None] | None = None,
+    first_day: int = 0,
+) -> Iterator[pd.DataFrame]:
+    """:func:`simulate`, a day at a time (one frame a day, in order): a dataset of any size
+    is written without holding more than a day."""
     say = progress or (lambda _msg: None)
     if not 0 <= first_day <= cfg.n_days:
         raise ValueError(f"first_day must be within 0..{cfg.n_days}, got {first_day}")
     rng = np.random.default_rng(cfg.seed)
     say("customer and terminal profiles")
     cust_xy, mean_amount, mean_nb_tx, term_xy = _profiles(cfg, rng)
-    cat_names = np.array(list(MERCHANT_CATEGORIES))
     cat_share = np.array([v[0] for v in MERCHANT_CATEGORIES.values()])
     cat_cnp = np.array([v[1] for v in MERCHANT_CATEGORIES.values()])
-    term_cat = rng.choice(len(cat_names), size=cfg.n_terminals, p=cat_share / cat_share.sum())
+    term_cat = rng.choice(len(cat_share), size=cfg.n_terminals, p=cat_share / cat_share.sum())
 
     say("terminals within radius")
     neighbours = cKDTree(term_xy).query_ball_point(cust_xy, r=cfg.radius)
@@ -83,19 +112,22 @@ def simulate(
     flat = np.fromiter(
         (t for n in neighbours for t in sorted(n)), dtype=np.int64, count=int(offsets[-1])
     )
+    del neighbours
     portfolio = _Portfolio(mean_amount, mean_nb_tx, n_avail, offsets, flat, cat_cnp[term_cat])
     next_id = sum(_day_volume(cfg, d, portfolio) for d in range(first_day))
-    days = []
     for d in range(first_day, cfg.n_days):
-        if d % 10 == 0:
-            say(f"day {d + 1}/{cfg.n_days}")
+        say(f"day {d + 1}/{cfg.n_days}")
         day = _simulate_day(cfg, d, portfolio)
         day[schema.TRANSACTION_ID] = np.arange(next_id, next_id + len(day[_SECONDS]))
         next_id += len(day[_SECONDS])
-        days.append(day)
+        yield _frame(cfg, day, term_cat)
 
-    say("assembling frame")
-    cols = {k: np.concatenate([d[k] for d in days]) if days else np.zeros(0) for k in _COLUMNS}
+
+def _frame(
+    cfg: SimulationConfig, cols: dict[str, np.ndarray], term_cat: np.ndarray
+) -> pd.DataFrame:
+    """The raw layout of simulated columns (rows sorted by time)."""
+    cat_names = np.array(list(MERCHANT_CATEGORIES))
     seconds, terminal, cnp = cols[_SECONDS], cols[schema.TERMINAL_ID], cols["cnp"].astype(bool)
     start = pd.Timestamp(cfg.start_date).to_datetime64().astype("datetime64[s]")
     return pd.DataFrame(
@@ -225,10 +257,10 @@ def _profiles(
     cfg: SimulationConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Customer locations, mean amounts, mean transactions per day; terminal locations."""
-    cust_xy = rng.uniform(0, 100, size=(cfg.n_customers, 2))
+    cust_xy = rng.uniform(0, cfg.grid, size=(cfg.n_customers, 2))
     mean_amount = rng.uniform(5, 100, size=cfg.n_customers)
     mean_nb_tx = rng.uniform(0, 4, size=cfg.n_customers)
-    term_xy = rng.uniform(0, 100, size=(cfg.n_terminals, 2))
+    term_xy = rng.uniform(0, cfg.grid, size=(cfg.n_terminals, 2))
     return cust_xy, mean_amount, mean_nb_tx, term_xy
 
 
