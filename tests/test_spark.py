@@ -63,3 +63,53 @@ def test_a_window_reads_only_its_days_files(tied_days: Path) -> None:
     assert len(every) == 75 and [sources.file_day(f) for f in week] == [
         date(2018, 4, d) for d in range(10, 17)
     ]
+
+
+def test_a_window_brings_back_its_days_with_the_features_of_the_whole_history(
+    spark, tied_days: Path
+) -> None:
+    """The last 21 days from the cluster (read with the 37 days of history their windows
+    reach, not the 75): the local frames' last 21 days, raw and features."""
+    from training.spark.window import training_frames
+
+    raw, feats = training_frames(spark, tied_days, keep_days=21)
+    local_raw = data.load_transactions(tied_days)
+    local = features.offline_features(local_raw)
+    since = local_raw[schema.TX_DATETIME].max().normalize() - pd.Timedelta(days=20)
+    rows = local_raw[schema.TX_DATETIME] >= since
+    pd.testing.assert_frame_equal(raw, local_raw[rows].reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        feats, local[rows].reset_index(drop=True), check_dtype=False, rtol=0, atol=1e-9
+    )
+
+
+def test_fraudops_train_with_the_spark_engine_registers_a_model_through_the_gate(
+    spark, small_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fraudops train --engine spark` (in a store of its own): the feature pass on the
+    cluster, the model logged, registered and gated like any other."""
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.core.config import get_settings
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FRAUD_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["train", "--engine", "spark", "--data", str(small_data_dir), "--grid", "quick"]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "the feature pass on Spark" in result.output and "-> champion" in result.output
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name = 'fraud-detector'")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["data.engine"] == "spark"
+    assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
+    # the days it trained and tested on: the handbook layout's 56, not the 75 on disk
+    assert int(run.data.params["n_transactions"]) < len(data.load_transactions(small_data_dir))

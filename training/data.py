@@ -135,6 +135,22 @@ class Layout:
     folds: list[Split]
 
 
+def prequential_days(
+    n_folds: int, train_days: int = 7, delay_days: int = 7, test_days: int = 7
+) -> int:
+    """The days :func:`prequential_splits` uses when the last test week ends the data."""
+    return train_days + delay_days + test_days + (n_folds - 1) * test_days
+
+
+def layout_days(
+    n_folds: int = 4, train_days: int = 7, delay_days: int = 7, test_days: int = 7
+) -> int:
+    """The days :func:`handbook_layout` uses, ending with the data's last day: the final split,
+    then the validation folds before it (the rows an engine must bring back; earlier days are
+    the features' history only)."""
+    return 2 * (train_days + delay_days + test_days) + (n_folds - 2) * test_days
+
+
 def handbook_layout(
     df: pd.DataFrame,
     train_days: int = 7,

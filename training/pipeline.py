@@ -100,12 +100,22 @@ class TrainingData:
     window: decision_source.TrainingWindow | None = None  # db: the log's window
 
 
-def load_data(settings: Settings, data_path: Path, as_of: datetime | None = None) -> TrainingData:
+def load_data(
+    settings: Settings,
+    data_path: Path,
+    as_of: datetime | None = None,
+    keep_days: int | None = None,
+) -> TrainingData:
     """The training data by ``settings.training_source``: the files at ``data_path``, or the
     decision log with the labels (``as_of``: the label policy's clock, default the store's),
     the days before the log from the files. The logged feature vectors are checked against
-    the ones recomputed here (:class:`PipelineError` on a training/serving skew)."""
+    the ones recomputed here (:class:`PipelineError` on a training/serving skew).
+
+    Files with ``settings.engine == "spark"``: the feature pass runs on Spark and only the
+    last ``keep_days`` days come back (default: the handbook layout's, :func:`data.layout_days`)."""
     if settings.training_source == "files":
+        if settings.engine == "spark":
+            return spark_data(settings, data_path, keep_days or data.layout_days())
         raw = data.load_transactions(data_path)
         return TrainingData(raw, features.offline_features(raw), str(data_path))
     import sqlalchemy as sa
@@ -135,6 +145,16 @@ def load_data(settings: Settings, data_path: Path, as_of: datetime | None = None
         f"decision log {store} + {data_path}" if window.backfilled else f"decision log {store}"
     )
     return TrainingData(window.raw, feats, dataset, window.tags, window)
+
+
+def spark_data(settings: Settings, data_path: Path, keep_days: int | None) -> TrainingData:
+    """The files' last ``keep_days`` days (every day when None) and their features, computed
+    on Spark at ``settings.spark_master``."""
+    from training.spark.window import session_for, training_frames
+
+    with session_for(settings) as spark:
+        raw, feats = training_frames(spark, data_path, keep_days)
+    return TrainingData(raw, feats, str(data_path), {"data.engine": "spark"})
 
 
 def prepare_data(

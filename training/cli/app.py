@@ -84,6 +84,25 @@ AsOfOpt = Annotated[
 ]
 
 
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="local (pandas, this process) or spark (the feature pass on FRAUD_SPARK_MASTER) "
+        "(default: FRAUD_ENGINE).",
+    ),
+]
+
+
+def with_engine(settings: Settings, engine: str | None) -> Settings:
+    if engine is None:
+        return settings
+    if engine not in ("local", "spark"):
+        console.print(f"[red]error:[/red] --engine: {engine!r} is not local or spark")
+        raise typer.Exit(2)
+    return settings.model_copy(update={"engine": engine})
+
+
 def with_source(settings: Settings, source: str | None) -> Settings:
     if source is None:
         return settings
@@ -93,8 +112,11 @@ def with_source(settings: Settings, source: str | None) -> Settings:
     return settings.model_copy(update={"training_source": source})
 
 
-def load_training_data(settings: Settings, path: Path, as_of: datetime | None = None):
-    """The training data the settings' source gives, with progress and a one-line summary."""
+def load_training_data(
+    settings: Settings, path: Path, as_of: datetime | None = None, keep_days: int | None = None
+):
+    """The training data the settings' source and engine give, with progress and a one-line
+    summary (``keep_days``: the days a Spark pass brings back, see ``pipeline.load_data``)."""
     from training import data as data_mod
     from training import decision_source, pipeline
     from training.core import features
@@ -104,6 +126,9 @@ def load_training_data(settings: Settings, path: Path, as_of: datetime | None = 
             when = decision_source.as_utc(as_of) if as_of else None
             with step("reading the decision log, recomputing features"):
                 loaded = pipeline.load_data(settings, path, when)
+        elif settings.engine == "spark":
+            with step(f"the feature pass on Spark ({settings.spark_master})"):
+                loaded = pipeline.load_data(settings, path, keep_days=keep_days)
         else:
             with step(f"loading {path}") as say:
                 raw = data_mod.load_transactions(path, progress=lambda i, n: say(f"file {i}/{n}"))

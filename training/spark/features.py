@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 FILE, ROW = "_FILE", "_ROW"  # a row's place in its source: the stream order's tie-break
 ORDER = [schema.TX_DATETIME, FILE, ROW]
-KEPT = (
-    schema.TRANSACTION_ID, schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TERMINAL_ID,
-    schema.TX_AMOUNT, schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO,
-)  # fmt: skip
 
 
 def _term_cols(cfg: FeatureConfig) -> list[str]:
@@ -77,21 +73,28 @@ def _customer_side(cfg: FeatureConfig, categorical: bool, kept: list[str]) -> ob
         cats = {c: pdf[c].to_numpy() for c in schema.CATEGORICAL_COLUMNS} if categorical else None
         out = pd.DataFrame(feature_columns(agg, cfg, cats))
         for c in reversed(kept):
-            out.insert(0, c, pdf[c].to_numpy())
+            out.insert(0, input_name(c) if c in out.columns else c, pdf[c].to_numpy())
         return out
 
     return run
 
 
-def features(sdf: DataFrame, cfg: FeatureConfig | None = None) -> DataFrame:
-    """The kept transaction columns and every feature, for every transaction of ``sdf``
-    (the normalised columns plus FILE and ROW, as :mod:`training.spark.sources` reads them)."""
+def input_name(column: str) -> str:
+    """The output name of an input column that a feature shares its name with (TX_AMOUNT)."""
+    return f"_IN_{column}"
+
+
+def features(sdf: DataFrame, cfg: FeatureConfig | None = None, order: bool = False) -> DataFrame:
+    """Every input column and every feature, for every transaction of ``sdf`` (the normalised
+    columns plus FILE and ROW, as :mod:`training.spark.sources` reads them; those two only
+    with ``order``). An input column a feature shares its name with is kept as
+    :func:`input_name`."""
     from pyspark.sql import types as T
 
     cfg = cfg or FeatureConfig()
     categorical = all(c in sdf.columns for c in schema.CATEGORICAL_COLUMNS)
     names = feature_names(cfg, categorical)
-    kept = [c for c in KEPT if c in sdf.columns and c not in names]  # TX_AMOUNT is a feature
+    kept = [c for c in sdf.columns if order or c not in (FILE, ROW)]
     by_terminal = sdf.groupBy(schema.TERMINAL_ID).applyInPandas(
         _terminal_side(cfg),  # type: ignore[arg-type]
         T.StructType(
@@ -99,7 +102,7 @@ def features(sdf: DataFrame, cfg: FeatureConfig | None = None) -> DataFrame:
         ),
     )
     out_schema = T.StructType(
-        [sdf.schema[c] for c in kept]
+        [T.StructField(input_name(c) if c in names else c, sdf.schema[c].dataType) for c in kept]
         + [
             T.StructField(n, T.StringType() if n in schema.CATEGORICAL_COLUMNS else T.DoubleType())
             for n in names

@@ -70,19 +70,21 @@ def read_transactions(
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise DataError(f"{root}: missing required column(s) {', '.join(missing)}")
-    cols = [
-        F.col(schema.TRANSACTION_ID).cast("string").alias(schema.TRANSACTION_ID),
-        _timestamp(raw, schema.TX_DATETIME).alias(schema.TX_DATETIME),
-        F.col(schema.CUSTOMER_ID).cast("string").alias(schema.CUSTOMER_ID),
-        F.col(schema.TERMINAL_ID).cast("string").alias(schema.TERMINAL_ID),
-        F.col(schema.TX_AMOUNT).cast("double").alias(schema.TX_AMOUNT),
-    ]
-    for c in (schema.TX_FRAUD, schema.TX_FRAUD_SCENARIO):
-        if c in raw.columns:
-            cols.append(F.col(c).cast("int").alias(c))
-    for c in schema.CATEGORICAL_COLUMNS:
-        if c in raw.columns:
-            cols.append(F.coalesce(F.col(c).cast("string"), F.lit(schema.UNKNOWN)).alias(c))
+    normalised = {
+        schema.TRANSACTION_ID: F.col(schema.TRANSACTION_ID).cast("string"),
+        schema.TX_DATETIME: _timestamp(raw, schema.TX_DATETIME),
+        schema.CUSTOMER_ID: F.col(schema.CUSTOMER_ID).cast("string"),
+        schema.TERMINAL_ID: F.col(schema.TERMINAL_ID).cast("string"),
+        schema.TX_AMOUNT: F.col(schema.TX_AMOUNT).cast("double"),
+        schema.TX_FRAUD: F.col(schema.TX_FRAUD).cast("int"),
+        schema.TX_FRAUD_SCENARIO: F.col(schema.TX_FRAUD_SCENARIO).cast("int"),
+        **{
+            c: F.coalesce(F.col(c).cast("string"), F.lit(schema.UNKNOWN))
+            for c in schema.CATEGORICAL_COLUMNS
+        },
+    }
+    # the files' columns in their order, the known ones normalised, the others as they are
+    cols = [normalised.get(c, F.col(c)).alias(c) for c in raw.columns]
     cols += [F.col("_metadata.file_path").alias(FILE), F.col("_metadata.row_index").alias(ROW)]
     out = raw.select(*cols)
     if first is not None:
