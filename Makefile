@@ -14,8 +14,9 @@ DATA ?= data/demo/transactions
 SOAK_MINUTES ?= 30
 # the first champion's grid when the soak finds none
 SOAK_GRID ?= quick
+SCALES ?= 1 10 50
 
-.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest soak bench dashboards monitor monitor-stop airflow airflow-stop stack-up stack-test clean
+.PHONY: help install tools run test test-fast lint format simulate simulate-full train evaluate drift import-bento build export serve status loadtest soak bench bench-offline dashboards monitor monitor-stop airflow airflow-stop stack-up stack-test clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -159,6 +160,9 @@ clean: ## Remove generated data, MLflow store and Bento store (keeps the venvs)
 soak: install tools ## The service at 500 req/s for SOAK_MINUTES (30) with Redis and the decision log on PostgreSQL, watched a minute at a time -> reports/soak/
 	$(RUN) fraudops run --no-serve --grid $(SOAK_GRID)
 	$(RUN) python -m tests.soak.run_soak --minutes $(SOAK_MINUTES)
+
+bench-offline: install tools ## The offline half, local against Spark, at 1x, 10x and 50x the handbook's volume (SCALES="1 10 50") -> reports/bench-offline/
+	$(RUN) python -m tests.bench.offline --scales $(SCALES)
 
 bench: install ## Side-by-side benchmark (fraud-api, no-op BentoML, FastAPI seed, mlflow serve)
 	@command -v wrk >/dev/null && command -v hey >/dev/null || apt-get install -y --no-install-recommends wrk hey

@@ -417,7 +417,8 @@ def main() -> None:
         default=int(os.environ.get("BENCH_RATE_ROUNDS", "3")),
         help="the offered rate's seconds split into rounds interleaved across the servers",
     )
-    ap.add_argument("--connections", type=int, default=32)
+    # 64: the logged server waits for an fsync per batch and is latency-bound at 32 in flight
+    ap.add_argument("--connections", type=int, default=64)
     ap.add_argument(
         "--repeats",
         type=int,
