@@ -84,3 +84,28 @@ def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
 def test_too_short_for_protocol(raw: pd.DataFrame) -> None:
     with pytest.raises(DataError, match="needs at least"):
         handbook_layout(schema.normalize(raw))
+
+
+def test_csv_and_pickle_convert_once_to_a_parquet_file_a_day(tmp_path) -> None:
+    """`fraudops convert`: a CSV with day 1 and the first half of day 2, a pickle with the rest
+    of day 2 and day 3, become three day files holding every row, normalised, in order."""
+    from training.data import convert_to_parquet
+
+    raw = schema.normalize(simulate(SimulationConfig(n_customers=80, n_terminals=160, n_days=3)))
+    day = (
+        raw[schema.TX_DATETIME].dt.normalize() - raw[schema.TX_DATETIME].min().normalize()
+    ).dt.days
+    cut = int(day.searchsorted(1) + (day == 1).sum() // 2)
+    src = tmp_path / "src"
+    src.mkdir()
+    raw.iloc[:cut].assign(
+        **{schema.TX_DATETIME: raw[schema.TX_DATETIME].iloc[:cut].astype(str)}
+    ).to_csv(src / "a.csv", index=False)
+    raw.iloc[cut:].to_pickle(src / "b.pkl")
+    files = convert_to_parquet(src, tmp_path / "out")
+    assert [f.name for f in files] == [
+        "2018-04-01.parquet",
+        "2018-04-02.parquet",
+        "2018-04-03.parquet",
+    ]
+    pd.testing.assert_frame_equal(load_transactions(tmp_path / "out"), raw, check_dtype=False)

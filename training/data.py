@@ -61,6 +61,35 @@ def load_transactions(
     return schema.normalize(df, require_labels=require_labels)
 
 
+def convert_to_parquet(
+    path: Path, out: Path, progress: Callable[[int, int], None] | None = None
+) -> list[Path]:
+    """The transactions at ``path`` (parquet, CSV or pickle; a file or a folder) as one
+    normalised parquet file a day under ``out`` (``YYYY-MM-DD.parquet``, what the Spark engine
+    reads), a source file at a time. A day found in several source files gets all their rows."""
+    from training.demo.simulate import write_per_day
+
+    files = data_files(path)
+    out.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
+    for i, f in enumerate(files):
+        try:
+            frame = schema.normalize(READERS[f.suffix](f), require_labels=False)
+        except Exception as exc:
+            raise DataError(f"cannot read {f}: {exc}") from exc
+        days = frame[schema.TX_DATETIME].dt.normalize().unique()
+        earlier = [p for d in days if (p := out / f"{d:%Y-%m-%d}.parquet") in written]
+        if earlier:  # a day already written from another file: its rows first, then these
+            frame = schema.normalize(
+                pd.concat([*map(pd.read_parquet, earlier), frame], ignore_index=True),
+                require_labels=False,
+            )
+        written.update(write_per_day(frame, out, replace=False))
+        if progress:
+            progress(i + 1, len(files))
+    return sorted(written)
+
+
 def day_index(df: pd.DataFrame) -> np.ndarray:
     """Calendar day of each transaction, counted from the first day of the data."""
     days = df[schema.TX_DATETIME].dt.normalize()

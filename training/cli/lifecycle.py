@@ -1,4 +1,4 @@
-"""Lifecycle commands: train, evaluate, promote, check, drift, status."""
+"""Lifecycle commands: convert, train, evaluate, promote, check, drift, status."""
 
 from __future__ import annotations
 
@@ -29,6 +29,28 @@ from training.core.config import get_settings
 
 if TYPE_CHECKING:
     pass
+
+
+@app.command()
+def convert(
+    data: DataOpt = None,
+    out: Path = typer.Option(..., "--out", help="Folder for the per-day parquet files."),
+) -> None:
+    """Convert transactions (parquet, CSV or pickle; a file or a folder) once into one
+    normalised parquet file a day: what `--engine spark` reads and prunes by day.
+
+    Example: `fraudops convert --data exports/2025.csv --out data/bank/transactions`
+    """
+    from training import data as data_mod
+
+    path = data_path(get_settings(), data)
+    try:
+        with step(f"converting {path}") as say:
+            files = data_mod.convert_to_parquet(path, out, lambda i, n: say(f"file {i}/{n}"))
+    except data_mod.DataError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"{len(files)} day files in {out}")
 
 
 @app.command()

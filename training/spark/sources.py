@@ -35,7 +35,7 @@ def day_files(root: Path, first: date | None = None, last: date | None = None) -
         return [root]
     files = sorted(p for p in root.rglob("*.parquet") if p.is_file())
     if not files:
-        raise DataError(f"no parquet files in {root} (convert other formats once: fraudops data)")
+        raise DataError(f"no parquet files in {root} (convert once: fraudops convert)")
     keep = []
     for f in files:
         day = file_day(f)
