@@ -20,7 +20,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from fraud_common import CHAMPION, DEFAULT_ARGS, channels, data_path, settings
 
-from training import champion_check, notify, pipeline
+from training import champion_check, lake, notify, pipeline
 
 
 @dag(
@@ -84,6 +84,15 @@ def fraud_retrain() -> None:
         ).to_dict()
 
     @task
+    def decision_lake() -> dict[str, Any]:
+        """Closed days of the decision log into the Parquet lake the Spark engine reads."""
+        cfg = settings()
+        if not cfg.decision_log or not cfg.lake_url:
+            raise AirflowSkipException("FRAUD_LAKE_URL is not set (or the decision log is off)")
+        return lake.export(cfg).to_dict()
+
+    # after the lake, never before: a day leaves the store only once the lake has it
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
     def decision_retention() -> dict[str, Any]:
         """Decisions older than FRAUD_DECISION_RETENTION_DAYS leave the decision store."""
         cfg = settings()
@@ -124,7 +133,7 @@ def fraud_retrain() -> None:
     published = publish_champion(decision)
     check >> prepared
     [decision, published] >> notification()
-    decision_retention()
+    decision_lake() >> decision_retention()
 
 
 def _as_of(prepared: dict[str, Any]) -> datetime | None:

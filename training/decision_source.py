@@ -50,6 +50,19 @@ def label_horizon(clock: datetime, label_delay_days: int) -> datetime:
     return day + timedelta(days=1 - label_delay_days)
 
 
+def label_policy(
+    times: pd.Series, labels: pd.Series, clock: datetime, label_delay_days: int
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """THE label policy, row by row: (kept, TX_FRAUD, labelled) for decisions at ``times``
+    (UTC) whose latest label is ``labels`` (None: none yet), at ``clock``. Kept: labelled, or
+    unlabelled and older than the label horizon (then genuine); a younger unlabelled one waits.
+    The store's path and the lake's on Spark (:mod:`training.spark.lake`) both call it."""
+    matured = times < pd.Timestamp(label_horizon(clock, label_delay_days))
+    labelled = labels.notna()
+    fraud = labels.where(labelled, False).astype(bool).astype("int8")
+    return labelled | matured, fraud, labelled
+
+
 def load_window(
     url: str,
     since: datetime,
@@ -67,10 +80,7 @@ def load_window(
         raise ValueError(f"no decisions logged since {since:%Y-%m-%d %H:%M} in the store")
     times = pd.to_datetime(rows["tx_time"], utc=True)
     clock = as_utc(now) if now else times.max().to_pydatetime()
-    matured = times < pd.Timestamp(label_horizon(clock, label_delay_days))
-    labelled = rows["label"].notna()
-    keep = labelled | matured
-    fraud = rows["label"].where(labelled, False).astype(bool).astype("int8")
+    keep, fraud, labelled = label_policy(times, rows["label"], clock, label_delay_days)
     raw = pd.DataFrame(
         {
             schema.TRANSACTION_ID: rows["transaction_id"],
@@ -98,7 +108,7 @@ def load_window(
         since=since,
         until=until or times.max().to_pydatetime(),
         labelled=int(labelled.sum()),
-        assumed_genuine=int((~labelled & matured).sum()),
+        assumed_genuine=int((keep & ~labelled).sum()),
         left_out=int((~keep).sum()),
     )
 

@@ -52,9 +52,11 @@ def test_retrain_graph(dagbag) -> None:
         ("deployment", "publish_champion"),
         ("deployment", "notification"),
         ("publish_champion", "notification"),
+        ("decision_lake", "decision_retention"),  # a day leaves the store once the lake has it
     }
     assert dag.get_task("notification").trigger_rule == "all_done"
-    assert dag.get_task("decision_retention").upstream_task_ids == set()  # apart: never blocks
+    # apart from retraining; runs when the lake is skipped (no FRAUD_LAKE_URL), not when it failed
+    assert dag.get_task("decision_retention").trigger_rule == "none_failed"
     outlets = dag.get_task("publish_champion").outlets
     assert [o.name for o in outlets] == ["fraud_champion"]
     assert dag.schedule == "@daily"

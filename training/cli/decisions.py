@@ -99,6 +99,33 @@ def decisions_export(
     console.print(f"{len(frame):,} decisions ({labelled:,} labelled) -> {out}")
 
 
+@decisions_app.command("export-lake")
+def decisions_export_lake(
+    lake_url: Annotated[
+        str | None, typer.Option("--lake", help="The lake (default: FRAUD_LAKE_URL).")
+    ] = None,
+    rewrite: bool = typer.Option(False, help="Write every closed day again."),
+    db: StoreOpt = None,
+) -> None:
+    """Every closed day of the decision log not in the Parquet lake yet, one file a day and
+    table (what the Spark engine reads). The retraining DAG's decision_lake task runs it daily.
+
+    Example: `fraudops decisions export-lake --lake s3://fraud-lake/prod`
+    """
+    from training import lake
+
+    settings = get_settings()
+    update = {k: v for k, v in (("decision_db_url", db), ("lake_url", lake_url)) if v}
+    try:
+        done = lake.export(settings.model_copy(update=update), rewrite=rewrite)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for table, days in done.days.items():
+        span = f"{days[0]}..{days[-1]}" if days else "nothing new"
+        console.print(f"{table}: {len(days)} days, {done.rows[table]:,} rows ({span})")
+
+
 @decisions_app.command("purge")
 def decisions_purge(
     older_than_days: Annotated[

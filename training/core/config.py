@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     )
     spark_driver_memory: str = Field("2g", description="The driver JVM's heap")
     spark_executor_memory: str = Field("1g", description="Each executor's heap")
+    lake_url: str | None = Field(
+        None,
+        description="The decision log as a day-partitioned Parquet lake (a local path or any "
+        "fsspec URL): written a closed day at a time by the retraining DAG's decision_lake task "
+        "and `fraudops decisions export-lake`, read by the Spark engine",
+    )
     spark_shuffle_partitions: int = Field(
         0, ge=0, description="Shuffle partitions (0: 4 per executor core the cluster has)"
     )
