@@ -18,7 +18,7 @@ from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import AfterValidator, Field
 
-from serving import bentoml_fixes, clock
+from serving import bentoml_fixes, clock, durable_answers
 from serving import telemetry as tm
 from serving.api_models import (
     API_KEY,
@@ -37,6 +37,7 @@ from serving.api_models import (
 from serving.auth import ApiKeyAuth, LoopbackOnly
 from serving.bento_config import BATCHING, MAX_BATCH, service_config, settle_gc
 from serving.challenger import CHAMPION
+from serving.durable_answers import DurableAnswers
 from serving.http_guard import JsonOnly, Limits, quiet_client_errors
 from serving.reason_codes import NotExplainable
 from serving.runtime import build
@@ -75,6 +76,7 @@ class FraudDetector:
         self.scorer, self.decisions = self.runtime.scorer, self.runtime.decisions
         self.clock = self.runtime.clock
         clock.install(self.clock)  # request validation checks tx_datetime against it
+        durable_answers.install(self.decisions.journal if self.decisions else None)
         settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
         self.flagged = tm.PREDICTIONS.labels("fraud")
@@ -119,8 +121,8 @@ class FraudDetector:
             degraded = True
         proba, flagged = scored.proba, scored.flagged
         versions = scored.versions or [scored.version] * len(records)
-        if self.decisions is not None:  # durable before any of the batch is answered
-            await self.log_decisions(transactions, records, scored, versions, degraded)
+        if self.decisions is not None:  # durable before answered: DurableAnswers holds them
+            self.log_decisions(transactions, records, scored, versions, degraded)
         self.clock.advance(max(r.time_ms for r in records))
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
@@ -150,7 +152,7 @@ class FraudDetector:
             self.runtime.upkeep()  # state health, following other workers, gauges
         return out
 
-    async def log_decisions(
+    def log_decisions(
         self,
         transactions: list[Transaction],
         records: list[Any],
@@ -158,8 +160,9 @@ class FraudDetector:
         versions: list[str],
         degraded: bool,
     ) -> None:
-        """Journal the batch's decisions and wait for their fsync; 503 when the disk fails
-        (nothing is answered that is not durable)."""
+        """Append the batch's decisions to the journal (no wait: the answers wait for the fsync
+        in :class:`~serving.durable_answers.DurableAnswers`, while the next batch scores); 503
+        when the disk fails (nothing is answered that is not durable)."""
         assert self.decisions is not None
         lines = self.decisions.decision_lines(
             records,
@@ -174,7 +177,7 @@ class FraudDetector:
             scored.challenged,
         )
         try:
-            await self.decisions.record(lines)
+            self.decisions.journal.write(lines)
         except OSError as exc:
             tm.LOG_FAILURES.inc()
             raise ServiceUnavailable(
@@ -418,6 +421,7 @@ def check_keys() -> None:
 # The first middleware added is the outermost: request metrics also see the guards' answers
 # (401/403/429 included); the size and in-flight caps come before the key check.
 FraudDetector.add_asgi_middleware(tm.RequestMetrics)  # type: ignore[attr-defined]
+FraudDetector.add_asgi_middleware(DurableAnswers)  # type: ignore[attr-defined]
 FraudDetector.add_asgi_middleware(  # type: ignore[attr-defined]
     Limits, max_body=SETTINGS.max_body_bytes, max_in_flight=SETTINGS.max_in_flight
 )

@@ -135,11 +135,9 @@ class DecisionLog:
             self.shipper.ship_once(wait_s=SHIP_WAIT_S)
         return None
 
-    async def record(self, lines: list[bytes]) -> None:
-        """Durable before the caller answers (OSError when the disk refuses)."""
-        await self.journal.durable(self.journal.write(lines))
-
     def record_sync(self, lines: list[bytes]) -> None:
+        """Append and wait for the fsync, from a thread (/feedback's). A scored batch only
+        appends (``journal.write``): its answers wait in serving.durable_answers."""
         self.journal.write_durably(lines)
 
     def backlog_bytes(self) -> int:

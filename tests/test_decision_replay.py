@@ -3,7 +3,6 @@ model's history, then the log replayed) scores exactly as a twin that never stop
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import bentoml
@@ -43,7 +42,7 @@ def serve(scorer: FraudScorer, log: DecisionLog, frame: pd.DataFrame) -> None:
             [scored.version] * len(batch), scored.columns, "fraud_detector", scorer.threshold,
             False,
         )  # fmt: skip
-        asyncio.run(log.record(lines))
+        log.record_sync(lines)
 
 
 def test_a_restarted_scorer_scores_as_its_twin_that_never_stopped(
