@@ -1,6 +1,5 @@
 """The decision log as a day-partitioned Parquet lake: closed days written once, a file a day
-and table, from SQLite or PostgreSQL; read by Spark on the real cluster, pruned to the window
-and labelled by the same label policy as the store's own path."""
+and table, from SQLite or PostgreSQL (Spark's read of it: tests/test_spark.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 
 from serving import shipper as sh
-from training import decision_source, lake
+from training import lake
 from training.core import decision_store as ds
 from training.core.config import Settings
 
@@ -66,27 +65,3 @@ def test_closed_days_are_written_once_a_file_a_day(store_url: str, tmp_path: Pat
 def test_no_lake_set_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="FRAUD_LAKE_URL"):
         lake.export(Settings(decision_db_url=f"sqlite:///{tmp_path}/d.db"))
-
-
-@pytest.mark.spark
-@pytest.mark.server
-@pytest.mark.slow
-def test_spark_reads_the_window_labelled_as_the_store_path_labels_it(
-    spark, store_url: str, tmp_path: Path
-) -> None:
-    from training.spark.lake import read_window
-
-    _fill(store_url)
-    settings = Settings(decision_db_url=store_url, lake_url=str(tmp_path / "lake"))
-    lake.export(settings, until=date(2018, 4, 10))
-    clock = datetime(2018, 4, 9, 12, tzinfo=UTC)  # 04-01 and 04-02 past the 7-day delay
-    since = datetime(2018, 4, 2, tzinfo=UTC)
-    want = decision_source.load_window(store_url, since, label_delay_days=7, now=clock).raw
-    frame = read_window(spark, settings.lake_url or "", since.date(), now=clock)
-    got = frame.toPandas().sort_values("TX_DATETIME", ignore_index=True)
-    assert list(got["TRANSACTION_ID"]) == list(want["TRANSACTION_ID"])  # 04-01 pruned away
-    assert list(got["TX_FRAUD"]) == list(want["TX_FRAUD"])
-    assert got.set_index("TRANSACTION_ID")["TX_FRAUD"].to_dict()["tx2-2"] == 1
-    assert "tx3-0" not in set(got["TRANSACTION_ID"])  # 04-04: unlabelled, too young
-    plan = frame._jdf.queryExecution().executedPlan().toString()
-    assert "PartitionFilters: [isnotnull(day" in plan and "2018-04-02" in plan

@@ -1,17 +1,19 @@
 """The offline half on Apache Spark, on a real standalone cluster (a master and 2 workers, each
-its own JVM): the same features as the local pass, from the same per-day files."""
+its own JVM): the same features as the local pass, from the same per-day files; the decision
+lake read with the same label policy."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from training import data
+from training import data, decision_source, lake
 from training.core import features, schema
+from training.core.config import Settings
 from training.demo.simulate import write_per_day
 from training.spark import sources
 
@@ -113,3 +115,28 @@ def test_fraudops_train_with_the_spark_engine_registers_a_model_through_the_gate
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
     # the days it trained and tested on: the handbook layout's 56, not the 75 on disk
     assert int(run.data.params["n_transactions"]) < len(data.load_transactions(small_data_dir))
+
+
+def test_spark_reads_the_window_labelled_as_the_store_path_labels_it(
+    spark, store_url: str, tmp_path: Path
+) -> None:
+    """The lake's window on the cluster: partitions pruned, labelled by THE label policy: the
+    same rows and labels as the store's own path."""
+    from training.spark.lake import read_window
+
+    from .test_lake import _fill
+
+    _fill(store_url)
+    settings = Settings(decision_db_url=store_url, lake_url=str(tmp_path / "lake"))
+    lake.export(settings, until=date(2018, 4, 10))
+    clock = datetime(2018, 4, 9, 12, tzinfo=UTC)  # 04-01 and 04-02 past the 7-day delay
+    since = datetime(2018, 4, 2, tzinfo=UTC)
+    want = decision_source.load_window(store_url, since, label_delay_days=7, now=clock).raw
+    frame = read_window(spark, settings.lake_url or "", since.date(), now=clock)
+    got = frame.toPandas().sort_values("TX_DATETIME", ignore_index=True)
+    assert list(got["TRANSACTION_ID"]) == list(want["TRANSACTION_ID"])  # 04-01 pruned away
+    assert list(got["TX_FRAUD"]) == list(want["TX_FRAUD"])
+    assert got.set_index("TRANSACTION_ID")["TX_FRAUD"].to_dict()["tx2-2"] == 1
+    assert "tx3-0" not in set(got["TRANSACTION_ID"])  # 04-04: unlabelled, too young
+    plan = frame._jdf.queryExecution().executedPlan().toString()
+    assert "PartitionFilters: [isnotnull(day" in plan and "2018-04-02" in plan

@@ -105,7 +105,9 @@ def measure(
     result = {"wall_s": time.perf_counter() - t0, "driver_gb": peak / 2**30,
               "executors_gb": peak_exec / 2**30, "status": status}  # fmt: skip
     if status == "ok" and proc.returncode != 0:
-        result["status"] = f"failed: {stderr.decode(errors='replace').strip().splitlines()[-1:]}"
+        lines = stderr.decode(errors="replace").splitlines()
+        why = [ln for ln in lines if "Exception" in ln or "Error" in ln] or lines[-1:]
+        result["status"] = f"failed: {why[0].strip()[:300] if why else proc.returncode}"
     for line in stdout.decode().splitlines():
         if line.startswith("{"):
             result.update(json.loads(line))

@@ -36,6 +36,8 @@ def spark_session(settings: Settings, app: str = "fraud-mlops") -> SparkSession:
         .config("spark.driver.host", host)
         .config("spark.driver.bindAddress", host)
         .config("spark.driver.memory", settings.spark_driver_memory)
+        # a step's days come back to the driver: bounded by its heap, not Spark's default 1 GB
+        .config("spark.driver.maxResultSize", settings.spark_driver_memory)
         .config("spark.executor.memory", settings.spark_executor_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
