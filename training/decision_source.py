@@ -63,6 +63,23 @@ def label_policy(
     return labelled | matured, fraud, labelled
 
 
+def transactions_of(rows: pd.DataFrame, times: pd.Series, fraud: pd.Series) -> pd.DataFrame:
+    """Logged decisions (the store's columns, times in UTC) as raw transactions with their
+    policy label: the one mapping from the decision log to the training layout."""
+    return pd.DataFrame(
+        {
+            schema.TRANSACTION_ID: rows["transaction_id"],
+            schema.TX_DATETIME: times.dt.tz_localize(None),
+            schema.CUSTOMER_ID: rows["customer_id"],
+            schema.TERMINAL_ID: rows["terminal_id"],
+            schema.TX_AMOUNT: rows["amount_cents"].astype("int64") / 100.0,
+            schema.TX_CHANNEL: rows["channel"],
+            schema.MERCHANT_CATEGORY: rows["merchant_category"],
+            schema.TX_FRAUD: fraud,
+        }
+    )
+
+
 def load_window(
     url: str,
     since: datetime,
@@ -81,18 +98,7 @@ def load_window(
     times = pd.to_datetime(rows["tx_time"], utc=True)
     clock = as_utc(now) if now else times.max().to_pydatetime()
     keep, fraud, labelled = label_policy(times, rows["label"], clock, label_delay_days)
-    raw = pd.DataFrame(
-        {
-            schema.TRANSACTION_ID: rows["transaction_id"],
-            schema.TX_DATETIME: times.dt.tz_localize(None),
-            schema.CUSTOMER_ID: rows["customer_id"],
-            schema.TERMINAL_ID: rows["terminal_id"],
-            schema.TX_AMOUNT: rows["amount_cents"].astype("int64") / 100.0,
-            schema.TX_CHANNEL: rows["channel"],
-            schema.MERCHANT_CATEGORY: rows["merchant_category"],
-            schema.TX_FRAUD: fraud,
-        }
-    )[keep.to_numpy()]
+    raw = transactions_of(rows, times, fraud)[keep.to_numpy()]
     decided = rows["kind"] == decision_store.SCORED  # not a record sent to /feedback
     scored = keep & decided & ~rows["degraded"].astype(bool)  # degraded: no history
     logged = pd.DataFrame(

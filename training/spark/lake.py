@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from training.core import schema
-from training.decision_source import as_utc, label_policy
+from training.decision_source import as_utc, label_policy, transactions_of
 from training.spark.features import FILE, ROW
 
 if TYPE_CHECKING:
@@ -26,20 +26,9 @@ def _policy(clock: datetime, label_delay_days: int) -> object:
             times = pd.to_datetime(pdf["tx_time"], utc=True)
             labels = pdf["label"].astype(object).where(pdf["label"].notna(), None)
             keep, fraud, _ = label_policy(times, labels, clock, label_delay_days)
-            yield pd.DataFrame(
-                {
-                    schema.TRANSACTION_ID: pdf["transaction_id"],
-                    schema.TX_DATETIME: times.dt.tz_localize(None),
-                    schema.CUSTOMER_ID: pdf["customer_id"],
-                    schema.TERMINAL_ID: pdf["terminal_id"],
-                    schema.TX_AMOUNT: pdf["amount_cents"].astype("int64") / 100.0,
-                    schema.TX_CHANNEL: pdf["channel"],
-                    schema.MERCHANT_CATEGORY: pdf["merchant_category"],
-                    schema.TX_FRAUD: fraud.astype("int32"),
-                    FILE: pdf[FILE],
-                    ROW: pdf[ROW],
-                }
-            )[keep.to_numpy()]
+            out = transactions_of(pdf, times, fraud.astype("int32"))
+            out[FILE], out[ROW] = pdf[FILE], pdf[ROW]
+            yield out[keep.to_numpy()]
 
     return run
 
