@@ -132,9 +132,17 @@ def test_a_failing_disk_turns_the_answer_into_a_503(
 def test_errors_and_other_paths_pass_straight_through(
     journal: jn.Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def never(fd: int) -> None:
-        raise AssertionError("no fsync expected")
+    """A 4xx on /predict and a 200 on another path never wait for the journal."""
 
-    monkeypatch.setattr(jn.os, "fsync", never)
+    async def never(position: int) -> None:
+        raise AssertionError("no wait for the journal expected")
+
+    async def health(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    monkeypatch.setattr(journal, "durable", never)
     assert _call(da.DurableAnswers(_app(journal, 400, {})))[0]["status"] == 400
-    assert _call(da.DurableAnswers(_app(journal, 400, {})), "/health")[0]["status"] == 400
+    assert _call(da.DurableAnswers(health), "/health")[0]["status"] == 200
+    with pytest.raises(AssertionError, match="no wait"):  # and /predict's 200 does wait
+        _call(da.DurableAnswers(health))
