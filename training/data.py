@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,17 +120,14 @@ def handbook_split(
     Cards with a fraud in the training window, or seen in the delay period up to the test day
     minus the delay, are known to the investigators and removed from each test day.
     """
-    fraud = df[schema.TX_FRAUD].to_numpy()
     customers = df[schema.CUSTOMER_ID].to_numpy()
     train_mask = (days >= train_start) & (days < train_start + train_days)
-    known = set(customers[train_mask & (fraud == 1)])
     test_start = train_start + train_days + delay_days
+    known = known_cards(df, days, train_start, train_days, test_days)
     parts = []
     for d in range(test_days):
-        delay_day = train_start + train_days + d - 1
-        known |= set(customers[(days == delay_day) & (fraud == 1)])
         rows = np.flatnonzero(days == test_start + d)
-        keep = ~pd.Series(customers[rows]).isin(known).to_numpy()
+        keep = ~pd.Series(customers[rows]).isin(known[d]).to_numpy()
         parts.append(rows[keep])
     test = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return Split(
@@ -138,6 +136,23 @@ def handbook_split(
         (train_start, train_start + train_days),
         (test_start, test_start + test_days),
     )
+
+
+def known_cards(
+    df: pd.DataFrame, days: np.ndarray, train_start: int, train_days: int, test_days: int
+) -> list[set[Any]]:
+    """Per test day, the cards the investigators already know as fraudulent: those with a
+    fraud in the training window, or in the delay period up to the test day minus the delay.
+    Only fraud rows count, so a sample that keeps every fraud gives the same sets."""
+    fraud = df[schema.TX_FRAUD].to_numpy() == 1
+    customers = df[schema.CUSTOMER_ID].to_numpy()
+    train_mask = (days >= train_start) & (days < train_start + train_days)
+    known = set(customers[train_mask & fraud])
+    out = []
+    for d in range(test_days):
+        known |= set(customers[(days == train_start + train_days + d - 1) & fraud])
+        out.append(set(known))
+    return out
 
 
 def prequential_splits(

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from training import data, decision_source, registry
-from training.core import features, schema
+from training import data, decision_source, holdout, registry, sampling
+from training.core import compiled, features, schema
 from training.core.config import Settings
 from training.demo import simulate
 
@@ -98,6 +98,13 @@ class TrainingData:
     dataset: str
     tags: dict[str, str] = field(default_factory=dict)  # registered with the model
     window: decision_source.TrainingWindow | None = None  # db: the log's window
+    # A weighted sample (FRAUD_SAMPLE_GENUINE < 1): the rows' weights, the full recent history
+    # serving warms up from, and the fraction; with a sample or on Spark, the scorer of the
+    # full hold-out (training.holdout).
+    weights: np.ndarray | None = None
+    warmup: pd.DataFrame | None = None
+    fraction: float = 1.0
+    scorer: holdout.Scorer | None = None
 
 
 def load_data(
@@ -112,12 +119,29 @@ def load_data(
     the ones recomputed here (:class:`PipelineError` on a training/serving skew).
 
     Files with ``settings.engine == "spark"``: the feature pass runs on Spark and only the
-    last ``keep_days`` days come back (default: the handbook layout's, :func:`data.layout_days`)."""
+    last ``keep_days`` days come back (default: the handbook layout's, :func:`data.layout_days`).
+
+    Files with ``settings.sample_genuine`` < 1: the window is the weighted sample of
+    :mod:`training.sampling` (every fraud, that share of each day's genuine transactions)."""
     if settings.training_source == "files":
         if settings.engine == "spark":
             return spark_data(settings, data_path, keep_days or data.layout_days())
         raw = data.load_transactions(data_path)
-        return TrainingData(raw, features.offline_features(raw), str(data_path))
+        feats = features.offline_features(raw)
+        fraction = settings.sample_genuine
+        if fraction >= 1:
+            return TrainingData(raw, feats, str(data_path))
+        s_raw, s_feats, weights = sampling.sample(raw, feats, fraction)
+        return TrainingData(
+            s_raw,
+            s_feats,
+            str(data_path),
+            {"data.sample_genuine": f"{fraction:g}"},
+            weights=weights,
+            warmup=registry.warmup_history(raw),
+            fraction=fraction,
+            scorer=holdout.LocalScorer(raw, feats),
+        )
     import sqlalchemy as sa
 
     from training.core import decision_store
@@ -149,12 +173,29 @@ def load_data(
 
 def spark_data(settings: Settings, data_path: Path, keep_days: int | None) -> TrainingData:
     """The files' last ``keep_days`` days (every day when None) and their features, computed
-    on Spark at ``settings.spark_master``."""
-    from training.spark.window import session_for, training_frames
+    on Spark at ``settings.spark_master`` (a session for this process's life: the window stays
+    on the executors to score the hold-out), sampled by ``settings.sample_genuine``."""
+    from training.spark.window import process_session, training_window
 
-    with session_for(settings) as spark:
-        raw, feats = training_frames(spark, data_path, keep_days)
-    return TrainingData(raw, feats, str(data_path), {"data.engine": "spark"})
+    fraction = settings.sample_genuine
+    window = training_window(
+        process_session(settings),
+        data_path,
+        keep_days,
+        fraction=fraction,
+        warmup_days=registry.WARMUP_DAYS,
+    )
+    tags = {"data.engine": "spark", "data.sample_genuine": f"{fraction:g}"}
+    return TrainingData(
+        window.raw,
+        window.feats,
+        str(data_path),
+        tags,
+        weights=window.weights,
+        warmup=window.warmup,
+        fraction=fraction,
+        scorer=window.scorer,
+    )
 
 
 def prepare_data(
@@ -281,11 +322,36 @@ def train_candidate(
         seed=seed,
         progress=progress,
         selection=settings.model_selection,
+        weights=loaded.weights,
     )
+    if loaded.scorer is not None:  # the hold-out's metrics on every row, not the sample's
+        if progress:
+            progress("scoring the whole hold-out with the compiled model")
+        full = holdout.exact(
+            loaded.scorer,
+            raw,
+            layout.final,
+            [compiled.compile_pipeline(result.pipeline)],
+            [result.threshold],
+        )[0]
+        result.test_metrics, result.test_scores, result.test_labels = (
+            full.metrics,
+            full.scores,
+            full.labels,
+        )
     if on_result is not None:
         on_result(result)
     extra = {**loaded.tags, **({RUN_KEY_TAG: run_key} if run_key else {})}
-    reg = registry.log_training(result, raw, feats, settings, loaded.dataset, extra_tags=extra)
+    reg = registry.log_training(
+        result,
+        raw,
+        feats,
+        settings,
+        loaded.dataset,
+        extra_tags=extra,
+        warmup=loaded.warmup,
+        fraction=loaded.fraction,
+    )
     return TrainedVersion(reg.version, reg.run_id, False, dict(result.test_metrics))
 
 
@@ -341,7 +407,15 @@ def deploy_candidate(
         return Deployment(version, False, str(exc), previous, previous, {}, None)
     layout = data.handbook_layout(raw)
     gain = settings.promotion_margin if margin is None else margin
-    decision = registry.gate(client, name, version, raw, feats, layout.final, gain)
+    score = None
+    if loaded.scorer is not None:
+        scorer = loaded.scorer
+
+        def score(uri: str) -> dict[str, float]:  # the whole hold-out, where the data lives
+            files = registry.compiled_files(uri)
+            return holdout.exact(scorer, raw, layout.final, [files])[0].metrics
+
+    decision = registry.gate(client, name, version, raw, feats, layout.final, gain, score)
     return Deployment(
         version,
         decision.promoted,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from training import data, metrics, reports
+from training import data, metrics, reports, sampling
 from training.core import bento_model, compiled, drift, explain, features, schema
 from training.core.config import Settings
 from training.train import TrainingResult
@@ -85,8 +86,12 @@ def log_training(
     settings: Settings,
     dataset: str,
     extra_tags: dict[str, str] | None = None,
+    warmup: pd.DataFrame | None = None,
+    fraction: float = 1.0,
 ) -> Registration:
-    """One MLflow run: params, metrics, every candidate (nested runs), artefacts, the model."""
+    """One MLflow run: params, metrics, every candidate (nested runs), artefacts, the model.
+    A weighted sample (``fraction`` of the genuine rows) brings the full recent history
+    serving warms up from (``warmup``)."""
     info = result.model_info()
     commit = git_commit()
     tags = {
@@ -154,7 +159,7 @@ def log_training(
                 )
             )
             (out / bento_model.INFO).write_text(json.dumps(info, indent=2, default=str))
-            reference = training_reference(raw, feats, result)
+            reference = training_reference(raw, feats, result, fraction)
             ref_path = out / DRIFT_REFERENCE_ARTIFACT
             ref_path.parent.mkdir()
             ref_path.write_text(reference.to_json())
@@ -162,7 +167,7 @@ def log_training(
             mlflow.log_metric("compiled_max_abs_diff", diff)
             mlflow.log_artifacts(str(out))
             warm = out / bento_model.WARMUP
-            warmup_history(raw).to_parquet(warm, index=False)
+            (warmup if warmup is not None else warmup_history(raw)).to_parquet(warm, index=False)
             mlflow.log_artifact(str(warm), artifact_path=str(Path(WARMUP_ARTIFACT).parent))
         X = feats[result.feature_columns]
         example = X.head(5)
@@ -207,14 +212,20 @@ def shap_sample(
 
 
 def training_reference(
-    raw: pd.DataFrame, feats: pd.DataFrame, result: TrainingResult
+    raw: pd.DataFrame, feats: pd.DataFrame, result: TrainingResult, fraction: float = 1.0
 ) -> drift.Reference:
-    """Drift reference: the feature distribution of the final training window."""
+    """Drift reference: the feature distribution of the final training window. From a
+    sample with every fraud and ``fraction`` of the genuine, the frauds are drawn at that
+    fraction too, so the reference is a uniform sample of the traffic."""
     window = result.data_window
     times = raw[schema.TX_DATETIME]
     start = pd.Timestamp(window["train_start"])
     end = pd.Timestamp(window["train_end"]) + pd.Timedelta(days=1)
     mask = ((times >= start) & (times < end)).to_numpy()
+    if fraction < 1:
+        fraud = raw[schema.TX_FRAUD].to_numpy() == 1
+        drawn = sampling.uniform(raw[schema.TRANSACTION_ID].to_numpy(), seed=1) < fraction
+        mask = mask & (~fraud | drawn)
     rows = feats.loc[mask] if mask.any() else feats
     return drift.build_reference(rows, result.feature_columns)
 
@@ -272,13 +283,29 @@ def holdout_metrics(
     frame = feats.iloc[split.test][cols]
     scores = pipe.predict_proba(frame)[:, 1]
     if check_compiled:
-        run_id = mlflow.models.get_model_info(uri).run_id
-        compiled.verify(pipe, load_compiled(str(run_id)), frame)
+        verify_compiled(uri, frame, pipe)
     labels = raw[schema.TX_FRAUD].to_numpy()[split.test]
     days = data.day_index(raw)[split.test]
     return metrics.ranking_metrics(
         labels, scores, days, raw[schema.CUSTOMER_ID].to_numpy()[split.test]
     )
+
+
+def verify_compiled(uri: str, frame: pd.DataFrame, pipe: Any = None) -> float:
+    """The registered model's compiled twin gives its pipeline's probabilities on ``frame``'s
+    rows (raises CompiledModelError)."""
+    pipe = pipe if pipe is not None else mlflow.sklearn.load_model(uri)
+    cols = model_metadata(uri)["feature_columns"]
+    run_id = mlflow.models.get_model_info(uri).run_id
+    return compiled.verify(pipe, load_compiled(str(run_id)), frame[cols])
+
+
+def compiled_files(uri: str) -> tuple[bytes, compiled.InputSpec]:
+    """A registered model's compiled twin as bytes and input spec (to ship to executors)."""
+    run_id = mlflow.models.get_model_info(uri).run_id
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=COMPILED_DIR))
+    spec = compiled.InputSpec(**json.loads((folder / compiled.SPEC_FILE).read_text()))
+    return (folder / compiled.MODEL_FILE).read_bytes(), spec
 
 
 @dataclass
@@ -316,12 +343,19 @@ def gate(
     feats: pd.DataFrame,
     split: data.Split,
     margin: float,
+    score: Callable[[str], dict[str, float]] | None = None,
 ) -> GateDecision:
-    """Compare candidate and champion on the same hold-out; move aliases accordingly."""
+    """Compare candidate and champion on the same hold-out; move aliases accordingly.
+    ``score``: a model's hold-out metrics where the data lives (a sample's full hold-out,
+    :mod:`training.holdout`); by default the pipelines score ``split`` here."""
     cand_uri = f"models:/{name}/{version}"
     current = champion_version(client, name)
     try:
-        cand = holdout_metrics(cand_uri, raw, feats, split, check_compiled=True)
+        if score is None:
+            cand = holdout_metrics(cand_uri, raw, feats, split, check_compiled=True)
+        else:
+            verify_compiled(cand_uri, feats.iloc[split.test])
+            cand = score(cand_uri)
     except (compiled.CompiledModelError, OSError, MlflowException) as exc:
         reason = f"compiled model check failed: {exc}"
         client.set_model_version_tag(name, version, "gate_reason", reason)
@@ -332,7 +366,8 @@ def gate(
     elif current == version:
         promoted, reason, champ = True, "already champion", cand
     else:
-        champ = holdout_metrics(f"models:/{name}/{current}", raw, feats, split)
+        champ_uri = f"models:/{name}/{current}"
+        champ = score(champ_uri) if score else holdout_metrics(champ_uri, raw, feats, split)
         promoted, reason = decide(cand, champ, margin)
     client.set_model_version_tag(name, version, "gate_reason", reason)
     if promoted:

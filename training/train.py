@@ -174,6 +174,7 @@ class FoldResult:
     labels: np.ndarray
     metrics: dict[str, float]
     comparisons: float  # serving cost: see model_comparisons
+    weights: np.ndarray | None = None  # a weighted sample's, for the test rows
 
 
 def model_comparisons(model: Any) -> float:
@@ -283,8 +284,12 @@ def fit_and_score(
     categorical: bool,
     days: np.ndarray,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> tuple[Pipeline, FoldResult]:
-    """Fit on the split's training rows, score its test rows."""
+    """Fit on the split's training rows, score its test rows. With a weighted sample's
+    ``weights`` (:mod:`training.sampling`) the fit and the metrics are weighted; a candidate
+    whose balancing sets the class ratio itself (class_weight, undersample, smote) fits
+    unweighted, as the sample keeps every fraud and a uniform share of each day's genuine."""
     y = raw[schema.TX_FRAUD].to_numpy()
     if len(np.unique(y[split.train])) < 2:
         raise ValueError(
@@ -292,13 +297,17 @@ def fit_and_score(
             "genuine transactions"
         )
     pipe = build_pipeline(c, categorical, seed)
-    pipe.fit(feats.iloc[split.train], y[split.train])
+    fit: dict[str, Any] = {}
+    if weights is not None and c.balancing == "none":
+        fit["forest__sample_weight"] = weights[split.train]
+    pipe.fit(feats.iloc[split.train], y[split.train], **fit)
     scores = pipe.predict_proba(feats.iloc[split.test])[:, 1]
     labels = y[split.test]
+    w = None if weights is None else weights[split.test]
     m = metrics.ranking_metrics(
-        labels, scores, days[split.test], raw[schema.CUSTOMER_ID].to_numpy()[split.test]
+        labels, scores, days[split.test], raw[schema.CUSTOMER_ID].to_numpy()[split.test], w
     )
-    return pipe, FoldResult(scores, labels, m, model_comparisons(pipe.named_steps["forest"]))
+    return pipe, FoldResult(scores, labels, m, model_comparisons(pipe.named_steps["forest"]), w)
 
 
 @dataclass
@@ -340,9 +349,11 @@ def train(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     selection: str = "one_se",
+    weights: np.ndarray | None = None,
 ) -> TrainingResult:
     """Prequential search, choice of the winner by ``selection`` (see :func:`select`), refit
-    of the winner on the final window, hold-out evaluation."""
+    of the winner on the final window, hold-out evaluation. ``weights``: the rows are a
+    weighted sample (:mod:`training.sampling`); fits, metrics and the threshold use them."""
     say = progress or (lambda _m: None)
     categorical = features.has_categoricals(raw)
     columns = features.feature_names(features.FeatureConfig(), categorical)
@@ -356,7 +367,7 @@ def train(
         folds = []
         for j, split in enumerate(layout.folds):
             say(f"candidate {i + 1}/{len(cands)} {cand.name} fold {j + 1}/{len(layout.folds)}")
-            folds.append(fit_and_score(cand, X, raw, split, categorical, days, seed)[1])
+            folds.append(fit_and_score(cand, X, raw, split, categorical, days, seed, weights)[1])
         results.append(CandidateResult(cand, folds, time.perf_counter() - t0))
     search_s = time.perf_counter() - t_search
     best = select(results, selection)
@@ -369,14 +380,17 @@ def train(
     val_scores = np.concatenate([f.scores for f in best.folds])
     val_labels = np.concatenate([f.labels for f in best.folds])
     n_val_days = sum(s.test_days[1] - s.test_days[0] for s in layout.folds)
-    threshold = metrics.budget_threshold(val_scores, val_labels, n_val_days, budget)
+    val_weights = None if weights is None else np.concatenate([f.weights for f in best.folds])
+    threshold = metrics.budget_threshold(val_scores, val_labels, n_val_days, budget, val_weights)
     say(f"refitting {best.candidate.name} on the final training window")
     t0 = time.perf_counter()
-    pipe, final = fit_and_score(best.candidate, X, raw, layout.final, categorical, days, seed)
+    pipe, final = fit_and_score(
+        best.candidate, X, raw, layout.final, categorical, days, seed, weights
+    )
     fit_s = time.perf_counter() - t0
     test_metrics = {
         **final.metrics,
-        **metrics.threshold_metrics(final.labels, final.scores, threshold),
+        **metrics.threshold_metrics(final.labels, final.scores, threshold, final.weights),
     }
     start = raw[schema.TX_DATETIME].dt.normalize().min()
     window = {

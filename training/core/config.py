@@ -25,6 +25,14 @@ class Settings(BaseSettings):
         "sample, the hold-out's scoring): this process with pandas (local), or Apache Spark "
         "at FRAUD_SPARK_MASTER (spark)",
     )
+    sample_genuine: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of each day's genuine transactions the training window keeps "
+        "(every fraud is kept; rows are weighted back; the hold-out is still scored in full). "
+        "1 trains on everything; e.g. 0.1 brings a tenth of the window to the training node",
+    )
     spark_master: str = Field(
         "local[*]",
         description="Spark master: spark://host:7077 (a standalone cluster) or local[*] (a JVM "
