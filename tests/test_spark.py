@@ -85,20 +85,64 @@ def test_a_window_brings_back_its_days_with_the_features_of_the_whole_history(
     )
 
 
+def test_a_sample_on_the_cluster_keeps_the_local_samples_rows_and_the_holdout_scores_alike(
+    spark, tied_days: Path
+) -> None:
+    """The weighted sample drawn on the executors is the local one (same rows, same weights);
+    the compiled model scores the window's rows on the cluster as it does here."""
+    from training import holdout, sampling
+    from training.core import compiled
+    from training.spark.window import training_window
+    from training.train import Candidate, build_pipeline
+
+    window = training_window(spark, tied_days, keep_days=21, fraction=0.3)
+    try:
+        local_raw = data.load_transactions(tied_days)
+        local = features.offline_features(local_raw)
+        since = local_raw[schema.TX_DATETIME].max().normalize() - pd.Timedelta(days=20)
+        rows = (local_raw[schema.TX_DATETIME] >= since).to_numpy()
+        raw, feats, w = sampling.sample(
+            local_raw[rows].reset_index(drop=True), local[rows].reset_index(drop=True), 0.3
+        )
+        pd.testing.assert_frame_equal(window.raw, raw, check_dtype=False)
+        pd.testing.assert_frame_equal(window.feats, feats, check_dtype=False, atol=1e-9)
+        assert window.weights is not None
+        np.testing.assert_allclose(window.weights, w)
+        assert window.warmup is not None and len(window.warmup) == rows.sum()  # 21 < 37 days
+        pipe = build_pipeline(Candidate(n_estimators=20, max_depth=6), True)
+        pipe.fit(feats, raw[schema.TX_FRAUD], forest__sample_weight=w)
+        model = [compiled.compile_pipeline(pipe)]
+        first, last = since + pd.Timedelta(days=14), since + pd.Timedelta(days=20)
+        remote = window.scorer.score(model, first, last)
+        here = holdout.LocalScorer(local_raw, local).score(model, first, last)
+        assert len(remote) == len(here) > 0
+        key = [holdout.DAY, holdout.CUSTOMER, holdout.LABEL, holdout.score_column(0)]
+        pd.testing.assert_frame_equal(
+            remote.sort_values(key, ignore_index=True)[key],
+            here.sort_values(key, ignore_index=True)[key],
+            check_dtype=False,
+        )
+    finally:
+        window.scorer.frame.unpersist()
+
+
 def test_fraudops_train_with_the_spark_engine_registers_a_model_through_the_gate(
     spark, small_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`fraudops train --engine spark` (in a store of its own): the feature pass on the
-    cluster, the model logged, registered and gated like any other."""
+    """`fraudops train --engine spark` on a weighted sample (in a store of its own): the
+    feature pass and the sample on the cluster, the model logged, registered and gated like
+    any other, with the metrics of the whole hold-out, scored on the cluster."""
     from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
 
+    from training import registry
     from training.cli import app
     from training.core.config import get_settings
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FRAUD_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("FRAUD_SAMPLE_GENUINE", "0.3")
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(
@@ -113,8 +157,20 @@ def test_fraudops_train_with_the_spark_engine_registers_a_model_through_the_gate
     run = client.get_run(version.run_id)
     assert run.data.tags["data.engine"] == "spark"
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == "1"
-    # the days it trained and tested on: the handbook layout's 56, not the 75 on disk
-    assert int(run.data.params["n_transactions"]) < len(data.load_transactions(small_data_dir))
+    assert run.data.tags["data.sample_genuine"] == "0.3"
+    # the days it trained and tested on: a sample of the handbook layout's 56, not the 75
+    full = data.load_transactions(small_data_dir)
+    assert int(run.data.params["n_transactions"]) < 0.4 * len(full)
+    # the test metrics logged are those of every row of the hold-out
+    registry.configure(Settings(mlflow_tracking_uri=uri))
+    whole = registry.holdout_metrics(
+        f"models:/fraud-detector/{version.version}",
+        full,
+        features.offline_features(full),
+        data.handbook_layout(full).final,
+    )
+    for key in ("ap", "auc", "cp100"):
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(whole[key], abs=1e-4), key
 
 
 def test_spark_reads_the_window_labelled_as_the_store_path_labels_it(
