@@ -26,17 +26,21 @@ def test_a_sample_keeps_every_fraud_and_weighs_each_days_genuine_back(
     assert 0.18 < share < 0.22
     # each day's genuine weight is that day's genuine count; a fraud weighs 1
     day = raw[schema.TX_DATETIME].dt.normalize()
-    weighed = pd.Series(w[raw[schema.TX_FRAUD].to_numpy() == 0]).groupby(
-        day[raw[schema.TX_FRAUD] == 0].to_numpy()
-    ).sum()
+    weighed = (
+        pd.Series(w[raw[schema.TX_FRAUD].to_numpy() == 0])
+        .groupby(day[raw[schema.TX_FRAUD] == 0].to_numpy())
+        .sum()
+    )
     counts = small_raw[~fraud].groupby(small_raw[schema.TX_DATETIME].dt.normalize()).size()
     np.testing.assert_allclose(weighed.sort_index().to_numpy(), counts.sort_index().to_numpy())
     assert (w[raw[schema.TX_FRAUD].to_numpy() == 1] == 1).all()
     # rows stay aligned and in stream order
     assert raw[schema.TX_DATETIME].is_monotonic_increasing
     pd.testing.assert_frame_equal(
-        feats, small_feats.loc[small_raw[schema.TRANSACTION_ID].isin(raw[schema.TRANSACTION_ID])]
-        .reset_index(drop=True)
+        feats,
+        small_feats.loc[
+            small_raw[schema.TRANSACTION_ID].isin(raw[schema.TRANSACTION_ID])
+        ].reset_index(drop=True),
     )
 
 
