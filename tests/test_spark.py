@@ -196,3 +196,20 @@ def test_spark_reads_the_window_labelled_as_the_store_path_labels_it(
     assert "tx3-0" not in set(got["TRANSACTION_ID"])  # 04-04: unlabelled, too young
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "PartitionFilters: [isnotnull(day" in plan and "2018-04-02" in plan
+
+
+def test_the_retrainings_data_check_counts_the_days_on_the_cluster(spark, tied_days: Path) -> None:
+    """`prepare_data` with the Spark engine: the same report as the local pass's, from counts
+    made on the cluster; a missing day fails it the same way."""
+    from training import pipeline
+
+    local = pipeline.prepare_data(Settings(), tied_days, append_days=0)
+    remote = pipeline.prepare_data(Settings(engine="spark"), tied_days, append_days=0)
+    assert remote == local and remote.transactions == len(data.load_transactions(tied_days))
+    gap = tied_days.parent / "gap"
+    gap.mkdir()
+    for f in sources.day_files(tied_days):
+        if f.stem != "2018-05-01":
+            (gap / f.name).symlink_to(f)
+    with pytest.raises(pipeline.PipelineError, match="2018-05-01"):
+        pipeline.prepare_data(Settings(engine="spark"), gap, append_days=0)

@@ -245,3 +245,28 @@ def test_airflow_helm_values_use_the_kubernetes_executor() -> None:
         .replace("password:", "")
         .split("#")[0]
     )
+
+
+def test_the_spark_profile_is_a_cluster_the_retraining_tasks_drive(env_file) -> None:
+    """`spark-master` and `spark-worker` (profile `spark`): the Airflow image (the executors
+    run the driver's Python and project), the data volume the driver's paths point into, and
+    the scheduler (where the tasks run) reachable as the driver."""
+    plain = yaml.safe_load(compose(env_file, "config", "--format", "json").stdout)
+    assert not {"spark-master", "spark-worker"} & set(plain["services"])
+    out = compose(env_file, "--profile", "spark", "config", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    master, worker = services["spark-master"], services["spark-worker"]
+    scheduler = services["airflow-scheduler"]
+    assert master["image"] == worker["image"] == scheduler["image"]
+    assert "org.apache.spark.deploy.master.Master" in master["command"]
+    assert "spark://spark-master:7077" in " ".join(worker["command"])
+    assert worker["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    data = {v["target"]: v["source"] for v in scheduler["volumes"]}["/var/lib/fraud"]
+    assert {v["target"]: v["source"] for v in worker["volumes"]}["/var/lib/fraud"] == data
+    env = scheduler["environment"]
+    assert env["FRAUD_SPARK_MASTER"] == "spark://spark-master:7077"
+    assert env["FRAUD_SPARK_DRIVER_HOST"] == "airflow-scheduler"
+    assert env["PYSPARK_PYTHON"] == worker["environment"]["PYSPARK_PYTHON"]
+    for svc in (master, worker):
+        assert svc["healthcheck"]["test"] and svc["deploy"]["resources"]["limits"]["memory"]

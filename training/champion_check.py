@@ -66,7 +66,11 @@ def check_champion(
     client = registry.configure(settings)
     name = settings.registered_model
     champion = registry.champion_version(client, name)
-    loaded = loaded or load_data(settings, data_path)
+    # every row of the checked days (a training sample would bias precision), and on Spark only
+    # the days it checks (its windows' history is read on the cluster)
+    loaded = loaded or load_data(
+        settings.model_copy(update={"sample_genuine": 1.0}), data_path, keep_days=days
+    )
     raw, feats = loaded.raw, loaded.feats
     recent = _recent(raw, days)
     live = _live(loaded, raw[schema.TRANSACTION_ID][recent], champion, settings)

@@ -218,14 +218,18 @@ def prepare_data(
     try:
         if db:
             loaded = load_data(settings, data_path)
-            raw = loaded.raw
+            counts = _day_counts(loaded.raw)
+        elif settings.engine == "spark":  # counted on the cluster: no row comes back
+            from training.spark.window import day_counts, process_session
+
+            counts = day_counts(process_session(settings), data_path)
         else:
-            raw = data.load_transactions(data_path)
+            counts = _day_counts(data.load_transactions(data_path))
     except (data.DataError, ValueError, FileNotFoundError) as exc:
         raise PipelineError(f"data at {data_path} cannot be loaded: {exc}") from exc
-    if raw.empty:
+    if counts.empty:
         raise PipelineError(f"no transactions in {data_path}")
-    per_day = raw.groupby(raw[schema.TX_DATETIME].dt.normalize()).size()
+    per_day = counts["transactions"]
     expected = pd.date_range(per_day.index.min(), per_day.index.max(), freq="D")
     missing = expected.difference(pd.DatetimeIndex(per_day.index))
     if len(missing):
@@ -243,12 +247,23 @@ def prepare_data(
         len(per_day),
         f"{per_day.index.min():%Y-%m-%d}",
         f"{per_day.index.max():%Y-%m-%d}",
-        len(raw),
-        int(raw[schema.TX_FRAUD].sum()),
+        int(per_day.sum()),
+        int(counts["frauds"].sum()),
         appended,
         "decision_log" if loaded else "files",
         loaded.tags["data.as_of"] if loaded else None,
         loaded.tags if loaded else {},
+    )
+
+
+def _day_counts(raw: pd.DataFrame) -> pd.DataFrame:
+    """Transactions and frauds a day (index: the day at midnight)."""
+    day = raw[schema.TX_DATETIME].dt.normalize()
+    return pd.DataFrame(
+        {
+            "transactions": raw.groupby(day).size(),
+            "frauds": raw[schema.TX_FRAUD].groupby(day).sum(),
+        }
     )
 
 

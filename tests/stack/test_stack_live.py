@@ -36,11 +36,14 @@ FILES = [
     str(engine.PROJECT / "compose.yaml"),
     "-f",
     str(engine.PROJECT / "compose.local.yaml"),
+    "--profile",
+    "spark",  # the retraining runs on the stack's Spark cluster (FRAUD_ENGINE=spark)
 ]
 MINUTE = timedelta(minutes=1)
 SERVICES = {
     "postgres", "mlflow", "fraud-api", "fraud-shipper", "airflow-api", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager",
+    "spark-master", "spark-worker",
 }  # fmt: skip
 
 
@@ -79,6 +82,8 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         SLACK_WEBHOOK_URL="http://127.0.0.1:9/unused",
         FRAUD_FIRST_GRID="quick",
         FRAUD_RETRAIN_GRID="quick",  # unpausing also starts the latest scheduled run
+        FRAUD_ENGINE="spark",  # the retraining DAG drives the spark profile's cluster
+        FRAUD_SAMPLE_GENUINE="0.5",  # on a weighted sample, the hold-out scored on the cluster
     )
     override = work / "compose.test.yaml"
     override.write_text(
@@ -183,6 +188,20 @@ def test_retraining_runs_through_the_airflow_rest_api(stack) -> None:
     engine.log(f"fraud_retrain {state} in {time.monotonic() - t0:.0f}s: {summary}")
     assert state == "success", summary
     assert summary["notification"][0] == "success"
+    # the candidate came from the Spark cluster: its run's tags say so
+    mlflow_api = "http://127.0.0.1:5000/ajax-api/2.0/mlflow"
+    version = httpx.get(
+        f"{mlflow_api}/model-versions/get",
+        params={"name": "fraud-detector", "version": "2"},
+        timeout=30,
+    ).json()["model_version"]
+    run = httpx.get(
+        f"{mlflow_api}/runs/get", params={"run_id": version["run_id"]}, timeout=30
+    ).json()["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["data.engine"] == "spark" and tags["data.sample_genuine"] == "0.5", tags
+    workers = httpx.get("http://127.0.0.1:8090/json/", timeout=30).json()
+    assert workers["aliveworkers"] >= 1 and workers["completedapps"], workers
 
 
 def image_id(ref: str) -> str:

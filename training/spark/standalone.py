@@ -1,7 +1,7 @@
 """A Spark standalone cluster on this machine, from pyspark's own distribution: a master and
 ``workers`` workers, each its own JVM (``spark-class ... deploy.master.Master`` / ``Worker``),
-all on loopback. What the tests, ``make bench-offline`` and ``fraudops spark-cluster`` run; in
-Compose the same two classes are the ``spark-master`` and ``spark-worker`` services."""
+all on loopback. What the tests and ``make bench-offline`` run; in Compose the same two
+classes are the ``spark-master`` and ``spark-worker`` services."""
 
 from __future__ import annotations
 

@@ -141,6 +141,26 @@ def training_window(
     )
 
 
+def day_counts(spark: SparkSession, root: Path) -> pd.DataFrame:
+    """Transactions and frauds a day over every per-day file under ``root``, counted on the
+    cluster (what the retraining's data check needs, without the rows)."""
+    from pyspark.sql import functions as F
+
+    if not sources.day_files(root):
+        raise DataError(f"{root}: the Spark engine reads per-day files (YYYY-MM-DD.parquet)")
+    read = sources.read_transactions(spark, root)
+    counted = (
+        read.groupBy(F.to_date(read[schema.TX_DATETIME]).alias("day"))
+        .agg(
+            F.count(F.lit(1)).alias("transactions"),
+            F.sum(F.when(read[schema.TX_FRAUD] == 1, 1).otherwise(0)).alias("frauds"),
+        )
+        .toPandas()
+    )
+    counted["day"] = pd.to_datetime(counted["day"])
+    return counted.set_index("day").sort_index()
+
+
 Batches = Iterator[pd.DataFrame]
 
 
