@@ -270,3 +270,77 @@ def test_the_spark_profile_is_a_cluster_the_retraining_tasks_drive(env_file) -> 
     assert env["PYSPARK_PYTHON"] == worker["environment"]["PYSPARK_PYTHON"]
     for svc in (master, worker):
         assert svc["healthcheck"]["test"] and svc["deploy"]["resources"]["limits"]["memory"]
+
+
+def test_spark_on_kubernetes_manifests_and_values_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k8s/spark: the executor pod template and the driver's rights validate strictly; the
+    Airflow values point the tasks' Spark at them (the template mounted where the conf says,
+    its container named as the conf says, the rights bound to the tasks' account); the
+    template's command starts an executor JVM from the variables Spark sets."""
+    from training.core.config import Settings
+    from training.spark import k8s_executor
+
+    spark_dir = K8S / "spark"
+    files = [spark_dir / "executor-pod-template.yaml", spark_dir / "rbac.yaml"]
+    validate = str(Path(sys.executable).parent / "kubernetes-validate")
+    out = subprocess.run([validate, "--strict", *map(str, files)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    template = yaml.safe_load(files[0].read_text())
+    account, role, binding = yaml.safe_load_all(files[1].read_text())
+    kustomization = yaml.safe_load((spark_dir / "kustomization.yaml").read_text())
+    (generated,) = kustomization["configMapGenerator"]
+    assert generated["files"] == ["executor.yaml=executor-pod-template.yaml"]
+    values = yaml.safe_load((K8S / "airflow" / "values.yaml").read_text())
+    env = {e["name"]: e for e in yaml.safe_load(values["extraEnv"])}
+    monkeypatch.setenv("FRAUD_SPARK_CONF", env["FRAUD_SPARK_CONF"]["value"])
+    conf = Settings().spark_conf  # parsed as the tasks will parse it
+    volume = next(v for v in values["volumes"] if v.get("configMap"))
+    assert volume["configMap"]["name"] == generated["name"]
+    mount = next(m for m in values["volumeMounts"] if m["name"] == volume["name"])
+    template_file = f"{mount['mountPath']}/executor.yaml"
+    assert conf["spark.kubernetes.executor.podTemplateFile"] == template_file
+    (container,) = template["spec"]["containers"]
+    assert conf["spark.kubernetes.executor.podTemplateContainerName"] == container["name"]
+    assert env["FRAUD_SPARK_MASTER"]["value"].startswith("k8s://")
+    assert env["FRAUD_SPARK_DRIVER_HOST"]["value"] == "$(POD_IP)"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    workers = values["workers"]["serviceAccount"]["name"]
+    assert conf["spark.kubernetes.authenticate.driver.serviceAccountName"] == workers
+    assert (
+        binding["subjects"][0]["name"] == workers
+        and binding["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert {"create", "watch", "delete"} <= set(role["rules"][0]["verbs"])
+    assert "pods" in role["rules"][0]["resources"]
+    # the executors read the data at the driver's paths: the same claim, mounted alike
+    data = next(v for v in values["volumes"] if v["name"] == "fraud-data")
+    claim = data["persistentVolumeClaim"]["claimName"]
+    assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
+            for v in template["spec"]["volumes"]}["fraud-data"] == claim  # fmt: skip
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["fraud-data"] == next(
+        m["mountPath"] for m in values["volumeMounts"] if m["name"] == "fraud-data"
+    )
+    # the command: Spark's executor backend with the pod's variables
+    assert container["command"] == ["python", "-m", "training.spark.k8s_executor"]
+    pod_env = {
+        "SPARK_DRIVER_URL": "spark://CoarseGrainedScheduler@10.0.0.5:7078",
+        "SPARK_EXECUTOR_ID": "3",
+        "SPARK_EXECUTOR_CORES": "2",
+        "SPARK_APPLICATION_ID": "spark-abc",
+        "SPARK_EXECUTOR_POD_IP": "10.0.0.9",
+        "SPARK_EXECUTOR_MEMORY": "4g",
+        "SPARK_EXECUTOR_POD_NAME": "fraud-retrain-exec-3",
+        "SPARK_JAVA_OPT_10": "-Dlater=1",
+        "SPARK_JAVA_OPT_2": "-Dearlier=1",
+    }
+    cmd = k8s_executor.command(pod_env, Path("/spark"), "/usr/bin/java")
+    assert cmd[:5] == ["/usr/bin/java", "-Dearlier=1", "-Dlater=1", "-Xms4g", "-Xmx4g"]
+    assert k8s_executor.BACKEND in cmd
+    args = dict(zip(cmd[cmd.index(k8s_executor.BACKEND) + 1 :: 2],
+                    cmd[cmd.index(k8s_executor.BACKEND) + 2 :: 2], strict=True))  # fmt: skip
+    assert args["--driver-url"] == pod_env["SPARK_DRIVER_URL"]
+    assert args["--hostname"] == "10.0.0.9" and args["--executor-id"] == "3"
+    with pytest.raises(ValueError, match="SPARK_DRIVER_URL"):
+        k8s_executor.command({}, Path("/spark"))

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         "fsspec URL): written a closed day at a time by the retraining DAG's decision_lake task "
         "and `fraudops decisions export-lake`, read by the Spark engine",
     )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="More Spark properties, as JSON (e.g. Spark-on-Kubernetes': the image, the "
+        "namespace, the executor pod template; k8s/spark/)",
+    )
     spark_shuffle_partitions: int = Field(
         0, ge=0, description="Shuffle partitions (0: 4 per executor core the cluster has)"
     )

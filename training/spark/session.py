@@ -47,6 +47,8 @@ def spark_session(settings: Settings, app: str = "fraud-mlops") -> SparkSession:
         # pandas writes nanosecond timestamps, which Spark reads only as longs (sources.py)
         .config("spark.sql.legacy.parquet.nanosAsLong", "true")
     )
+    for key, value in settings.spark_conf.items():  # e.g. Spark-on-Kubernetes' (k8s/spark/)
+        builder = builder.config(key, value)
     if _loopback(settings.spark_master):
         # executors on this machine: this interpreter, which has the project installed
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
