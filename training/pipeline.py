@@ -422,14 +422,7 @@ def deploy_candidate(
         return Deployment(version, False, str(exc), previous, previous, {}, None)
     layout = data.handbook_layout(raw)
     gain = settings.promotion_margin if margin is None else margin
-    score = None
-    if loaded.scorer is not None:
-        scorer = loaded.scorer
-
-        def score(uri: str) -> dict[str, float]:  # the whole hold-out, where the data lives
-            files = registry.compiled_files(uri)
-            return holdout.exact(scorer, raw, layout.final, [files])[0].metrics
-
+    score = _whole_holdout(loaded.scorer, raw, layout.final) if loaded.scorer else None
     decision = registry.gate(client, name, version, raw, feats, layout.final, gain, score)
     return Deployment(
         version,
@@ -440,6 +433,17 @@ def deploy_candidate(
         decision.candidate,
         decision.champion,
     )
+
+
+def _whole_holdout(
+    scorer: holdout.Scorer, raw: pd.DataFrame, split: data.Split
+) -> Callable[[str], dict[str, float]]:
+    """A registered model's metrics on every row of the hold-out, scored where the data lives."""
+
+    def score(uri: str) -> dict[str, float]:
+        return holdout.exact(scorer, raw, split, [registry.compiled_files(uri)])[0].metrics
+
+    return score
 
 
 def already_notified(settings: Settings, version: str, run_key: str) -> bool:

@@ -10,7 +10,12 @@ executors: their JVMs and Python workers):
   train` does first);
 - spark features: the same feature pass on the cluster, written to parquet (nothing collected);
 - spark window: the handbook layout's 56 days back to the driver with their features (what
-  `fraudops train --engine spark` does first).
+  `fraudops train --engine spark` does first without a sample);
+- spark sample window: the same window as the weighted sample of ``--sample`` (every fraud,
+  that share of the genuine: FRAUD_SAMPLE_GENUINE);
+- spark train: `fraudops train --engine spark --grid quick` on that sample, in an MLflow store
+  of its own: the feature pass, the sample, the search, the hold-out scored on the cluster,
+  the registration and the gate.
 
 A step past ``--memory-gb`` (the machine has 24 GiB) is stopped and reported as out of memory;
 one past ``--timeout-min`` as not finished. Writes reports/bench-offline/offline.json and .md::
@@ -34,13 +39,37 @@ from typing import Any
 import psutil
 
 PROJECT = Path(__file__).resolve().parents[2]
-STEPS = ("local-features", "spark-features", "spark-window")
+STEPS = ("local-features", "spark-features", "spark-window", "spark-sample-window", "spark-train")
 
 
-def run_step(step: str, root: Path, master: str, out: Path) -> None:
+def run_step(step: str, root: Path, master: str, out: Path, sample: float) -> None:
     """One measured step, in this process (``--step``)."""
     t0 = time.perf_counter()
-    if step == "local-features":
+    extra: dict[str, Any] = {}
+    if step == "spark-train":
+        from training.cli import app
+
+        out.mkdir(parents=True, exist_ok=True)
+        os.environ.update(
+            FRAUD_ENGINE="spark", FRAUD_SPARK_MASTER=master, FRAUD_SPARK_DRIVER_MEMORY="6g",
+            FRAUD_SPARK_EXECUTOR_MEMORY="3g", FRAUD_SAMPLE_GENUINE=str(sample),
+            MLFLOW_TRACKING_URI=f"sqlite:///{out}/mlflow.db",
+            FRAUD_MLFLOW_ARTIFACT_ROOT=str(out / "artifacts"),
+        )  # fmt: skip
+        app(["train", "--data", str(root), "--grid", "quick"], standalone_mode=False)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+        (version,) = client.search_model_versions("name = 'fraud-detector'")
+        run = client.get_run(version.run_id)
+        rows = int(run.data.params["n_transactions"])
+        extra = {
+            "version": version.version,
+            "aliases": list(version.aliases),
+            "test_ap": run.data.metrics["test_ap"],
+            "sample": sample,
+        }
+    elif step == "local-features":
         from training.core.features import offline_features
         from training.data import load_transactions
 
@@ -62,9 +91,11 @@ def run_step(step: str, root: Path, master: str, out: Path) -> None:
                     "overwrite"
                 ).parquet(str(out))
                 rows = spark.read.parquet(str(out)).count()
-            else:
+            elif step == "spark-window":
                 rows = len(window.training_frames(spark, root, layout_days())[0])
-    print(json.dumps({"rows": rows, "inner_s": time.perf_counter() - t0}), flush=True)
+            else:
+                rows = len(window.training_window(spark, root, layout_days(), fraction=sample).raw)
+    print(json.dumps({"rows": rows, "inner_s": time.perf_counter() - t0, **extra}), flush=True)
 
 
 def _tree_rss(procs: list[psutil.Process]) -> int:
@@ -149,6 +180,7 @@ def main() -> None:
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     ap.add_argument("--timeout-min", type=float, default=60)
     ap.add_argument("--memory-gb", type=float, default=20)
+    ap.add_argument("--sample", type=float, default=0.1, help="genuine share, sample steps")
     ap.add_argument("--out", type=Path, default=PROJECT / "reports" / "bench-offline")
     ap.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -156,7 +188,7 @@ def main() -> None:
     ap.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
-        run_step(args.step, args.root, args.master, args.write)
+        run_step(args.step, args.root, args.master, args.write, args.sample)
         return
     from training.spark.standalone import StandaloneCluster
 
@@ -170,8 +202,8 @@ def main() -> None:
             print(f"[{scale}x] data {root}: {made}", flush=True)
             for step in args.steps:
                 cmd = [sys.executable, "-m", "tests.bench.offline", "--step", step,
-                       "--root", str(root), "--master", cluster.url,
-                       "--write", str(work / f"features-{scale}")]  # fmt: skip
+                       "--root", str(root), "--master", cluster.url, "--sample", str(args.sample),
+                       "--write", str(work / f"{step}-{scale}")]  # fmt: skip
                 spark = step.startswith("spark")
                 r = measure(
                     cmd, env, executor_processes(cluster) if spark else None,
