@@ -20,7 +20,7 @@ import pandas as pd
 from training.core import decision_store, schema
 
 # What the service answered, and the other model's score beside it (a live challenger's)
-ANSWER_COLUMNS = ("model_version", "probability", "is_fraud", "degraded", "arm",
+ANSWER_COLUMNS = ("model_version", "probability", "threshold", "is_fraud", "degraded", "arm",
                   "shadow_version", "shadow_probability", "shadow_is_fraud")  # fmt: skip
 
 

@@ -221,12 +221,13 @@ def evaluate(
     rules: RuleSet,
     columns: Mapping[str, Any],
     score: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     lists: Mapping[str, frozenset[str]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """(action, rule index into ``rules.ordered()``; NO_RULE: none matched) for every row of a
     batch. ``columns``: the transaction fields and the features, one array each, the batch
-    long; ``lists``: the managed lists' members (a missing list is empty)."""
+    long; ``threshold``: the model's (one, or one a row: a backtest over model versions);
+    ``lists``: the managed lists' members (a missing list is empty)."""
     n = len(score)
     ordered = rules.ordered()
     action = np.full(n, APPROVE, dtype=np.int8)
@@ -246,7 +247,7 @@ def _mask(
     rule: Rule,
     columns: Mapping[str, Any],
     score: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     lists: Mapping[str, frozenset[str]],
 ) -> np.ndarray:
     if isinstance(rule, ListRule):
@@ -256,7 +257,7 @@ def _mask(
         ids = np.asarray(columns[f"{rule.entity}_id"], dtype=object)
         return np.fromiter((i in members for i in ids), dtype=bool, count=len(ids))
     if isinstance(rule, ScoreBand):
-        low = threshold if rule.min == "threshold" else float(rule.min)
+        low = np.asarray(threshold, dtype=float) if rule.min == "threshold" else float(rule.min)
         hit = score >= low
         return hit & (score < rule.max) if rule.max is not None else hit
     if isinstance(rule, VelocityRule):
