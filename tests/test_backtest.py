@@ -100,3 +100,72 @@ def test_a_rule_on_a_field_the_log_lacks_is_refused(store_url: str) -> None:
     )
     with pytest.raises(rules.RuleSetError, match="TERMINAL_RISK"):
         backtest.backtest(store_url, bad, rules.default(), datetime(2018, 4, 1, tzinfo=UTC))
+
+
+def test_rules_and_lists_through_the_cli(store_url: str, tmp_path) -> None:
+    """`fraudops lists` and `fraudops rules` on a store: entries with who and why, a rule set
+    checked, backtested on the log, applied once per version, and shown."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.core import rule_store
+
+    _fill(store_url)
+    run = CliRunner().invoke
+    out = run(app, ["lists", "add", "blocked_terminals", "t9", "t8", "--note", "skimmer, case 41",
+                    "--by", "alice", "--db", store_url])  # fmt: skip
+    assert out.exit_code == 0 and "2 added" in out.output, out.output
+    out = run(app, ["lists", "add", "blocked_terminals", "t9", "--db", store_url])
+    assert "0 added, 1 already there" in out.output
+    assert (
+        run(app, ["lists", "remove", "blocked_terminals", "t8", "--db", store_url]).exit_code == 0
+    )
+    out = run(app, ["lists", "show", "blocked_terminals", "--db", store_url])
+    assert "1 entries" in out.output and "alice" in out.output and "case 41" in out.output
+
+    good = tmp_path / "rules.yaml"
+    good.write_text(rules.dump(CANDIDATE))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(rules.dump(CANDIDATE).replace("op: '>='", "op: '=>'"))
+    out = run(app, ["rules", "check", str(bad)])
+    assert out.exit_code == 2 and f"{bad}, line" in out.output and "field rules.1.op" in out.output
+    out = run(app, ["rules", "check", str(good)])
+    assert out.exit_code == 0 and "block-t9, big, burst, budget" in out.output
+
+    out = run(app, ["rules", "backtest", str(good), "--since", "2018-04-01", "--db", store_url])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())  # rich wraps at the test terminal's width
+    assert "65 decisions, 20 frauds" in said and "4.0 alerts a day" in said
+    assert "(over the budget)" not in said  # 4 a day against the default 100
+
+    out = run(app, ["rules", "apply", str(good), "--by", "bob", "--db", store_url])
+    assert out.exit_code == 0 and "candidate-1 in force" in out.output
+    assert "already in force" in run(app, ["rules", "apply", str(good), "--db", store_url]).output
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(rules.dump(CANDIDATE).replace("value: 500", "value: 700"))
+    out = run(app, ["rules", "apply", str(changed), "--db", store_url])
+    assert out.exit_code == 2 and "new version" in out.output
+    out = run(app, ["rules", "show", "--db", store_url])
+    assert "version: candidate-1" in out.output and "by bob" in out.output
+    with ds.connect(store_url) as conn:
+        assert rule_store.active(conn) == CANDIDATE
+        assert rule_store.members(conn) == {"blocked_terminals": frozenset({"t9"})}
+
+
+def test_applying_an_earlier_version_puts_it_back_in_force(store_url: str) -> None:
+    from training.core import rule_store
+
+    engine = ds.engine_for(store_url)
+    try:
+        with engine.begin() as conn:
+            assert rule_store.active(conn) is None
+            assert rule_store.apply(conn, rules.default(), "a")
+            assert rule_store.apply(conn, CANDIDATE, "b")
+            assert rule_store.active(conn) == CANDIDATE
+            assert rule_store.apply(conn, rules.default(), "c")
+            assert rule_store.active(conn) == rules.default()
+            assert [h["version"] for h in rule_store.history(conn)] == [
+                "default-1", "candidate-1"
+            ]  # fmt: skip
+    finally:
+        engine.dispose()

@@ -120,7 +120,7 @@ def test_journal_lines_are_the_tables_rows(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
-    assert ds.upgrade(store_url) == "0004"  # the fixture ran it once already
+    assert ds.upgrade(store_url) == "0005"  # the fixture ran it once already
     engine = ds.engine_for(store_url)
     try:
         inspector = sa.inspect(engine)
@@ -128,7 +128,9 @@ def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -
         indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("decisions")}
         assert ("tx_day",) in indexed and ("customer_id", "tx_time") in indexed
         # the migration and the tables the code writes agree, column by column
-        for table in (ds.decisions, ds.label_events):
+        from training.core import rule_store
+
+        for table in (ds.decisions, ds.label_events, rule_store.rule_sets, rule_store.list_entries):
             live = {c["name"] for c in inspector.get_columns(table.name)}
             assert live == {c.name for c in table.columns}
     finally:
@@ -151,7 +153,7 @@ def test_workers_starting_together_all_find_the_store_migrated(tmp_path: Path) -
     ]  # fmt: skip
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err[-800:] for _, err in outs]
-    assert [out.strip() for out, _ in outs] == ["0004"] * 8
+    assert [out.strip() for out, _ in outs] == ["0005"] * 8
 
 
 def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
@@ -171,7 +173,7 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
             conn.execute(
                 old.insert(), [{k: v for k, v in r.items() if k in old_columns} for r in rows]
             )
-        assert ds.upgrade(store_url) == "0004"
+        assert ds.upgrade(store_url) == "0005"
         record = {**rows[0], "transaction_id": "sent", "kind": ds.FEEDBACK, "probability": None,
                   "threshold": None, "is_fraud": None, "features": None}  # fmt: skip
         with engine.begin() as conn:
@@ -204,7 +206,7 @@ def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: 
             assert "arm" not in old.columns
             keep = set(old.columns.keys())
             conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
-        assert ds.upgrade(store_url) == "0004"
+        assert ds.upgrade(store_url) == "0005"
         canary = {**rows[0], "transaction_id": "canary-1", "arm": "canary",
                   "model_version": "9", "shadow_version": "7", "shadow_probability": 0.25,
                   "shadow_is_fraud": False}  # fmt: skip

@@ -79,7 +79,7 @@ def test_the_migration_keeps_every_row_and_what_reads_them(tmp_path: Path, pg_ur
     assert before[2] == (120, 7)
 
     t0 = time.perf_counter()
-    assert ds.upgrade(pg_url) == "0004"
+    assert ds.upgrade(pg_url) == "0005"
     migrated_s = time.perf_counter() - t0
     after = reads(pg_url)
     pd.testing.assert_frame_equal(after[0], before[0])
