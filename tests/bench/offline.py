@@ -65,7 +65,7 @@ def run_step(step: str, root: Path, master: str, out: Path, sample: float) -> No
         rows = int(run.data.params["n_transactions"])
         extra = {
             "version": version.version,
-            "aliases": list(version.aliases),
+            "aliases": list(client.get_model_version("fraud-detector", version.version).aliases),
             "test_ap": run.data.metrics["test_ap"],
             "sample": sample,
         }
