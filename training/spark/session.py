@@ -5,6 +5,7 @@ address (loopback here)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -52,6 +53,9 @@ def spark_session(settings: Settings, app: str = "fraud-mlops") -> SparkSession:
     if _loopback(settings.spark_master):
         # executors on this machine: this interpreter, which has the project installed
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # py4j logs its connections closing at INFO, even from finalizers at interpreter exit
+    # (onto closed streams: "--- Logging error ---")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     partitions = settings.spark_shuffle_partitions or 4 * spark.sparkContext.defaultParallelism
