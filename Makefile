@@ -168,3 +168,4 @@ bench: install ## Side-by-side benchmark (fraud-api, no-op BentoML, FastAPI seed
 	@command -v wrk >/dev/null && command -v hey >/dev/null || apt-get install -y --no-install-recommends wrk hey
 	$(RUN) fraudops run --no-serve
 	$(RUN) python -m tests.bench.run_bench
+	$(RUN) python -m tests.bench.rules_cost  # the decision rules: µs a transaction, 50 rules
