@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from serving import shipper as sh
 from training import backtest
 from training.core import decision_store as ds
 from training.core import rules
 
-from .test_decision_log import decision_line, label_line
+from .test_decision_log import decision_line, label_line, store_lines
 
 DAY_MS = 86_400_000
 T0 = int(datetime(2018, 4, 1, tzinfo=UTC).timestamp() * 1000)
@@ -51,13 +50,7 @@ def _fill(url: str) -> None:
             )
             if d < 10 and k in (1, 2):
                 lines.append(label_line(f"e{tx}", tx, True, T0 + (d + 1) * DAY_MS))
-    d_rows, l_rows = sh.rows_of(lines)
-    engine = ds.engine_for(url)
-    try:
-        with engine.begin() as conn:
-            ds.write(conn, d_rows, l_rows)
-    finally:
-        engine.dispose()
+    store_lines(url, lines)
 
 
 def test_a_candidate_set_is_measured_against_the_labels_and_the_live_set(store_url: str) -> None:

@@ -9,12 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serving import shipper as sh
 from training import lake
-from training.core import decision_store as ds
 from training.core.config import Settings
 
-from .test_decision_log import decision_line, label_line
+from .test_decision_log import decision_line, label_line, store_lines
 
 DAY_MS = 86_400_000
 T0 = int(datetime(2018, 4, 1, tzinfo=UTC).timestamp() * 1000)  # 2018-04-01 00:00 UTC
@@ -34,13 +32,7 @@ def _fill(url: str) -> None:
         label_line("e3", "tx2-2", True, T0 + 3 * DAY_MS + 60_000),
         label_line("e4", "tx0-1", False, T0 + 4 * DAY_MS + 60_000),  # changed its mind
     ]
-    d_rows, l_rows = sh.rows_of(lines)
-    engine = ds.engine_for(url)
-    try:
-        with engine.begin() as conn:
-            ds.write(conn, d_rows, l_rows)
-    finally:
-        engine.dispose()
+    store_lines(url, lines)
 
 
 def test_closed_days_are_written_once_a_file_a_day(store_url: str, tmp_path: Path) -> None:

@@ -197,6 +197,9 @@ def _line_of(node: yaml.Node, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+_KINDS = ("list", "compare", "velocity", "score")  # pydantic's union tags in error locations
+
+
 def parse(text: str, source: str = "rule set") -> RuleSet:
     """A rule set from YAML or JSON text (JSON is YAML); RuleSetError naming the line and the
     field of the first problem."""
@@ -227,9 +230,6 @@ def parse(text: str, source: str = "rule set") -> RuleSet:
         field = ".".join(str(p) for p in loc) or "(top)"
         line = _line_of(node, loc)
         raise RuleSetError(f"{source}, line {line}, field {field}: {err['msg']}") from exc
-
-
-_KINDS = ("list", "compare", "velocity", "score")  # pydantic's union tags in error locations
 
 
 ROW_WISE = 20  # batches this small are read row by row: fewer numpy calls than rules
