@@ -39,8 +39,9 @@ install: .venv/.synced ## Install everything (uv, locked deps, bytecode compiled
 # Debian packages the tests run for real: a command each comes with, and its package.
 TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
 	amtool:prometheus-alertmanager redis-server:redis-server \
-	/usr/lib/postgresql/*/bin/pg_ctl:postgresql java:openjdk-17-jre-headless
-tools: ## Debian packages the tests use: Prometheus, Alertmanager, PostgreSQL, Redis and Java (Spark) (apt)
+	/usr/lib/postgresql/*/bin/pg_ctl:postgresql java:openjdk-17-jre-headless \
+	chromium:chromium chromedriver:chromium-driver
+tools: ## Debian packages the tests use: Prometheus, Alertmanager, PostgreSQL, Redis, Java (Spark), Chromium (apt)
 	@missing=""; for t in $(TOOLS); do bin=$${t%%:*}; \
 		command -v $$bin >/dev/null 2>&1 || ls $$bin >/dev/null 2>&1 || missing="$$missing $${t##*:}"; \
 	done; \

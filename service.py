@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import AfterValidator, Field
 
-from serving import bentoml_fixes, clock, durable_answers
+from serving import bentoml_fixes, clock, durable_answers, rules_api
 from serving import telemetry as tm
 from serving.api_models import (
     API_KEY,
@@ -121,8 +122,12 @@ class FraudDetector:
             degraded = True
         proba, flagged = scored.proba, scored.flagged
         versions = scored.versions or [scored.version] * len(records)
+        challenged = scored.challenged
+        threshold = np.asarray(challenged.thresholds) if challenged else self.scorer.threshold
+        decided = self.runtime.rules.decide_batch(records, scored.columns, proba, threshold)
+        actions = decided.actions()
         if self.decisions is not None:  # durable before answered: DurableAnswers holds them
-            self.log_decisions(transactions, records, scored, versions, degraded)
+            self.log_decisions(transactions, records, scored, versions, degraded, decided)
         self.clock.advance(max(r.time_ms for r in records))
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
@@ -134,18 +139,32 @@ class FraudDetector:
                 "fraud_probability": p,
                 "is_fraud": f,
                 "model_version": v,
+                "action": action,
+                "rule": rule,
                 "arm": a,
                 "degraded": degraded,
             }
-            for r, p, f, v, a in zip(
-                records, proba.tolist(), flagged.tolist(), versions, arms, strict=True
+            for r, p, f, v, action, rule, a in zip(
+                records,
+                proba.tolist(),
+                flagged.tolist(),
+                versions,
+                actions,
+                decided.rule,
+                arms,
+                strict=True,
             )
         ]
         n, n_fraud = len(out), int(flagged.sum())
+        fired = decided.rule
         if scored.replayed:  # answered before, and counted then
             tm.REPLAYED.inc(len(scored.replayed))
             n -= len(scored.replayed)
             n_fraud -= sum(bool(flagged[i]) for i in scored.replayed)
+            again = set(scored.replayed)
+            keep = [i for i in range(len(out)) if i not in again]
+            fired, actions = [fired[i] for i in keep], [actions[i] for i in keep]
+        tm.count_rules(fired, actions)
         self.flagged.inc(n_fraud)
         self.passed.inc(n - n_fraud)
         if t0 >= self.runtime.upkeep_due:
@@ -159,6 +178,7 @@ class FraudDetector:
         scored: Any,
         versions: list[str],
         degraded: bool,
+        decided: Any,
     ) -> None:
         """Append the batch's decisions to the journal (no wait: the answers wait for the fsync
         in :class:`~serving.durable_answers.DurableAnswers`, while the next batch scores); 503
@@ -175,6 +195,7 @@ class FraudDetector:
             self.scorer.threshold,
             degraded,
             scored.challenged,
+            decided,
         )
         try:
             self.decisions.journal.write(lines)
@@ -337,6 +358,7 @@ class FraudDetector:
             "challenger": self.scorer.challenger.health()
             if self.scorer.challenger
             else {"mode": "off", "error": self.runtime.challenger_error},
+            "rules": self.runtime.rules.status(),
             "bentoml_fixes": bentoml_fixes.applied(),
         }
 
@@ -363,6 +385,44 @@ class FraudDetector:
         except SwapError as exc:
             raise HTTPException(409, str(exc)) from exc
 
+    @ops.get("/rules")
+    def rules_in_force(self) -> dict[str, Any]:
+        """The rule set in force in this worker (docs/rules.md), its order and status."""
+        return rules_api.in_force(self.runtime)
+
+    @ops.post("/rules/backtest")
+    def rules_backtest(self, body: rules_api.BacktestBody) -> dict[str, Any]:
+        """Replay the logged decisions through a candidate rule set and the one in force: hits
+        and precision per rule, alerts a day against the budget, recall, what moves."""
+        return rules_api.backtest(self.runtime, body)
+
+    @ops.post("/admin/rules")
+    def rules_apply(self, body: rules_api.RulesBody) -> dict[str, Any]:
+        """Put a rule set in force without a restart (every worker within seconds); a bad set
+        is a 400 naming its line and field, and the old one stays. Needs scope admin."""
+        return rules_api.put_in_force(self.runtime, body)
+
+    @ops.get("/admin/lists")
+    def lists(self) -> dict[str, Any]:
+        """The managed lists and their sizes. Needs scope admin."""
+        return rules_api.list_entries(self.runtime, None)
+
+    @ops.get("/admin/lists/{name}")
+    def list_show(self, name: rules_api.ListName) -> dict[str, Any]:
+        """A list's entries: who added each, when and why. Needs scope admin."""
+        return rules_api.list_entries(self.runtime, name)
+
+    @ops.post("/admin/lists/{name}")
+    def list_add(self, name: rules_api.ListName, body: rules_api.ListChange) -> dict[str, Any]:
+        """Add customers or terminals to a list (blocked_terminals, allowed_customers, ...);
+        in force in every worker within seconds. Needs scope admin."""
+        return rules_api.change_list(self.runtime, name, body, add=True)
+
+    @ops.post("/admin/lists/{name}/remove")
+    def list_remove(self, name: rules_api.ListName, body: rules_api.ListChange) -> dict[str, Any]:
+        """Take entries off a list. Needs scope admin."""
+        return rules_api.change_list(self.runtime, name, body, add=False)
+
     @ops.post("/admin/reload")
     def reload(self, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
         """Hot swap: load a model from the Bento store beside the served one, then switch
@@ -378,12 +438,20 @@ class FraudDetector:
     def test(self) -> dict[str, Any]:
         """Score the built-in sample end to end (without recording it in the state)."""
         txs = [Transaction.model_validate(t, context={"any_time": True}) for t in self.sample]
-        scored = self.scorer.score([t.to_record() for t in txs], record=False)
+        records = [t.to_record() for t in txs]
+        scored = self.scorer.score(records, record=False)
         proba, flagged, version = scored.proba, scored.flagged, scored.version
+        decided = self.runtime.rules.decide_batch(
+            records, scored.columns, proba, self.scorer.threshold
+        )
         results = [
-            {"transaction_id": str(t.transaction_id), "fraud_probability": p, "is_fraud": f}
-            for t, p, f in zip(txs, proba.tolist(), flagged.tolist(), strict=True)
-        ]
+            {"transaction_id": str(t.transaction_id), "fraud_probability": p, "is_fraud": f,
+             "action": a, "rule": r}
+            for t, p, f, a, r in zip(
+                txs, proba.tolist(), flagged.tolist(), decided.actions(), decided.rule,
+                strict=True,
+            )
+        ]  # fmt: skip
         ok = bool(results) and all(0.0 <= r["fraud_probability"] <= 1.0 for r in results)
         return {
             "status": "ok" if ok else "failed",

@@ -113,8 +113,17 @@ def unique_ids(items: list[Any]) -> list[Any]:
 class Prediction(BaseModel):
     transaction_id: str
     fraud_probability: float
-    is_fraud: bool
+    is_fraud: bool = Field(
+        description="The score at or above the model's threshold (kept for compatibility: "
+        "`action` is the decision)"
+    )
     model_version: str
+    action: Literal["approve", "review", "decline"] = Field(
+        "approve",
+        description="The decision: the first matching rule of the rule set in force "
+        "(approve when none matches); docs/rules.md",
+    )
+    rule: str | None = Field(None, description="The rule that decided it (None: none matched)")
     arm: Literal["champion", "canary"] = Field(
         "champion",
         description="Which model answered: the champion, or the canary challenger (a share "

@@ -35,6 +35,8 @@ ROUTE_SCOPES: dict[str, api_keys.Scope] = {
     "/feedback": "label",
     "/test": "read",
     "/state/": "read",
+    "/rules": "read",  # the set in force
+    "/rules/": "read",  # a backtest changes nothing (the review queue shows it)
     "/admin/": "admin",
 }
 # No key needed: probes, health and the API's own documentation.

@@ -63,6 +63,7 @@ class DecisionLog:
         threshold: float,
         degraded: bool,
         challenged: Any = None,
+        decided: Any = None,
     ) -> list[bytes]:
         """One journal line for the scored batch, by column: the fields the batch shares once,
         the others (the feature vectors the model scored, by name) as lists. orjson writes the
@@ -82,6 +83,9 @@ class DecisionLog:
             {n: columns[n].tolist() for n in self.feature_names} if columns is not None else None
         )
         same = _common(self.worker, SCORED, model_name, threshold, degraded)
+        if decided is not None:  # serving.decision_rules.Decided: the actions answered
+            cols.update(action=decided.actions(), rule=decided.rule)
+            same["rule_set_version"] = decided.version
         return [_batch_line(same, cols, features)]
 
     def feedback_record_lines(
@@ -181,7 +185,7 @@ def _common(
         "probability": None, "threshold": threshold, "is_fraud": None, "degraded": degraded,
         "api_key": None, "worker": worker, "received_at": int(time.time() * 1000),
         "arm": None, "shadow_version": None, "shadow_probability": None,
-        "shadow_is_fraud": None,
+        "shadow_is_fraud": None, "action": None, "rule": None, "rule_set_version": None,
     }  # fmt: skip
 
 

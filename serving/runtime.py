@@ -19,6 +19,7 @@ from serving import telemetry as tm
 from serving.challenger import RollbackPolicy
 from serving.clock import ServiceClock
 from serving.decision_log import DecisionLog
+from serving.decision_rules import DecisionRules
 from serving.hot_swap import HotSwap
 from serving.model_bundle import ModelBundle, feature_config
 from serving.online_features import new_state
@@ -69,9 +70,15 @@ class Runtime:
     decisions: DecisionLog | None
     hot_swap: HotSwap
     reason_codes: ReasonCodes
+    rules: DecisionRules
     warmed: int  # transactions the state was warmed with from the model's history
     challenger_error: str | None = None  # why the last challenger could not start
     upkeep_due: float = 0.0  # perf_counter time of the next upkeep
+    rules_said: int = 0  # the generation of the last rules announcement seen
+
+    def rules_changed(self) -> None:
+        """This worker changed the rules or a list in the store: the others read it again."""
+        self.rules_said = max(self.rules_said, self.scorer.announce("rules", "changed"))
 
     def set_challenger(
         self, mode: str, version: str | None, share: float | None, announce: bool = True
@@ -97,6 +104,10 @@ class Runtime:
         done in a thread), and the furthest stream clock. StateUnavailable: the state is down."""
         self.hot_swap.follow_announced()
         self.hot_swap.follow_challenger()
+        said = self.scorer.announced("rules")
+        if said is not None and said[0] > self.rules_said:  # read in the rules' own thread
+            self.rules_said = said[0]
+            self.rules.poke()
         self.clock.sync()
 
     def upkeep(self) -> None:
@@ -148,6 +159,12 @@ def build(settings: Settings, model_path: Path, metadata: dict[str, Any]) -> Run
         clock.advance(scorer.warmup.replayed_until_ms)
     scorer.warmup.on_rewarmed = tm.rewarmed
     tm.publish_model(bundle.metadata, scorer.model_version, scorer.threshold)
+    rules = DecisionRules(
+        settings.decision_db_url if settings.decision_log else None,
+        settings.rules_refresh_s,
+        known=scorer.columns,
+    )
+    rules.start()
     runtime = Runtime(
         settings=settings,
         scorer=scorer,
@@ -155,6 +172,7 @@ def build(settings: Settings, model_path: Path, metadata: dict[str, Any]) -> Run
         decisions=decisions,
         hot_swap=HotSwap(scorer, settings.bento_model, settings.model_thread_count()),
         reason_codes=ReasonCodes(scorer, settings.bento_model, decisions),
+        rules=rules,
         warmed=warmed,
     )
     if settings.challenger_mode != "off":  # a missing challenger: the champion serves on

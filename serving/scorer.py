@@ -22,7 +22,7 @@ from serving.warmup import Warmup
 from training.core import drift, features
 
 log = logging.getLogger("bentoml.fraud_service.state")
-TOPICS = ("model", "challenger")  # what workers sharing Redis tell each other
+TOPICS = ("model", "challenger", "rules")  # what workers sharing Redis tell each other
 
 
 class Scored(NamedTuple):

@@ -98,6 +98,11 @@ LOG_FAILURES = Counter(
     "Answers refused (503) because the decision journal could not be made durable",
 )
 PREDICTIONS = Counter("fraud_predictions_total", "Scored transactions by decision", ["decision"])
+RULE_HITS = Counter(
+    "fraud_rule_decisions_total",
+    "Scored transactions by the rule that decided them (none: no rule matched) and its action",
+    ["rule", "action"],
+)
 # Fraud-probability buckets: the served scores and each model's under a challenger
 SCORE_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 SCORES = Histogram(
@@ -259,6 +264,16 @@ def count_labels(confusion: Mapping[str, int]) -> None:
     for outcome, n in confusion.items():
         if n:
             LABELLED.labels(outcome).inc(n)
+
+
+def count_rules(rule: list[str | None], action: list[str]) -> None:
+    """One increment a (rule, action) pair of the batch, not one a transaction."""
+    pairs: dict[tuple[str, str], int] = {}
+    for r, a in zip(rule, action, strict=True):
+        key = (r or "none", a)
+        pairs[key] = pairs.get(key, 0) + 1
+    for (r, a), n in pairs.items():
+        RULE_HITS.labels(r, a).inc(n)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

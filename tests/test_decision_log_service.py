@@ -108,6 +108,8 @@ def check_the_log(url: str, store: str, prefix: str) -> None:
     assert row is not None and other is not None
     answer = answers[f"{prefix}-4"]
     assert row["probability"] == pytest.approx(answer["fraud_probability"], abs=1e-12)
+    assert (row["action"], row["rule"]) == (answer["action"], answer["rule"])  # the rules' answer
+    assert row["rule_set_version"]
     assert row["is_fraud"] == answer["is_fraud"]
     assert row["model_version"] == answer["model_version"]
     assert row["customer_id"] == "104" and row["amount_cents"] == 5250

@@ -68,6 +68,7 @@ def two_workers(champion, session_dir: Path):
         "FRAUD_REDIS_URL": REDIS_URL,
         "FRAUD_STATE_PREFIX": prefix,
         "FRAUD_WORKERS": "2",
+        "FRAUD_RULES_REFRESH_S": "600",  # rule changes reach the other worker by announcement
         "BENTOML_DO_NOT_TRACK": "True",
     }
     try:
@@ -330,3 +331,37 @@ def test_a_worker_left_behind_catches_up_when_it_would_refuse() -> None:
         assert idle.problem(too_far) is not None and len(calls) == 2
     finally:
         state.clear()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.redis
+def test_both_workers_follow_a_rule_set_put_in_force(two_workers, small_raw) -> None:
+    """/admin/rules and /admin/lists reach one worker; it announces them, and the other reads
+    the store again within seconds (FRAUD_RULES_REFRESH_S is 10 minutes here: not by polling)."""
+    from training.core import rules
+
+    url, _ = two_workers
+    version = f"shared-{uuid4().hex[:6]}"
+    ruleset = rules.RuleSet(version=version, rules=[*rules.default().rules])
+    r = httpx.post(f"{url}/admin/rules", json={"rules": rules.dump(ruleset)}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["changed"], r.text
+    stream = _stream(small_raw, 400)
+    terminal = str(stream["TERMINAL_ID"].iloc[0])
+    r = httpx.post(f"{url}/admin/lists/blocked_terminals", json={"values": [terminal]},
+                   headers=AUTH)  # fmt: skip
+    assert r.status_code == 200, r.text
+    seen: dict[int, tuple[str, int]] = {}
+    bodies = request_bodies(stream)
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 or {v for v, _ in seen.values()} != {version}:
+        assert time.monotonic() < deadline, f"workers' rule sets: {seen}"
+        reply = httpx.post(f"{url}/predict", json={"transactions": [bodies.pop()]}, headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        seen[health["process"]] = (health["rules"]["version"], health["rules"]["lists"].get(
+            "blocked_terminals", 0))  # fmt: skip
+        time.sleep(0.2)
+    assert all(n == 1 for _, n in seen.values())
+    answer = httpx.post(f"{url}/predict", json={"transactions": [bodies.pop()]}, headers=AUTH)
+    assert answer.json()[0]["rule"] == "block-terminals"

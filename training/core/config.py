@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         ge=21,
         description="db source: days of transactions before the label horizon a retraining reads",
     )
+    rules_refresh_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often a worker reads the rule set and lists again (a change made "
+        "through /admin/rules or /admin/lists reaches every worker at once; one made with "
+        "`fraudops rules apply` or `fraudops lists` within this)",
+    )
     ship_in_workers: bool = Field(
         False,
         description="Each worker ships the journals in a thread of its own (a plain `bentoml "

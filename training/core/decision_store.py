@@ -52,7 +52,13 @@ decisions = sa.Table(
     sa.Column("shadow_version", sa.String(64), nullable=True),
     sa.Column("shadow_probability", sa.Float, nullable=True),
     sa.Column("shadow_is_fraud", sa.Boolean, nullable=True),
+    # decision rules (training/core/rules.py): the action answered, the rule that decided it
+    # (None: none matched, approved) and the rule set's version; None before rules existed
+    sa.Column("action", sa.String(16), nullable=True),
+    sa.Column("rule", sa.String(64), nullable=True),
+    sa.Column("rule_set_version", sa.String(64), nullable=True),
     sa.Index("ix_decisions_tx_day", "tx_day"),
+    sa.Index("ix_decisions_day_action", "tx_day", "action"),
     sa.Index("ix_decisions_customer_time", "customer_id", "tx_time"),
     sa.Index("ix_decisions_terminal_time", "terminal_id", "tx_time"),
 )
