@@ -24,6 +24,7 @@ PG = services.PG  # the session's PostgreSQL (tests/services.py): a database per
 KEY = "fm_7e575e11_the-test-suite-key-with-every-scope-and-no-limit"
 SCORE_KEY = "fm_5c0e0001_a-key-with-scope-score-only"
 LIMITED_KEY = "fm_11111111_a-key-with-scope-score-and-3-requests-a-second"
+ANALYST_KEY = "fm_a1a1a1a1_an-analyst-key-with-scopes-label-and-read"  # named "alice"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 API = httpx.Client(headers=AUTH, timeout=30)  # a client that sends the test key
 
@@ -42,8 +43,8 @@ def private_home(folder: Path) -> Path:
 
 
 def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
-    """A key file holding the test key (every scope, no limits), a key with scope score only
-    and one with score and 3 requests a second."""
+    """A key file holding the test key (every scope, no limits), a key with scope score only,
+    one with score and 3 requests a second, and an analyst's (label and read, "alice")."""
     from datetime import UTC, datetime
 
     from training.core import api_keys
@@ -63,6 +64,7 @@ def write_key_file(folder: Path, name: str = "api-keys.json") -> Path:
         record(KEY, "tests", list(api_keys.SCOPES)),
         record(SCORE_KEY, "scorer", ["score"]),
         record(LIMITED_KEY, "limited", ["score"], 3.0),
+        record(ANALYST_KEY, "alice", ["label", "read"]),
     ]
     api_keys.save(path, api_keys.KeyFile(keys=keys))
     return path

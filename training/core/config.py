@@ -288,6 +288,17 @@ class Settings(BaseSettings):
         description="Key the roll-out sends: scope admin for /admin/reload, read for its smoke "
         "check on /test",
     )
+    review_host: str = Field("127.0.0.1", description="`fraudops review`: the queue's address")
+    review_port: int = Field(8082, description="`fraudops review`: the queue's port")
+    review_secret: SecretStr | None = Field(
+        None,
+        description="Signs the review queue's sign-in cookies (unset: a random one a process, "
+        "so a restart signs every analyst out)",
+    )
+    review_secure_cookie: bool = Field(
+        False, description="The sign-in cookie only over HTTPS (set it behind a TLS proxy)"
+    )
+    review_session_hours: float = Field(8.0, gt=0, description="A sign-in lasts this long")
     notify_webhook_url: str | None = Field(None, description="Slack-compatible webhook URL")
     notify_smtp_host: str | None = None
     notify_smtp_port: int = 25
