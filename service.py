@@ -33,6 +33,7 @@ from serving.api_models import (
     ReloadRequest,
     Transaction,
     epoch_ms,
+    predictions,
     unique_ids,
 )
 from serving.auth import ApiKeyAuth, LoopbackOnly
@@ -55,6 +56,7 @@ SETTINGS = get_settings()
 SAMPLE = Path(__file__).parent / "data" / "sample" / "transactions.json"
 
 ops = FastAPI(title="fraud-mlops operations")
+ops.include_router(rules_api.router)
 
 
 @bentoml.service(name="fraud_detector", **service_config(SETTINGS))
@@ -78,10 +80,9 @@ class FraudDetector:
         self.clock = self.runtime.clock
         clock.install(self.clock)  # request validation checks tx_datetime against it
         durable_answers.install(self.decisions.journal if self.decisions else None)
+        rules_api.install(self.runtime)  # /rules, /rules/backtest, /admin/rules, /admin/lists
         settle_gc()  # the warmed state: ~10^5-10^6 long-lived objects out of GC's sight
         self.sample = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else []
-        self.flagged = tm.PREDICTIONS.labels("fraud")
-        self.passed = tm.PREDICTIONS.labels("genuine")
         # After the state store failed, the first batch checks that it did not come back empty
         # before trusting it (not only the next upkeep): no batch scores on a lost state.
         self.state_suspect = False
@@ -132,41 +133,9 @@ class FraudDetector:
         tm.SCORING_SECONDS.observe(time.perf_counter() - t0)
         tm.BATCH_SIZE.observe(len(records))
         tm.observe_many(tm.SCORES, proba)
-        arms = scored.challenged.arms if scored.challenged else [CHAMPION] * len(records)
-        out: list[Any] = [
-            {
-                "transaction_id": r.transaction_id,
-                "fraud_probability": p,
-                "is_fraud": f,
-                "model_version": v,
-                "action": action,
-                "rule": rule,
-                "arm": a,
-                "degraded": degraded,
-            }
-            for r, p, f, v, action, rule, a in zip(
-                records,
-                proba.tolist(),
-                flagged.tolist(),
-                versions,
-                actions,
-                decided.rule,
-                arms,
-                strict=True,
-            )
-        ]
-        n, n_fraud = len(out), int(flagged.sum())
-        fired = decided.rule
-        if scored.replayed:  # answered before, and counted then
-            tm.REPLAYED.inc(len(scored.replayed))
-            n -= len(scored.replayed)
-            n_fraud -= sum(bool(flagged[i]) for i in scored.replayed)
-            again = set(scored.replayed)
-            keep = [i for i in range(len(out)) if i not in again]
-            fired, actions = [fired[i] for i in keep], [actions[i] for i in keep]
-        tm.count_rules(fired, actions)
-        self.flagged.inc(n_fraud)
-        self.passed.inc(n - n_fraud)
+        arms = challenged.arms if challenged else [CHAMPION] * len(records)
+        out = predictions(records, proba, flagged, versions, decided, arms, degraded)
+        tm.count_answers(flagged, decided.rule, actions, scored.replayed)
         if t0 >= self.runtime.upkeep_due:
             self.runtime.upkeep()  # state health, following other workers, gauges
         return out
@@ -384,44 +353,6 @@ class FraudDetector:
             raise HTTPException(404, str(exc)) from exc
         except SwapError as exc:
             raise HTTPException(409, str(exc)) from exc
-
-    @ops.get("/rules")
-    def rules_in_force(self) -> dict[str, Any]:
-        """The rule set in force in this worker (docs/rules.md), its order and status."""
-        return rules_api.in_force(self.runtime)
-
-    @ops.post("/rules/backtest")
-    def rules_backtest(self, body: rules_api.BacktestBody) -> dict[str, Any]:
-        """Replay the logged decisions through a candidate rule set and the one in force: hits
-        and precision per rule, alerts a day against the budget, recall, what moves."""
-        return rules_api.backtest(self.runtime, body)
-
-    @ops.post("/admin/rules")
-    def rules_apply(self, body: rules_api.RulesBody) -> dict[str, Any]:
-        """Put a rule set in force without a restart (every worker within seconds); a bad set
-        is a 400 naming its line and field, and the old one stays. Needs scope admin."""
-        return rules_api.put_in_force(self.runtime, body)
-
-    @ops.get("/admin/lists")
-    def lists(self) -> dict[str, Any]:
-        """The managed lists and their sizes. Needs scope admin."""
-        return rules_api.list_entries(self.runtime, None)
-
-    @ops.get("/admin/lists/{name}")
-    def list_show(self, name: rules_api.ListName) -> dict[str, Any]:
-        """A list's entries: who added each, when and why. Needs scope admin."""
-        return rules_api.list_entries(self.runtime, name)
-
-    @ops.post("/admin/lists/{name}")
-    def list_add(self, name: rules_api.ListName, body: rules_api.ListChange) -> dict[str, Any]:
-        """Add customers or terminals to a list (blocked_terminals, allowed_customers, ...);
-        in force in every worker within seconds. Needs scope admin."""
-        return rules_api.change_list(self.runtime, name, body, add=True)
-
-    @ops.post("/admin/lists/{name}/remove")
-    def list_remove(self, name: rules_api.ListName, body: rules_api.ListChange) -> dict[str, Any]:
-        """Take entries off a list. Needs scope admin."""
-        return rules_api.change_list(self.runtime, name, body, add=False)
 
     @ops.post("/admin/reload")
     def reload(self, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:

@@ -136,6 +136,27 @@ class Prediction(BaseModel):
     )
 
 
+def predictions(
+    records: list[Any],
+    proba: Any,
+    flagged: Any,
+    versions: list[str],
+    decided: Any,
+    arms: list[str],
+    degraded: bool,
+) -> list[Any]:
+    """A scored batch's answers as dicts (BentoML validates them into :class:`Prediction`;
+    pydantic-core does that ~3.5x faster than ``model_construct`` builds them in Python)."""
+    return [
+        {"transaction_id": r.transaction_id, "fraud_probability": p, "is_fraud": f,
+         "model_version": v, "action": action, "rule": rule, "arm": a, "degraded": degraded}
+        for r, p, f, v, action, rule, a in zip(
+            records, proba.tolist(), flagged.tolist(), versions, decided.actions(),
+            decided.rule, arms, strict=True,
+        )
+    ]  # fmt: skip
+
+
 class Label(BaseModel):
     """A confirmed outcome for a transaction the service scored."""
 

@@ -10,13 +10,15 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import HTTPException
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from serving.api_models import API_KEY, Identifier
 from serving.runtime import Runtime
 from training.core import rules
 
+router = APIRouter()
+_RUNTIME: Runtime | None = None  # this worker's, installed by service.py at start
 MAX_RULES_TEXT = 200_000  # characters of YAML or JSON
 MAX_BACKTEST_DAYS = 31  # a backtest runs in a worker: a month of decisions at most
 ListName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -118,8 +120,8 @@ def list_entries(runtime: Runtime, name: str | None) -> dict[str, Any]:
 
 def backtest(runtime: Runtime, body: BacktestBody) -> dict[str, Any]:
     """The candidate (default: the set in force) and the set in force over the logged
-    decisions: training.backtest's report as JSON."""
-    from training import backtest as bt
+    decisions: training.core.backtest's report as JSON."""
+    from training.core import backtest as bt
 
     s = runtime.settings
     loaded = runtime.rules.loaded
@@ -151,3 +153,60 @@ def backtest(runtime: Runtime, body: BacktestBody) -> dict[str, Any]:
     except Exception as exc:
         raise HTTPException(503, f"the decision store is unavailable ({exc}); retry") from exc
     return result.to_dict()
+
+
+def install(runtime: Runtime) -> None:
+    """The worker's runtime the routes below act on."""
+    global _RUNTIME
+    _RUNTIME = runtime
+
+
+def _runtime() -> Runtime:
+    if _RUNTIME is None:
+        raise HTTPException(503, "the service is starting; retry")
+    return _RUNTIME
+
+
+@router.get("/rules")
+def get_rules() -> dict[str, Any]:
+    """The rule set in force in this worker (docs/rules.md), its order and status."""
+    return in_force(_runtime())
+
+
+@router.post("/rules/backtest")
+def post_backtest(body: BacktestBody) -> dict[str, Any]:
+    """Replay the logged decisions through a candidate rule set and the one in force: hits and
+    precision per rule, alerts a day against the budget, recall, what moves."""
+    return backtest(_runtime(), body)
+
+
+@router.post("/admin/rules")
+def post_rules(body: RulesBody) -> dict[str, Any]:
+    """Put a rule set in force without a restart (every worker within seconds); a bad set is a
+    400 naming its line and field, and the old one stays. Needs scope admin."""
+    return put_in_force(_runtime(), body)
+
+
+@router.get("/admin/lists")
+def get_lists() -> dict[str, Any]:
+    """The managed lists and their sizes. Needs scope admin."""
+    return list_entries(_runtime(), None)
+
+
+@router.get("/admin/lists/{name}")
+def get_list(name: ListName) -> dict[str, Any]:
+    """A list's entries: who added each, when and why. Needs scope admin."""
+    return list_entries(_runtime(), name)
+
+
+@router.post("/admin/lists/{name}")
+def post_list(name: ListName, body: ListChange) -> dict[str, Any]:
+    """Add customers or terminals to a list (blocked_terminals, allowed_customers, ...); in
+    force in every worker within seconds. Needs scope admin."""
+    return change_list(_runtime(), name, body, add=True)
+
+
+@router.post("/admin/lists/{name}/remove")
+def post_list_remove(name: ListName, body: ListChange) -> dict[str, Any]:
+    """Take entries off a list. Needs scope admin."""
+    return change_list(_runtime(), name, body, add=False)

@@ -6,7 +6,7 @@ histogram writes and the request middleware that sees every API answer, 415s inc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -264,6 +264,24 @@ def count_labels(confusion: Mapping[str, int]) -> None:
     for outcome, n in confusion.items():
         if n:
             LABELLED.labels(outcome).inc(n)
+
+
+def count_answers(
+    flagged: np.ndarray, rule: list[str | None], action: list[str], replayed: Sequence[int]
+) -> None:
+    """A batch's answers by decision and by rule; those answered before (``replayed``: re-sent
+    transactions given their first answer) were counted then."""
+    n, n_fraud = len(flagged), int(flagged.sum())
+    if replayed:
+        REPLAYED.inc(len(replayed))
+        n -= len(replayed)
+        n_fraud -= sum(bool(flagged[i]) for i in replayed)
+        again = set(replayed)
+        keep = [i for i in range(len(rule)) if i not in again]
+        rule, action = [rule[i] for i in keep], [action[i] for i in keep]
+    PREDICTIONS.labels("fraud").inc(n_fraud)
+    PREDICTIONS.labels("genuine").inc(n - n_fraud)
+    count_rules(rule, action)
 
 
 def count_rules(rule: list[str | None], action: list[str]) -> None:

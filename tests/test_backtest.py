@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from training import backtest
+from training.core import backtest, rules
 from training.core import decision_store as ds
-from training.core import rules
 
 from .test_decision_log import decision_line, label_line, store_lines
 

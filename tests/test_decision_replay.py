@@ -134,8 +134,7 @@ def test_training_data_from_the_log_follows_the_label_policy_and_the_feature_def
     tmp_path: Path,
     store_url: str,
 ) -> None:
-    from training import decision_source
-    from training.core import schema
+    from training.core import decision_source, schema
 
     scorer = FraudScorer(bundle)
     log = DecisionLog(tmp_path / "journal", store_url, scorer.columns)

@@ -153,9 +153,8 @@ def test_a_backtest_through_the_api_matches_the_library(
     service_url: str, session_dir: Path
 ) -> None:
     """Labelled decisions a week old, then the candidate's report through /rules/backtest equals
-    training.backtest's on the same store."""
-    from training import backtest
-    from training.core import rules
+    training.core.backtest's on the same store."""
+    from training.core import backtest, rules
 
     prefix = f"k{uuid4().hex[:6]}"
     start = T0 + timedelta(hours=1)

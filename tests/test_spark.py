@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import data, decision_source, lake
-from training.core import features, schema
+from training import data, lake
+from training.core import decision_source, features, schema
 from training.core.config import Settings
 from training.demo.simulate import write_per_day
 from training.spark import sources

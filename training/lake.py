@@ -135,7 +135,7 @@ def exists(target: str) -> bool:
 def export(settings: Settings, until: date | None = None, rewrite: bool = False) -> LakeExport:
     """Write every closed day of the decision store not in the lake yet (``rewrite``: every
     closed day). ``until``: the first open day (default: the store clock's day)."""
-    from training import decision_source
+    from training.core import decision_source
 
     if not settings.lake_url:
         raise ValueError("FRAUD_LAKE_URL is not set: no lake to write")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from training import data, decision_source, holdout, registry, sampling
-from training.core import compiled, features, schema
+from training import data, holdout, registry, sampling
+from training.core import compiled, decision_source, features, schema
 from training.core.config import Settings
 from training.demo import simulate
 

@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from serving.review import queue
 from serving.review.session import COOKIE, LOGIN_COOKIE, Session, Sessions, SignInError, csrf_ok
 from training.core import decision_store
-from training.core.config import Settings
+from training.core.config import Settings, get_settings
 
 log = logging.getLogger("fraud_review")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -250,3 +250,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
     app.state.started = datetime.now()
     return app
+
+
+def from_env() -> FastAPI:
+    """The app for the environment's settings (``fraudops review``'s uvicorn factory)."""
+    return create_app(get_settings())

@@ -118,8 +118,8 @@ def load_training_data(
     """The training data the settings' source and engine give, with progress and a one-line
     summary (``keep_days``: the days a Spark pass brings back, see ``pipeline.load_data``)."""
     from training import data as data_mod
-    from training import decision_source, pipeline
-    from training.core import features
+    from training import pipeline
+    from training.core import decision_source, features
 
     try:
         if settings.training_source == "db":

@@ -82,7 +82,7 @@ def decisions_export(
     Example: `fraudops decisions export --since 2018-07-01 --out reports/decisions.parquet`
     """
     from training.core import decision_store
-    from training.decision_source import as_utc
+    from training.core.decision_source import as_utc
 
     engine = _store(db)
     try:

@@ -22,8 +22,6 @@ def review(
     """
     import uvicorn
 
-    from serving.review.app import create_app
-
     settings = get_settings()
     host, port = host or settings.review_host, port or settings.review_port
     if settings.auth != "keys":
@@ -32,4 +30,6 @@ def review(
         raise typer.Exit(2)
     console.print(f"review queue on http://{host}:{port} (API {settings.api_url}, store "
                   f"{settings.decision_db_url.split('@')[-1]})", markup=False)  # fmt: skip
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # By name: the offline package never imports the online one (tests/test_layout.py).
+    uvicorn.run("serving.review.app:from_env", factory=True, host=host, port=port,
+                log_level="info")  # fmt: skip

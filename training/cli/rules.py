@@ -63,9 +63,8 @@ def rules_backtest(
 
     Example: `fraudops rules backtest rules.yaml --since 2018-08-01`
     """
-    from training import backtest
-    from training.core import decision_store, rule_store
-    from training.decision_source import as_utc
+    from training.core import backtest, decision_store, rule_store
+    from training.core.decision_source import as_utc
 
     candidate = _read(file)
     settings = get_settings()

@@ -1,6 +1,6 @@
 """The decision lake (:mod:`training.lake`) into Spark: a window of days, its partitions
 pruned by their ``day``, each decision joined with its latest label event and labelled by THE
-label policy (:func:`training.decision_source.label_policy`, run on each partition), as the
+label policy (:func:`training.core.decision_source.label_policy`, run on each partition), as the
 raw transaction columns the feature pass takes (:mod:`training.spark.features`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from training.core import schema
-from training.decision_source import as_utc, label_policy, transactions_of
+from training.core.decision_source import as_utc, label_policy, transactions_of
 from training.spark.features import FILE, ROW
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def read_window(
 ) -> DataFrame:
     """The lake's decisions of days ``since``..``until`` (inclusive; every later day when
     None), labelled as of ``now`` (default: the latest transaction read, the stream's own
-    clock, as :func:`training.decision_source.load_window` does)."""
+    clock, as :func:`training.core.decision_source.load_window` does)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training import decision_source
-from training.core import rules, schema
+from training.core import decision_source, rules, schema
 
 # The rules' transaction fields, from the training layout's columns.
 TX_COLUMNS = {
