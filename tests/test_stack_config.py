@@ -24,6 +24,7 @@ SECRETS = {
     "FRAUD_ADMIN_KEY": "fm_00000000_t",
     "FRAUD_API_KEYS_JSON": '{"keys": []}',
     "GRAFANA_ADMIN_PASSWORD": "g",
+    "FRAUD_REVIEW_SECRET": "r",
     "SLACK_WEBHOOK_URL": "http://hooks.invalid/x",
 }
 
@@ -89,7 +90,8 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     cfg = yaml.safe_load(out.stdout)
     services = cfg["services"]
     assert set(services) == {
-        "postgres", "mlflow", "fraud-api-init", "fraud-api", "fraud-shipper", "airflow-init",
+        "postgres", "mlflow", "fraud-api-init", "fraud-api", "fraud-shipper", "fraud-review",
+        "airflow-init",
         "airflow-api",
         "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "prometheus",
         "alertmanager", "grafana",
@@ -120,6 +122,19 @@ def test_services_healthchecks_dependencies_and_limits(env_file) -> None:
     assert api["environment"]["FRAUD_DECISION_DB_URL"].startswith(
         "postgresql+psycopg2://decisions:"
     )
+    # the review queue reads the same store and signs analysts in with the same key file
+    review = services["fraud-review"]
+    assert (
+        review["environment"]["FRAUD_DECISION_DB_URL"]
+        == api["environment"]["FRAUD_DECISION_DB_URL"]
+    )
+    assert review["environment"]["FRAUD_API_URL"] == "http://fraud-api:8080"
+    assert (
+        [s["source"] for s in review["secrets"]]
+        == ["api_keys"]
+        == [s["source"] for s in api["secrets"]]
+    )
+    assert review["environment"]["FRAUD_REVIEW_SECRET"] == "r"  # required, from .env
     # fraud-api runs through the supervisor (dead workers restarted in place) with no shipper
     # of its own: fraud-shipper, on the same volume and store, from the same image
     assert api["command"][:4] == ["python", "-m", "serving.supervisor", "--no-shipper"]

@@ -141,6 +141,24 @@ def overview() -> Dashboard:
                 description="validation (400), unsupported_media (415), overloaded (503), ...",
             )
         )
+        .with_row(Row("Decision rules"))
+        .with_panel(
+            series(
+                "Actions / s",
+                "reqps",
+                query("fraud:actions:rate5m", "{{action}}"),
+                description="What /predict answered: approve, review (the analysts' queue) or "
+                "decline, after the rule set in force (docs/rules.md).",
+            )
+        )
+        .with_panel(
+            series(
+                "Decisions / s by rule",
+                "reqps",
+                query("fraud:rule_decisions:rate5m", "{{rule}} ({{action}})"),
+                description="The rule that decided each transaction; none: no rule matched.",
+            )
+        )
         .with_row(Row("Latency and batching"))
         .with_panel(
             series(

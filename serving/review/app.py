@@ -37,6 +37,7 @@ class NotSignedIn(Exception):
 def create_app(settings: Settings) -> FastAPI:
     """The app for these settings (the store, the API, the key file, the cookie secret)."""
     secret = settings.review_secret.get_secret_value() if settings.review_secret else None
+    secret = secret or None  # an empty one signs nothing
     if secret is None:
         log.warning("FRAUD_REVIEW_SECRET unset: a random one, so a restart signs analysts out")
     sessions = Sessions(secret or secrets.token_urlsafe(32), settings.api_keys_file,

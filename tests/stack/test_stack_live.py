@@ -43,7 +43,7 @@ MINUTE = timedelta(minutes=1)
 SERVICES = {
     "postgres", "mlflow", "fraud-api", "fraud-shipper", "airflow-api", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "prometheus", "alertmanager",
-    "spark-master", "spark-worker",
+    "spark-master", "spark-worker", "fraud-review",
 }  # fmt: skip
 
 
@@ -68,12 +68,13 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
             "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD",
             "DECISIONS_DB_PASSWORD",
             "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY",
-            "GRAFANA_ADMIN_PASSWORD",
+            "GRAFANA_ADMIN_PASSWORD", "FRAUD_REVIEW_SECRET",
         )
     }  # fmt: skip
     keys = work / "api-keys.json"  # what .env.example tells an operator to do
     admin_key, _ = api_keys.create(keys, "airflow", ["admin", "read"])
     client_key, _ = api_keys.create(keys, "stack-test", ["score", "label", "read"])
+    analyst_key, _ = api_keys.create(keys, "alice", ["label", "read"])
     values.update(
         FRAUD_ADMIN_KEY=admin_key,
         FRAUD_API_KEYS_JSON=f"'{api_keys.load(keys).model_dump_json(exclude_none=True)}'",
@@ -115,6 +116,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
                 "up_s": up_s,
                 "t0": t0,
                 "auth": {"Authorization": f"Bearer {client_key}"},
+                "analyst_key": analyst_key,
             }
         except Exception:
             print(compose(env_file, "ps", "-a", check=False))
@@ -307,6 +309,47 @@ def test_scored_transactions_reach_the_decision_log_in_postgresql(stack) -> None
         time.sleep(2)
     health = httpx.get("http://127.0.0.1:8080/health", timeout=30).json()["decision_log"]
     assert health["ok"] and health["backlog_bytes"] == 0, health
+
+
+def test_an_analyst_gives_a_verdict_through_fraud_review(stack) -> None:
+    """fraud-review: sign in with an analyst key, open a logged decision (its action and rule),
+    confirm it as fraud; the label reaches PostgreSQL under the analyst's name."""
+    import re
+
+    review = httpx.Client(base_url="http://127.0.0.1:8082", timeout=30)
+
+    def csrf(page: str) -> str:
+        found = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert found, page[-2000:]
+        return found.group(1)
+
+    page = review.get("/login")
+    r = review.post("/login", data={"key": stack["analyst_key"], "csrf": csrf(page.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/queue", r.text[-1000:]
+    decision = review.get("/decisions/stack-0")
+    assert decision.status_code == 200 and "alice" in decision.text, decision.text[-2000:]
+    assert re.search(r'id="action">(approve|review|decline)<', decision.text)
+    r = review.post("/decisions/stack-0/verdict",
+                    data={"verdict": "fraud", "csrf": csrf(decision.text)})  # fmt: skip
+    assert r.status_code == 303, r.text[-1000:]
+    sql = "SELECT api_key FROM label_events WHERE transaction_id = 'stack-0' AND is_fraud"
+    deadline = time.monotonic() + 60
+    while "alice" not in compose(
+        stack["env"],
+        "exec",
+        "-T",
+        "postgres",
+        "psql",
+        "-U",
+        "decisions",
+        "-d",
+        "decisions",
+        "-tAc",
+        sql,
+        check=False,
+    ):
+        assert time.monotonic() < deadline, "the analyst's label never reached PostgreSQL"
+        time.sleep(2)  # fmt: skip
 
 
 def test_a_worker_killed_inside_fraud_api_is_restarted_in_place_losing_nothing(stack) -> None:
