@@ -195,3 +195,45 @@ def test_a_backtest_through_the_api_matches_the_library(
     empty = API.post(f"{service_url}/rules/backtest",
                      json={"since": "2030-01-01T00:00:00Z"})  # fmt: skip
     assert empty.status_code == 404 and "no decisions" in empty.text
+
+
+def test_replay_works_the_review_queue_the_same_day(
+    service_url: str, tagged_set: str, session_dir: Path
+) -> None:
+    """`fraudops replay --queue-same-day`: the day's review answers with the highest scores, up
+    to the budget, get their true label (fraud or genuine) at the day's end."""
+    import pandas as pd
+
+    from training.core import schema
+    from training.demo import replay
+
+    from .servers import KEY
+
+    prefix = f"v{uuid4().hex[:6]}"
+    frame = pd.DataFrame(
+        {
+            schema.TRANSACTION_ID: [f"{prefix}-{i}" for i in range(30)],
+            schema.TX_DATETIME: [pd.Timestamp(T0) + pd.Timedelta(minutes=i) for i in range(30)],
+            schema.CUSTOMER_ID: [f"{prefix}-c{i}" for i in range(30)],
+            schema.TERMINAL_ID: [f"{prefix}-t{i}" for i in range(30)],
+            schema.TX_AMOUNT: [6000.0 + i if i % 3 == 0 else 20.0 for i in range(30)],
+            schema.TX_FRAUD: [int(i % 6 == 0) for i in range(30)],
+        }
+    )
+    report = replay.replay(service_url, schema.normalize(frame), KEY, 7, True, 7, queue_budget=6)
+    assert report.answered == 30 and report.labels_sent == 0  # no chargeback within the delay
+    queued = sorted(((p, tx) for tx, p, a in report.answers if a == "review"), reverse=True)
+    assert len(queued) == 10 and report.verdicts_sent == 6
+    worked = {tx for _, tx in queued[:6]}
+    store = f"sqlite:///{session_dir / 'bento-serve.decisions.db'}"
+
+    def labels() -> dict[str, list[bool]] | None:
+        with ds.connect(store) as conn:
+            found = {tx: [e["is_fraud"] for e in ds.label_history(conn, tx)] for tx in worked}
+        return found if all(found.values()) else None
+
+    found = wait_for(labels, 60, "the queue's verdicts in the store", step=0.5)
+    truth = dict(zip(frame[schema.TRANSACTION_ID], frame[schema.TX_FRAUD], strict=True))
+    assert found == {tx: [bool(truth[tx])] for tx in worked}
+    with ds.connect(store) as conn:  # the rest of the queue, over the budget: no verdict
+        assert all(not ds.label_history(conn, tx) for _, tx in queued[6:])

@@ -99,6 +99,14 @@ def replay(
     url: str | None = typer.Option(None, help="The service (default: FRAUD_API_URL)."),
     batch: int = typer.Option(100, min=1, max=1_000, help="Transactions per /predict request."),
     key_env: str = typer.Option("FRAUD_KEY", help="Env var with the API key (default: local)."),
+    label_delay_days: int | None = typer.Option(
+        None, min=0, help="Days before a day's frauds are sent (default FRAUD_LABEL_DELAY_DAYS)."
+    ),
+    queue_same_day: bool = typer.Option(
+        False,
+        help="Analysts work the review queue the same day: its top review answers, up to "
+        "FRAUD_REVIEW_BUDGET_PER_DAY, get their true label at the day's end.",
+    ),
 ) -> None:
     """Stream the simulated days after the dataset through a running service, as live traffic
     (and, with --labels, the chargebacks after the label delay): what the decision log and
@@ -122,8 +130,10 @@ def replay(
     target = url or settings.api_url
     try:
         with step(f"replaying {len(frame):,} transactions to {target}") as say:
+            delay = settings.label_delay_days if label_delay_days is None else label_delay_days
+            budget = settings.review_budget_per_day if queue_same_day else None
             done = replay_mod.replay(
-                target, frame, key, batch, labels, settings.label_delay_days, progress=say
+                target, frame, key, batch, labels, delay, progress=say, queue_budget=budget
             )
     except replay_mod.ReplayError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -131,6 +141,7 @@ def replay(
     retried = ", ".join(f"{n} x {s or 'connection'}" for s, n in done.retries.items()) or "none"
     console.print(
         f"{done.days[0]}..{done.days[-1]}: {done.answered:,} answered ({done.flagged:,} flagged, "
-        f"{done.degraded:,} degraded), {done.labels_sent:,} fraud labels sent, retries: "
+        f"{done.degraded:,} degraded), {done.labels_sent:,} fraud labels sent, "
+        f"{done.verdicts_sent:,} queue verdicts, retries: "
         f"{retried}; {done.seconds:.1f}s ({done.answered / max(done.seconds, 1e-9):,.0f} tx/s)"
     )
