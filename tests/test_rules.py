@@ -193,9 +193,9 @@ def test_the_batch_evaluation_is_the_row_by_row_reading_of_the_rules() -> None:
         expect = rules.ACTIONS.index(ordered[first].action) if first != rules.NO_RULE else 0
         assert action[i] == expect, i
     assert len(set(fired.tolist())) == len(ordered) + 1  # every rule and "none" happened
-    # small batches are read row by row: the same answers, batch by batch of 1 to 20 rows
+    # small batches are read row by row: the same answers, batch by batch of 1 to ROW_WISE rows
     start = 0
-    for size in [1, 2, 5, 20, 3, 11] * 50:
+    for size in [1, 2, 5, 20, 3, 11, rules.ROW_WISE, 64] * 20:
         part = slice(start, start + size)
         a, f = rules.evaluate(ruleset, {k: v[part] for k, v in cols.items()}, score[part], 0.6,
                               lists)  # fmt: skip
