@@ -12,6 +12,7 @@ default set applies, with empty lists.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -129,7 +130,11 @@ class DecisionRules:
         reads stay off the request path."""
         if self.url is None:
             return
-        threading.Thread(target=self._poll, name="decision-rules", daemon=True).start()
+        self.thread = threading.Thread(target=self._poll, name="decision-rules", daemon=True)
+        self.thread.start()
+        # A daemon thread inside SQLite or psycopg while the interpreter finalises can crash
+        # it: stopped (and waited for) first.
+        atexit.register(self.stop)
 
     def _poll(self) -> None:
         while not self.stopped.is_set():
@@ -143,8 +148,12 @@ class DecisionRules:
         self.wake.set()
 
     def stop(self) -> None:
+        """End the refreshing thread, waiting for a read in progress (5 s at most)."""
         self.stopped.set()
         self.wake.set()
+        thread = getattr(self, "thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     @property
     def version(self) -> str:

@@ -69,3 +69,22 @@ def test_without_a_store_the_default_set_applies() -> None:
     assert live.decide(COLUMNS, np.array([0.1, 0.6, 0.99]), 0.5).actions() == [
         "approve", "review", "decline"
     ]  # fmt: skip
+
+
+def test_the_thread_reads_the_store_again_when_poked_and_stops(store_url: str) -> None:
+    """An announcement pokes the worker's thread (refresh_s an hour: not by polling)."""
+    import time
+
+    ds.upgrade(store_url)
+    live = DecisionRules(store_url, refresh_s=3600)
+    live.start()
+    with ds.connect(store_url) as conn, conn.begin():
+        rule_store.apply(conn, CANDIDATE, "alice")
+    assert live.version == "default-1"
+    live.poke()
+    deadline = time.monotonic() + 10
+    while live.version != "v2":
+        assert time.monotonic() < deadline, live.status()
+        time.sleep(0.05)
+    live.stop()
+    assert not live.thread.is_alive()
