@@ -128,10 +128,13 @@ def backtest(runtime: Runtime, body: BacktestBody) -> dict[str, Any]:
     candidate = parse(body.rules) if body.rules is not None else loaded.ruleset
     if runtime.rules.url is None:
         raise HTTPException(409, "no decision store (FRAUD_DECISION_LOG=false): nothing logged")
-    until = body.until or (body.since + timedelta(days=MAX_BACKTEST_DAYS))
-    if until <= body.since:
+    from training.core.decision_source import as_utc
+
+    since = as_utc(body.since)  # naive times are UTC, as the API's transaction times
+    until = as_utc(body.until) if body.until else since + timedelta(days=MAX_BACKTEST_DAYS)
+    if until <= since:
         raise HTTPException(400, "until: after since")
-    if until - body.since > timedelta(days=MAX_BACKTEST_DAYS):
+    if until - since > timedelta(days=MAX_BACKTEST_DAYS):
         raise HTTPException(
             400, f"until: at most {MAX_BACKTEST_DAYS} days after since (use the CLI for more)"
         )
@@ -140,7 +143,7 @@ def backtest(runtime: Runtime, body: BacktestBody) -> dict[str, Any]:
             runtime.rules.url,
             candidate,
             loaded.ruleset,
-            body.since,
+            since,
             until,
             loaded.lists,
             s.label_delay_days,

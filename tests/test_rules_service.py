@@ -195,6 +195,18 @@ def test_a_backtest_through_the_api_matches_the_library(
     empty = API.post(f"{service_url}/rules/backtest",
                      json={"since": "2030-01-01T00:00:00Z"})  # fmt: skip
     assert empty.status_code == 404 and "no decisions" in empty.text
+    mixed = {"since": start.isoformat(), "until": f"{until.isoformat()}+00:00"}  # naive: UTC
+    r = API.post(f"{service_url}/rules/backtest", json={"rules": candidate, **mixed})
+    assert r.status_code == 200 and r.json() == got, r.text
+    backwards = {"since": f"{until.isoformat()}Z", "until": f"{start.isoformat()}Z"}
+    r = API.post(f"{service_url}/rules/backtest", json=backwards)
+    assert r.status_code == 400 and "until" in r.text
+    long = {
+        "since": f"{start.isoformat()}Z",
+        "until": f"{(start + timedelta(days=40)).isoformat()}Z",
+    }
+    r = API.post(f"{service_url}/rules/backtest", json=long)
+    assert r.status_code == 400 and "31 days" in r.text
 
 
 def test_replay_works_the_review_queue_the_same_day(
