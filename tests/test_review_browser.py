@@ -222,3 +222,11 @@ def test_the_rules_page_runs_a_backtest(browser, review_url: str, queued: list[d
     title = browser.find_element(By.ID, "backtest-result").text
     assert "decisions" in title and "frauds" in title
     assert "big-to-review" in browser.page_source
+    # a candidate that does not parse: its line and field on the page, no result
+    since = browser.find_element(By.NAME, "since")  # kept from the last run
+    assert since.get_attribute("value") == f"{DAY}T00:00:00Z"
+    bad = "version: x\nrules:\n  - {name: a, kind: score, min: 0.5, action: hold}\n"
+    browser.find_element(By.NAME, "candidate").send_keys(bad)
+    browser.find_element(By.ID, "run-backtest").click()
+    error = browser.find_element(By.ID, "error").text
+    assert "line 3" in error and "rules.0.action" in error, error

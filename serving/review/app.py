@@ -74,6 +74,16 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(502, f"the fraud API at {settings.api_url} is unreachable: "
                                 f"{type(exc).__name__}") from exc  # fmt: skip
 
+    def api_json(request: Request, session: Session, path: str, **kw: Any) -> Any:
+        """An API answer's JSON; its refusal as this page's error (a refused key signs out)."""
+        r = call(session, kw.pop("method", "GET"), path, **kw)
+        if r.status_code == 401:
+            sessions.sign_out(request.cookies.get(COOKIE))
+            raise HTTPException(401, "the API refused this analyst's key (revoked?): sign in")
+        if r.status_code != 200:
+            raise HTTPException(502, f"the API answered {r.status_code} to {path}: {r.text[:300]}")
+        return r.json()
+
     def render(request: Request, name: str, session: Session | None, **context: Any) -> Response:
         return pages.TemplateResponse(
             request, name, {"session": session, "budget": budget, **context}
@@ -220,7 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/rules", response_class=HTMLResponse)
     def rules_page(request: Request) -> Response:
         session = signed_in(request)
-        live = call(session, "GET", "/rules").json()
+        live = api_json(request, session, "/rules")
         return render(request, "rules.html", session, live=live, result=None, candidate=None)
 
     @app.post("/rules/backtest", response_class=HTMLResponse)
@@ -235,9 +245,14 @@ def create_app(settings: Settings) -> FastAPI:
         body: dict[str, Any] = {"since": since, "until": until or None,
                                 "rules": candidate or None}  # fmt: skip
         r = call(session, "POST", "/rules/backtest", json=body)
-        live = call(session, "GET", "/rules").json()
+        live = api_json(request, session, "/rules")
         result = r.json() if r.status_code == 200 else None
-        error = None if result else str(r.json().get("detail", r.text))[:2000]
+        error = None
+        if result is None:
+            try:
+                error = str(r.json().get("detail", r.text))[:2000]
+            except ValueError:  # not JSON: a proxy's page
+                error = f"{r.status_code}: {r.text[:300]}"
         return render(request, "rules.html", session, live=live, result=result,
                       candidate=candidate, since=since, until=until, error=error)  # fmt: skip
 
