@@ -20,8 +20,11 @@ from serving import decision_log as dl
 from serving import journal as jn
 from serving import shipper as sh
 from training.core import decision_store as ds
+from training.core import partitions
 
 from .conftest import free_port
+
+HEAD = "0006"  # the newest migration: every upgrade ends there
 
 
 def decision_line(tx: str, t_ms: int = 1_530_000_000_000, **kw: Any) -> bytes:
@@ -131,7 +134,7 @@ def test_journal_lines_are_the_tables_rows(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_migrations_create_the_tables_and_run_again_as_a_no_op(store_url: str) -> None:
-    assert ds.upgrade(store_url) == "0005"  # the fixture ran it once already
+    assert ds.upgrade(store_url) == HEAD  # the fixture ran it once already
     engine = ds.engine_for(store_url)
     try:
         inspector = sa.inspect(engine)
@@ -164,7 +167,7 @@ def test_workers_starting_together_all_find_the_store_migrated(tmp_path: Path) -
     ]  # fmt: skip
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err[-800:] for _, err in outs]
-    assert [out.strip() for out, _ in outs] == ["0005"] * 8
+    assert [out.strip() for out, _ in outs] == [HEAD] * 8
 
 
 def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
@@ -184,7 +187,7 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
             conn.execute(
                 old.insert(), [{k: v for k, v in r.items() if k in old_columns} for r in rows]
             )
-        assert ds.upgrade(store_url) == "0005"
+        assert ds.upgrade(store_url) == HEAD
         record = {**rows[0], "transaction_id": "sent", "kind": ds.FEEDBACK, "probability": None,
                   "threshold": None, "is_fraud": None, "features": None}  # fmt: skip
         with engine.begin() as conn:
@@ -217,7 +220,7 @@ def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: 
             assert "arm" not in old.columns
             keep = set(old.columns.keys())
             conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
-        assert ds.upgrade(store_url) == "0005"
+        assert ds.upgrade(store_url) == HEAD
         canary = {**rows[0], "transaction_id": "canary-1", "arm": "canary",
                   "model_version": "9", "shadow_version": "7", "shadow_probability": 0.25,
                   "shadow_is_fraud": False}  # fmt: skip
@@ -434,3 +437,39 @@ def test_audit_show_export_and_purge(tmp_path: Path, store_url: str) -> None:
     assert purged.exit_code == 0 and "purged 1 decisions and 1 label events" in purged.output
     assert counts(store_url) == (2, 2)
     journal.close()
+
+
+def test_the_actions_migration_adds_the_rule_columns(store_url: str) -> None:
+    """0005 -> 0006: decisions logged before keep no action; one with its action, rule and rule
+    set version fits after (a partitioned table passes the columns to its partitions); the
+    downgrade drops the columns, not the rows."""
+    from alembic import command
+
+    command.downgrade(ds.alembic_config(store_url), "0005")
+    rows, _ = sh.rows_of([decision_line("before-0006")])
+    engine = ds.engine_for(store_url)
+    try:
+        with engine.begin() as conn:
+            old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
+            assert "action" not in old.columns
+            keep = set(old.columns.keys())
+            if conn.dialect.name == "postgresql":  # the row's day partition
+                partitions.ensure(conn.engine, partitions.days_of(rows, []))
+            conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
+        assert ds.upgrade(store_url) == HEAD
+        decided = {**rows[0], "transaction_id": "decided-1", "action": "decline",
+                   "rule": "block-terminals", "rule_set_version": "v7"}  # fmt: skip
+        with engine.begin() as conn:
+            ds.write(conn, [decided], [])
+            before, after = ds.decision(conn, "before-0006"), ds.decision(conn, "decided-1")
+        assert before is not None and after is not None
+        assert (before["action"], before["rule"], before["rule_set_version"]) == (None,) * 3
+        assert (after["action"], after["rule"], after["rule_set_version"]) == (
+            "decline", "block-terminals", "v7"
+        )  # fmt: skip
+        command.downgrade(ds.alembic_config(store_url), "0005")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one() == 2
+    finally:
+        engine.dispose()
+        ds.upgrade(store_url)

@@ -7,6 +7,7 @@ transaction id, a label event on its event id), so a journal shipped twice store
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -233,7 +234,9 @@ def _copy(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) 
     skipping those stored already (COPY alone cannot skip); rows newly stored."""
     names = [c.name for c in table.columns]
     json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    staging = f"staging_{table.name}"
+    # named after its columns: a session's temporary twin made before a migration added one
+    # is not reused after it (COPY would name a column it lacks)
+    staging = f"staging_{table.name}_{zlib.crc32(','.join(names).encode()):08x}"
     conn.exec_driver_sql(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
         f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
