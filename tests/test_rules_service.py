@@ -137,6 +137,10 @@ def test_a_bad_rule_set_is_refused_with_its_line_and_field(
     r = API.post(f"{service_url}/admin/rules", json={"rules": bad})
     assert r.status_code == 400, r.text
     assert "line 10" in r.text and "rules.2.op" in r.text, r.text
+    as_object = {"version": "obj", "rules": [{"name": "big", "kind": "compare", "field":
+                 "tx_amount", "op": "=>", "value": 500, "action": "review"}]}  # fmt: skip
+    r = API.post(f"{service_url}/admin/rules", json={"rules": as_object})
+    assert r.status_code == 400 and "rules.0.op" in r.text and "JSON" in r.text, r.text
     unknown = BIG.format(tag="y").replace("field: tx_amount", "field: NOT_A_FEATURE")
     r = API.post(f"{service_url}/admin/rules", json={"rules": unknown})
     assert r.status_code == 400 and "NOT_A_FEATURE" in r.text, r.text
