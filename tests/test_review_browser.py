@@ -27,7 +27,9 @@ from .servers import ANALYST_KEY, API, PROJECT, SCORE_KEY, stop, wait_for, wait_
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-T0 = datetime(2018, 6, 15, 11, 0, 0)  # the day after the small dataset ends (stream clock)
+# Two days after the small dataset ends: a day of the stream no other test logs decisions on
+# (the queue's head is this test's). The clock gets there a step at a time (walk_to).
+T0 = datetime(2018, 6, 17, 11, 0, 0)
 DAY = T0.date().isoformat()
 REVIEW_BIG = """\
 version: browser-{tag}
@@ -87,6 +89,7 @@ def browser() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def queued(service_url: str, session_dir: Path) -> Iterator[list[dict]]:
     """12 large transactions sent to review by a rule set of their own (the default after)."""
+    walk_to(service_url, T0)
     r = API.post(
         f"{service_url}/admin/rules", json={"rules": REVIEW_BIG.format(tag=uuid4().hex[:8])}
     )
@@ -117,6 +120,25 @@ def queued(service_url: str, session_dir: Path) -> Iterator[list[dict]]:
         yield body
     finally:
         r = API.post(f"{service_url}/admin/rules", json={"rules": rules.dump(rules.default())})
+        assert r.status_code == 200, r.text
+
+
+def walk_to(url: str, until: datetime) -> None:
+    """The stream clock to ``until``, a transaction every 20 hours from where it is (it
+    refuses a jump of more than a day)."""
+    now = httpx.get(f"{url}/health").json()["clock"]["now"]
+    at = datetime.fromisoformat(now.replace("Z", "+00:00")).replace(tzinfo=None)
+    tag = uuid4().hex[:6]
+    while at < until:
+        at = min(at + timedelta(hours=20), until)
+        step = {
+            "transaction_id": f"walk-{tag}-{at:%d%H}",
+            "tx_datetime": at.isoformat(),
+            "customer_id": f"walker-{tag}",
+            "terminal_id": "T-walk",
+            "tx_amount": 10.0,
+        }
+        r = API.post(f"{url}/predict", json={"transactions": [step]})
         assert r.status_code == 200, r.text
 
 
@@ -215,6 +237,7 @@ def test_the_rules_page_runs_a_backtest(browser, review_url: str, queued: list[d
 
     sign_in(browser, review_url, ANALYST_KEY)
     browser.get(f"{review_url}/rules")
+    assert browser.find_elements(By.ID, "version"), browser.page_source[-3000:]
     assert browser.find_element(By.ID, "version").text.startswith("browser-")
     browser.find_element(By.NAME, "since").send_keys(f"{DAY}T00:00:00Z")
     browser.find_element(By.NAME, "until").send_keys(f"{DAY}T23:59:59Z")
