@@ -143,11 +143,16 @@ def walk_to(url: str, until: datetime) -> None:
 
 
 def sign_in(driver, url: str, key: str) -> None:  # type: ignore[no-untyped-def]
+    """Submit the sign-in form and wait for the page it leads to (not the form's own)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{url}/login")
     driver.find_element(By.ID, "key").send_keys(key)
-    driver.find_element(By.ID, "sign-in").click()
+    button = driver.find_element(By.ID, "sign-in")
+    button.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(button))
 
 
 def test_a_wrong_key_and_a_key_without_the_scopes_are_refused(browser, review_url: str) -> None:
@@ -236,6 +241,7 @@ def test_the_rules_page_runs_a_backtest(browser, review_url: str, queued: list[d
     from selenium.webdriver.common.by import By
 
     sign_in(browser, review_url, ANALYST_KEY)
+    assert browser.find_element(By.ID, "analyst").text == "alice"  # the queue has loaded
     browser.get(f"{review_url}/rules")
     assert browser.find_elements(By.ID, "version"), browser.page_source[-3000:]
     assert browser.find_element(By.ID, "version").text.startswith("browser-")

@@ -354,7 +354,7 @@ def test_both_workers_follow_a_rule_set_put_in_force(two_workers, small_raw) -> 
     seen: dict[int, tuple[str, int]] = {}
     bodies = request_bodies(stream)
     deadline = time.monotonic() + 30
-    while len(seen) < 2 or {v for v, _ in seen.values()} != {version}:
+    while len(seen) < 2 or set(seen.values()) != {(version, 1)}:  # the set and the list
         assert time.monotonic() < deadline, f"workers' rule sets: {seen}"
         reply = httpx.post(f"{url}/predict", json={"transactions": [bodies.pop()]}, headers=AUTH)
         assert reply.status_code == 200, reply.text
@@ -362,6 +362,5 @@ def test_both_workers_follow_a_rule_set_put_in_force(two_workers, small_raw) -> 
         seen[health["process"]] = (health["rules"]["version"], health["rules"]["lists"].get(
             "blocked_terminals", 0))  # fmt: skip
         time.sleep(0.2)
-    assert all(n == 1 for _, n in seen.values())
     answer = httpx.post(f"{url}/predict", json={"transactions": [bodies.pop()]}, headers=AUTH)
     assert answer.json()[0]["rule"] == "block-terminals"
