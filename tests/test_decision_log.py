@@ -206,6 +206,17 @@ def test_the_feedback_records_migration_keeps_the_decisions_logged_before_it(
         ds.upgrade(store_url)
 
 
+def log_as_of(conn: sa.Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Decision rows logged as the store's revision had them: only the columns it has (a
+    later migration adds the others); those columns. A partitioned store gets the days."""
+    table = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
+    have = set(table.columns.keys())
+    if partitions.partitioned(conn):
+        partitions.ensure(conn.engine, partitions.days_of(rows, []))
+    conn.execute(table.insert(), [{k: v for k, v in r.items() if k in have} for r in rows])
+    return have
+
+
 def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: str) -> None:
     """0002 -> 0003: decisions logged before keep no arm; a canary decision with the
     champion's shadow score fits after it; the downgrade drops the columns, not the rows."""
@@ -216,10 +227,7 @@ def test_the_challengers_migration_adds_the_arm_and_the_shadow_score(store_url: 
     engine = ds.engine_for(store_url)
     try:
         with engine.begin() as conn:
-            old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
-            assert "arm" not in old.columns
-            keep = set(old.columns.keys())
-            conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
+            assert "arm" not in log_as_of(conn, rows)
         assert ds.upgrade(store_url) == HEAD
         canary = {**rows[0], "transaction_id": "canary-1", "arm": "canary",
                   "model_version": "9", "shadow_version": "7", "shadow_probability": 0.25,
@@ -450,12 +458,7 @@ def test_the_actions_migration_adds_the_rule_columns(store_url: str) -> None:
     engine = ds.engine_for(store_url)
     try:
         with engine.begin() as conn:
-            old = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
-            assert "action" not in old.columns
-            keep = set(old.columns.keys())
-            if conn.dialect.name == "postgresql":  # the row's day partition
-                partitions.ensure(conn.engine, partitions.days_of(rows, []))
-            conn.execute(old.insert(), [{k: v for k, v in r.items() if k in keep} for r in rows])
+            assert "action" not in log_as_of(conn, rows)
         assert ds.upgrade(store_url) == HEAD
         decided = {**rows[0], "transaction_id": "decided-1", "action": "decline",
                    "rule": "block-terminals", "rule_set_version": "v7"}  # fmt: skip

@@ -24,7 +24,7 @@ from training.core import decision_store as ds
 from training.core import partitions
 
 from . import services
-from .test_decision_log import HEAD, decision_line, label_line
+from .test_decision_log import HEAD, decision_line, label_line, log_as_of
 
 DAY_MS = 86_400_000
 T0 = int(datetime(2018, 6, 25, 9, tzinfo=UTC).timestamp() * 1000)  # three days from here
@@ -91,9 +91,7 @@ def test_the_migration_keeps_every_row_and_what_reads_them(
     decisions, events = sh.rows_of(lines + labels)
     engine = ds.engine_for(pg_url)
     with engine.begin() as conn:
-        table = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
-        then = set(table.columns.keys())
-        conn.execute(table.insert(), [{k: v for k, v in r.items() if k in then} for r in decisions])
+        log_as_of(conn, decisions)
         conn.execute(ds.label_events.insert(), events)
     engine.dispose()
     ds.upgrade(another_pg_url)
