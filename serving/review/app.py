@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -264,7 +264,6 @@ def create_app(settings: Settings) -> FastAPI:
         return page
 
     app.state.sessions = sessions
-    app.state.started = datetime.now()
     return app
 
 

@@ -94,6 +94,10 @@ class VelocityRule(_Rule):
     def column(self) -> str:
         return f"CUSTOMER_ID_NB_TX_{self.window_days}DAY_WINDOW"
 
+    def average_column(self) -> str:
+        """The customer's average amount over the window (a sum is the count times it)."""
+        return f"CUSTOMER_ID_AVG_AMOUNT_{self.window_days}DAY_WINDOW"
+
 
 class ScoreBand(_Rule):
     """``min <= score < max``; ``min: threshold`` is the served model's threshold."""
@@ -286,60 +290,42 @@ def _as_list(values: Any) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
-Holds = Callable[[Mapping[str, Any], float, Any, Mapping[str, frozenset[str]]], bool]
 _EMPTY: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A rule set made ready to evaluate: the order, the action codes, the columns read, and a
-    row-wise test per rule."""
+    """A rule set made ready to evaluate: the order, the action codes, the columns read, and
+    one function testing the rules in order on a row (:func:`_first_match`)."""
 
     ordered: list[Rule]
     actions: list[int]
     needed: list[str]
-    holds: list[Holds]
     first: Callable[[Mapping[str, Any], float, Any, Mapping[str, frozenset[str]]], int]
 
 
-def _holds(rule: Rule) -> tuple[list[str], Holds]:
-    """The columns a rule reads, and its test on one row (Python scalars)."""
+def _reads(rule: Rule) -> list[str]:
+    """The columns a rule reads (the score is not one)."""
     if isinstance(rule, ListRule):
-        key, name = f"{rule.entity}_id", rule.list
-        return [key], lambda row, s, t, lists: row[key] in lists.get(name, _EMPTY)
+        return [f"{rule.entity}_id"]
     if isinstance(rule, ScoreBand):
-        fixed, high = rule.min != "threshold", rule.max
-        low = float(rule.min) if fixed else 0.0
-
-        def band(row: Mapping[str, Any], s: float, t: Any, lists: Any) -> bool:
-            return bool(s >= (low if fixed else t) and (high is None or s < high))
-
-        return [], band
-    op = _OPS[rule.op]
+        return []
     if isinstance(rule, VelocityRule):
-        count, value = rule.column(), rule.value
-        if rule.measure == "count":
-            return [count], lambda row, s, t, lists: bool(op(row[count], value))
-        avg = f"CUSTOMER_ID_AVG_AMOUNT_{rule.window_days}DAY_WINDOW"
-        return [count, avg], lambda row, s, t, lists: bool(op(row[count] * row[avg], value))
-    field, target = rule.field, rule.value
-    if field == SCORE:
-        return [], lambda row, s, t, lists: bool(op(s, target))
-    return [field], lambda row, s, t, lists: bool(op(row[field], target))
+        return [rule.column()] + ([rule.average_column()] if rule.measure == "sum" else [])
+    return [] if rule.field == SCORE else [rule.field]
 
 
 def _plan(rules: RuleSet) -> Plan:
     ordered = rules.ordered()
-    parts = [_holds(r) for r in ordered]
-    needed = list(dict.fromkeys(c for cols, _ in parts for c in cols))
+    needed = list(dict.fromkeys(c for r in ordered for c in _reads(r)))
     return Plan(ordered, [ACTIONS.index(r.action) for r in ordered], needed,
-                [h for _, h in parts], _first_match(ordered))  # fmt: skip
+                _first_match(ordered))  # fmt: skip
 
 
 def _first_match(ordered: list[Rule]) -> Callable[..., int]:
     """One Python function testing the rules in order on a row, returning the index of the
-    first that holds (NO_RULE: none): what :data:`Plan.holds` does rule by rule, without a call
-    a rule (~3x faster on one transaction). Its source holds no text of the set: every name,
+    first that holds (NO_RULE: none), with no call a rule (~3x faster on one transaction than
+    a function a rule). Its source holds no text of the set: every name,
     field and value is a constant bound by index (``c0``, ``c1``, ...), every operator one of
     :data:`_OPS`."""
     consts: list[Any] = []
@@ -358,8 +344,7 @@ def _first_match(ordered: list[Rule]) -> Callable[..., int]:
         elif isinstance(rule, VelocityRule):
             count = f"row[{c(rule.column())}]"
             if rule.measure == "sum":
-                avg = f"CUSTOMER_ID_AVG_AMOUNT_{rule.window_days}DAY_WINDOW"
-                count = f"{count} * row[{c(avg)}]"
+                count = f"{count} * row[{c(rule.average_column())}]"
             test = f"{count} {rule.op} {c(rule.value)}"
         else:
             left = "s" if rule.field == SCORE else f"row[{c(rule.field)}]"
@@ -394,7 +379,7 @@ def _mask(
         if rule.measure == "count":
             measure = count
         else:
-            avg = np.asarray(columns[f"CUSTOMER_ID_AVG_AMOUNT_{rule.window_days}DAY_WINDOW"])
+            avg = np.asarray(columns[rule.average_column()])
             measure = count * np.asarray(avg, dtype=float)
         return np.asarray(_OPS[rule.op](measure, rule.value), dtype=bool)
     values = score if rule.field == SCORE else np.asarray(columns[rule.field])
